@@ -1,0 +1,282 @@
+//! The daemon's configuration file (`DIR/catwalk.toml`).
+//!
+//! Every key is documented in `config/catwalk.example.toml`. Unknown keys are an error that names the key:
+//! a typo such as `idle_timout` must not silently fall back to a default on a production host.
+//! Durations are humantime strings (`"30s"`, `"10m"`); sizes are plain byte counts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration file. Every section is optional and defaults to values fit for a laptop.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ssh: SshConfig,
+    pub http: HttpConfig,
+    pub git: GitConfig,
+    pub gateway: GatewayConfig,
+    pub daemon: DaemonConfig,
+    /// Statically declared apps served by the gateway, for servers the operator runs by hand
+    /// (the way `mcp-proxy` names servers). Pushed apps live in the store instead.
+    pub apps: std::collections::BTreeMap<String, StaticApp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Address the SSH server listens on.
+    pub listen: SocketAddr,
+    /// Optional OpenSSH `authorized_keys` file whose keys may also log in (reloaded on change).
+    pub authorized_keys_file: Option<PathBuf>,
+    /// Role given to keys from `authorized_keys_file` (`admin` or `deployer`).
+    pub authorized_keys_role: String,
+    /// Hostname shown in the `git remote add` hints (defaults to the listen address).
+    pub public_host: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the MCP gateway listens on.
+    pub listen: SocketAddr,
+    /// The URL clients use to reach this daemon (printed after deploys, allowed as `Origin`).
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitConfig {
+    /// Branch whose pushes deploy; pushes to other branches are refused.
+    pub deploy_branch: String,
+    /// Path of the system `git` binary used for receive-pack/upload-pack.
+    pub git_binary: PathBuf,
+    /// Largest accepted push, in bytes (passed to `receive.maxInputSize`).
+    pub max_push_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Largest accepted request body, in bytes (413 above it).
+    pub body_limit: usize,
+    /// A session with no request for this long is closed and its child stopped.
+    #[serde(deserialize_with = "duration")]
+    pub session_idle_timeout: Duration,
+    /// A session whose client went away (no open stream) is reaped after this long.
+    #[serde(deserialize_with = "duration")]
+    pub disconnect_grace: Duration,
+    /// Requests per minute allowed per token (0 disables the limit).
+    pub rate_limit_per_minute: u32,
+    /// Extra `Origin` values allowed for every app (the public URL's origin is always allowed).
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Log filter (`info`, `debug`, `catwalk=debug,russh=warn`, ...).
+    pub log: String,
+    /// How long a SIGTERM waits for running pushes to finish before exiting anyway.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+/// An app the operator declares in the config instead of pushing it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticApp {
+    /// argv of a stdio MCP server (exclusive with `url`).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// URL of a Streamable HTTP MCP server (exclusive with `command`).
+    pub url: Option<String>,
+    /// Environment of the stdio server (nothing else is inherited).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory of the stdio server.
+    pub cwd: Option<PathBuf>,
+    /// One child shared by all sessions instead of one per session.
+    #[serde(default)]
+    pub shared: bool,
+    /// Extra `Origin` values allowed for this app.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            listen: "127.0.0.1:2222".parse().expect("static address"),
+            authorized_keys_file: None,
+            authorized_keys_role: "deployer".into(),
+            public_host: None,
+            handshake_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:8080".parse().expect("static address"), public_url: None }
+    }
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        GitConfig { deploy_branch: "main".into(), git_binary: PathBuf::from("git"), max_push_bytes: 1 << 30 }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            body_limit: 4 << 20,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            disconnect_grace: Duration::from_secs(60),
+            rate_limit_per_minute: 600,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig { log: "info".into(), shutdown_grace: Duration::from_secs(30) }
+    }
+}
+
+/// A configuration problem, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Parses configuration text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        Ok(config)
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text, path)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !matches!(self.ssh.authorized_keys_role.as_str(), "admin" | "deployer") {
+            return Err(format!(
+                "ssh.authorized_keys_role = {:?}: expected \"admin\" or \"deployer\"",
+                self.ssh.authorized_keys_role
+            ));
+        }
+        if !crate::names::is_valid_branch(&self.git.deploy_branch) {
+            return Err(format!(
+                "git.deploy_branch = {:?} is not a valid branch name",
+                self.git.deploy_branch
+            ));
+        }
+        if let Some(url) = &self.http.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!("http.public_url = {url:?}: must start with http:// or https://"));
+        }
+        for (name, app) in &self.apps {
+            crate::names::AppName::parse(name).map_err(|e| format!("[apps.{name}]: {e}"))?;
+            match (app.command.is_empty(), &app.url) {
+                (true, None) => return Err(format!("[apps.{name}]: set either `command` or `url`")),
+                (false, Some(_)) => return Err(format!("[apps.{name}]: `command` and `url` are exclusive")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The URL clients reach the gateway at: `http.public_url`, or derived from the listen address.
+    pub fn public_url(&self) -> String {
+        match &self.http.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.http.listen),
+        }
+    }
+
+    /// `host` and `port` for `ssh://git@HOST:PORT/APP` hints.
+    pub fn ssh_host_port(&self) -> (String, u16) {
+        let host = self.ssh.public_host.clone().unwrap_or_else(|| match self.ssh.listen.ip() {
+            ip if ip.is_unspecified() => "localhost".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+        (host, self.ssh.listen.port())
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.git.deploy_branch, "main");
+        assert_eq!(c.ssh.idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[ssh]\nidle_timout = \"5s\"\n", Path::new("x.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("idle_timout"), "{msg}");
+        assert!(msg.contains("x.toml"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let err = Config::parse("[sssh]\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("sssh"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let err = Config::parse("[ssh]\nidle_timeout = \"soon\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn static_app_needs_command_or_url() {
+        let err = Config::parse("[apps.hello]\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("either `command` or `url`"), "{err}");
+        let err = Config::parse("[apps.\"../x\"]\ncommand=[\"a\"]\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("not a valid app name"), "{err}");
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config/catwalk.example.toml");
+        Config::parse(text, Path::new("catwalk.example.toml")).unwrap();
+    }
+}

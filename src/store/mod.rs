@@ -1,0 +1,348 @@
+//! The daemon's state: one embedded, transactional redb file (`DIR/state.redb`).
+//!
+//! redb commits are ACID and fsync'd before `commit()` returns, which is what a deploy tool needs: after a
+//! crash the store opens and says exactly what was committed. (sled, named in the original plan, does not
+//! guarantee durable flushes and is unmaintained beta.) This module is the only place that knows redb:
+//! the rest of catwalk sees typed records and small methods, so the choice stays visible and replaceable.
+//!
+//! Values are JSON-encoded records (see [`records`]); keys are names or sequence numbers.
+
+mod records;
+mod tokens;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use records::{AppRecord, AuditRecord, KeyRecord, PushRecord, Role, TokenRecord, now};
+pub use tokens::{NewToken, TokenCheck};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const PUSHES: TableDefinition<u64, &[u8]> = TableDefinition::new("pushes");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// Bumped when a record changes incompatibly; `open` refuses a newer store rather than misreading it.
+const SCHEMA_VERSION: u64 = 1;
+
+/// How many push and audit records are kept (older ones are pruned on insert).
+const PUSH_RETENTION: u64 = 10_000;
+const AUDIT_RETENTION: u64 = 200_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Db(String),
+    #[error("state store: record {0:?} is corrupt: {1}")]
+    Corrupt(String, serde_json::Error),
+    #[error(
+        "state store was written by a newer catwalk (schema {0}, this binary knows {SCHEMA_VERSION}); upgrade catwalk"
+    )]
+    TooNew(u64),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A handle on the state store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and makes sure every table exists.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = Database::create(path)?;
+        let store = Store { db: Arc::new(db) };
+        store.init_tables()?;
+        Ok(store)
+    }
+
+    fn init_tables(&self) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let version = match meta.get("schema_version")? {
+                Some(v) => serde_json::from_slice::<u64>(v.value()).unwrap_or(0),
+                None => 0,
+            };
+            if version > SCHEMA_VERSION {
+                return Err(StoreError::TooNew(version));
+            }
+            if version < SCHEMA_VERSION {
+                meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+            }
+            txn.open_table(KEYS)?;
+            txn.open_table(APPS)?;
+            txn.open_table(TOKENS)?;
+            txn.open_table(PUSHES)?;
+            txn.open_table(AUDIT)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    // ---- keys ----------------------------------------------------------------------------------
+
+    pub fn keys(&self) -> Result<Vec<KeyRecord>> {
+        self.list(KEYS)
+    }
+
+    pub fn key(&self, name: &str) -> Result<Option<KeyRecord>> {
+        self.get(KEYS, name)
+    }
+
+    /// Adds a key; refuses a name or a public key that is already registered.
+    pub fn add_key(&self, key: &KeyRecord) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(KEYS)?;
+            if table.get(key.name.as_str())?.is_some() {
+                return Err(StoreError::Conflict(format!("a key named {:?} already exists", key.name)));
+            }
+            for entry in table.iter()? {
+                let (_, v) = entry?;
+                let existing: KeyRecord = decode("keys", v.value())?;
+                if existing.public_key == key.public_key {
+                    return Err(StoreError::Conflict(format!(
+                        "this public key is already registered as {:?}",
+                        existing.name
+                    )));
+                }
+            }
+            table.insert(key.name.as_str(), encode(key).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes a key; refuses to remove the last admin (which would lock everybody out).
+    pub fn remove_key(&self, name: &str) -> Result<KeyRecord> {
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut table = txn.open_table(KEYS)?;
+            let removed: KeyRecord = match table.remove(name)? {
+                Some(v) => decode("keys", v.value())?,
+                None => return Err(StoreError::NotFound(format!("no key named {name:?} (see `keys list`)"))),
+            };
+            if removed.role == Role::Admin {
+                let mut admins = 0;
+                for entry in table.iter()? {
+                    let (_, v) = entry?;
+                    if decode::<KeyRecord>("keys", v.value())?.role == Role::Admin {
+                        admins += 1;
+                    }
+                }
+                if admins == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "{name:?} is the last admin key; add another admin before removing it"
+                    )));
+                }
+            }
+            removed
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    // ---- apps ----------------------------------------------------------------------------------
+
+    pub fn apps(&self) -> Result<Vec<AppRecord>> {
+        self.list(APPS)
+    }
+
+    pub fn app(&self, name: &str) -> Result<Option<AppRecord>> {
+        self.get(APPS, name)
+    }
+
+    /// Creates an app record; `Conflict` if it exists.
+    pub fn create_app(&self, app: &AppRecord) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(APPS)?;
+            if table.get(app.name.as_str())?.is_some() {
+                return Err(StoreError::Conflict(format!("app {:?} already exists", app.name)));
+            }
+            table.insert(app.name.as_str(), encode(app).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Replaces an existing app record.
+    pub fn update_app(&self, app: &AppRecord) -> Result<()> {
+        self.put(APPS, &app.name, app)
+    }
+
+    /// Removes an app and every token scoped to it, in one transaction.
+    pub fn destroy_app(&self, name: &str) -> Result<AppRecord> {
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut apps = txn.open_table(APPS)?;
+            let removed: AppRecord = match apps.remove(name)? {
+                Some(v) => decode("apps", v.value())?,
+                None => return Err(StoreError::NotFound(format!("no app named {name:?} (see `apps`)"))),
+            };
+            let mut tokens = txn.open_table(TOKENS)?;
+            tokens.retain(|_, v| {
+                serde_json::from_slice::<TokenRecord>(v).map(|t| t.app != name).unwrap_or(true)
+            })?;
+            removed
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    // ---- pushes and audit ----------------------------------------------------------------------
+
+    /// Appends a push record, assigning its sequence number.
+    pub fn record_push(&self, mut push: PushRecord) -> Result<PushRecord> {
+        push.seq = self.append(PUSHES, PUSH_RETENTION, |seq| {
+            push.seq = seq;
+            encode(&push)
+        })?;
+        Ok(push)
+    }
+
+    /// The most recent pushes of `app` (or of every app), newest first.
+    pub fn pushes(&self, app: Option<&str>, limit: usize) -> Result<Vec<PushRecord>> {
+        self.recent(PUSHES, limit, |p: &PushRecord| app.is_none_or(|a| p.app == a))
+    }
+
+    /// Appends a batch of audit records in one transaction (one fsync for many MCP calls).
+    pub fn record_audit(&self, records: &mut [AuditRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(AUDIT)?;
+            let mut next = table.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            for record in records.iter_mut() {
+                record.seq = next;
+                table.insert(next, encode(record).as_slice())?;
+                next += 1;
+            }
+            if next > AUDIT_RETENTION {
+                let cutoff = next - AUDIT_RETENTION;
+                table.retain_in(..cutoff, |_, _| false)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The most recent audit records of `app`, newest first.
+    pub fn audit(&self, app: &str, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.recent(AUDIT, limit, |r: &AuditRecord| r.app == app)
+    }
+
+    // ---- generic helpers -----------------------------------------------------------------------
+
+    fn get<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        match table.get(key)? {
+            Some(v) => Ok(Some(decode(key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put<T: Serialize>(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: &T) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(table)?.insert(key, encode(value).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn list<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn append(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        retention: u64,
+        value: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let seq = {
+            let mut table = txn.open_table(table)?;
+            let seq = table.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            table.insert(seq, value(seq).as_slice())?;
+            if seq > retention {
+                table.retain_in(..seq - retention, |_, _| false)?;
+            }
+            seq
+        };
+        txn.commit()?;
+        Ok(seq)
+    }
+
+    fn recent<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        limit: usize,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.rev() {
+            let (k, v) = entry?;
+            let record: T = decode(&k.value().to_string(), v.value())?;
+            if keep(&record) {
+                out.push(record);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise to JSON")
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(key.to_string(), e))
+}
+
+#[cfg(test)]
+mod tests;
