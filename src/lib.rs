@@ -7,3 +7,4 @@ pub mod datadir;
 pub mod init;
 pub mod names;
 pub mod store;
+pub mod pipeline;

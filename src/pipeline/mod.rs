@@ -1,0 +1,9 @@
+//! The deploy pipeline: analyse → validate/pin → secrets → plan → deploy → health gate → switch.
+//!
+//! It runs inside the pre-receive hook, between "objects received" and "ref updated", so a push whose
+//! analysis, validation, secrets or health check fails is rejected and the ref never moves.
+
+pub mod analyse;
+pub mod plan;
+pub mod secrets;
+pub mod validate;

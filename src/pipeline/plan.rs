@@ -1,0 +1,135 @@
+//! The typed result of analysing a push: what to install, what to run, how to talk to it, which env it needs.
+//!
+//! A plan is data only. It holds no secret values (only their names), so it can be stored with the
+//! release, shown to the pusher, and re-used by `rollback`.
+
+use serde::{Deserialize, Serialize};
+
+/// The language runtime a server needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Node,
+    Python,
+}
+
+/// A package registry catwalk can pin against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registry {
+    Npm,
+    Pypi,
+}
+
+impl Registry {
+    pub fn language(self) -> Language {
+        match self {
+            Registry::Npm => Language::Node,
+            Registry::Pypi => Language::Python,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Registry::Npm => "npm",
+            Registry::Pypi => "PyPI",
+        }
+    }
+}
+
+/// Where the server's code comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Source {
+    /// A published package. `version` is `None` until pinned against the registry.
+    Package { registry: Registry, name: String, version: Option<String> },
+    /// The pushed repository itself, installed from its lockfile / requirements.
+    Repository,
+}
+
+/// How the server speaks MCP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Transport {
+    Stdio,
+    /// Streamable HTTP on a loopback port the server listens on.
+    Http { port: u16, path: String },
+}
+
+/// What to execute once installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Entry {
+    /// The package's (named, or only) executable: an npm `bin` or a Python console script.
+    PackageBin { bin: Option<String> },
+    /// A Python module run with `python -m`.
+    PythonModule { module: String },
+    /// An explicit argv relative to the repository (first element `node`, `python` or a repo path).
+    Command { argv: Vec<String> },
+}
+
+/// One environment variable the server reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvSpec {
+    pub name: String,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub secret: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A plain (non-secret) value from the manifest. Secret values never live in a plan.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// The release plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The file the plan was read from (`catwalk.toml`, `server.json`, `package.json`, `pyproject.toml`).
+    pub manifest: String,
+    pub language: Language,
+    pub source: Source,
+    pub entry: Entry,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub transport: Transport,
+    #[serde(default)]
+    pub env: Vec<EnvSpec>,
+    /// One server process shared by all sessions instead of one per session.
+    #[serde(default)]
+    pub shared: bool,
+    /// Run npm lifecycle scripts during install (off unless the manifest opts in).
+    #[serde(default)]
+    pub install_scripts: bool,
+    /// Runtime the app asks for (`local`, `fly`), subject to the operator's policy.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Extra `Origin` values the app allows.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Plan {
+    /// One line for the push output: `PyPI package mcp-server-time 2026.10.19 (stdio)`.
+    pub fn describe(&self) -> String {
+        let transport = match &self.transport {
+            Transport::Stdio => "stdio".to_string(),
+            Transport::Http { port, path } => format!("http :{port}{path}"),
+        };
+        match &self.source {
+            Source::Package { registry, name, version } => format!(
+                "{} package {name} {} ({transport})",
+                registry.label(),
+                version.as_deref().unwrap_or("(unpinned)")
+            ),
+            Source::Repository => {
+                let lang = match self.language {
+                    Language::Node => "Node",
+                    Language::Python => "Python",
+                };
+                format!("{lang} server built from the repository ({transport})")
+            }
+        }
+    }
+}
