@@ -6,5 +6,5 @@ pub mod config;
 pub mod datadir;
 pub mod init;
 pub mod names;
-pub mod store;
 pub mod pipeline;
+pub mod store;

@@ -128,11 +128,15 @@ fn default_transport() -> String {
 }
 
 fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
-    let manifest: CatwalkToml = toml::from_str(text).map_err(|e| format!("catwalk.toml: {}", e.to_string().trim()))?;
+    let manifest: CatwalkToml =
+        toml::from_str(text).map_err(|e| format!("catwalk.toml: {}", e.to_string().trim()))?;
     let s = manifest.server;
-    let transport = transport(&s.transport, s.port, s.path.as_deref()).map_err(|e| format!("catwalk.toml: {e}"))?;
+    let transport =
+        transport(&s.transport, s.port, s.path.as_deref()).map_err(|e| format!("catwalk.toml: {e}"))?;
     let (language, source, entry) = match (&s.package, &s.command) {
-        (Some(_), Some(_)) => return Err("catwalk.toml: [server] has both `package` and `command`; choose one".into()),
+        (Some(_), Some(_)) => {
+            return Err("catwalk.toml: [server] has both `package` and `command`; choose one".into());
+        }
         (None, None) => {
             return Err("catwalk.toml: [server] needs `package = \"npm:NAME\"` (or \"pypi:NAME\") or `command = [...]`".into());
         }
@@ -140,7 +144,9 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
             let (registry, name, version) = parse_package_spec(spec)?;
             let entry = match (&s.module, &s.bin) {
                 (Some(_), Some(_)) => return Err("catwalk.toml: `bin` and `module` are exclusive".into()),
-                (Some(module), None) if registry == Registry::Pypi => Entry::PythonModule { module: module.clone() },
+                (Some(module), None) if registry == Registry::Pypi => {
+                    Entry::PythonModule { module: module.clone() }
+                }
                 (Some(_), None) => return Err("catwalk.toml: `module` only applies to PyPI packages".into()),
                 (None, bin) => Entry::PackageBin { bin: bin.clone() },
             };
@@ -153,7 +159,11 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
                 None if tree.read("pyproject.toml").is_some() || tree.read("requirements.txt").is_some() => {
                     Language::Python
                 }
-                None => return Err("catwalk.toml: set `language = \"node\"` or `\"python\"` next to `command`".into()),
+                None => {
+                    return Err(
+                        "catwalk.toml: set `language = \"node\"` or `\"python\"` next to `command`".into()
+                    );
+                }
             };
             if argv.is_empty() {
                 return Err("catwalk.toml: `command` must not be empty".into());
@@ -164,7 +174,13 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
     let env = manifest
         .env
         .into_iter()
-        .map(|(name, e)| EnvSpec { name, required: e.required, secret: e.secret, description: e.description, value: e.value })
+        .map(|(name, e)| EnvSpec {
+            name,
+            required: e.required,
+            secret: e.secret,
+            description: e.description,
+            value: e.value,
+        })
         .collect();
     Ok(Plan {
         manifest: "catwalk.toml".into(),
@@ -190,7 +206,9 @@ pub fn parse_package_spec(spec: &str) -> Result<(Registry, String, Option<String
     } else if spec.starts_with('@') {
         (Registry::Npm, spec)
     } else {
-        return Err(format!("package {spec:?}: prefix it with its registry, e.g. \"npm:{spec}\" or \"pypi:{spec}\""));
+        return Err(format!(
+            "package {spec:?}: prefix it with its registry, e.g. \"npm:{spec}\" or \"pypi:{spec}\""
+        ));
     };
     let (name, version) = match registry {
         Registry::Npm => match rest.rfind('@').filter(|&i| i > 0) {
@@ -298,7 +316,12 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
             let path = t.url.as_deref().and_then(path_of_url).unwrap_or_else(|| "/mcp".into());
             Transport::Http { port, path }
         }
-        Some(t) => return Err(format!("server.json: transport {:?} is not supported (use stdio or streamable-http)", t.kind)),
+        Some(t) => {
+            return Err(format!(
+                "server.json: transport {:?} is not supported (use stdio or streamable-http)",
+                t.kind
+            ));
+        }
     };
     let mut args = Vec::new();
     for a in &package.package_arguments {
@@ -327,7 +350,11 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
     Ok(Plan {
         manifest: "server.json".into(),
         language: registry.language(),
-        source: Source::Package { registry, name: package.identifier.clone(), version: package.version.clone() },
+        source: Source::Package {
+            registry,
+            name: package.identifier.clone(),
+            version: package.version.clone(),
+        },
         entry: Entry::PackageBin { bin: None },
         args,
         transport,
@@ -402,7 +429,8 @@ fn simple_node_command(script: &str) -> Option<Vec<String>> {
 }
 
 fn from_pyproject(text: &str) -> Result<Option<Plan>, String> {
-    let doc: toml::Table = toml::from_str(text).map_err(|e| format!("pyproject.toml: {}", e.to_string().trim()))?;
+    let doc: toml::Table =
+        toml::from_str(text).map_err(|e| format!("pyproject.toml: {}", e.to_string().trim()))?;
     let project = doc.get("project").and_then(|p| p.as_table());
     let deps: Vec<String> = project
         .and_then(|p| p.get("dependencies"))
@@ -410,7 +438,8 @@ fn from_pyproject(text: &str) -> Result<Option<Plan>, String> {
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let is_mcp = deps.iter().any(|d| {
-        let name: String = d.chars().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect();
+        let name: String =
+            d.chars().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect();
         matches!(validate::pypi_normalise(&name).as_str(), "mcp" | "fastmcp")
     });
     if !is_mcp {
@@ -451,9 +480,15 @@ fn check(plan: &Plan) -> Result<(), String> {
         }
     }
     match &plan.entry {
-        Entry::PackageBin { bin: Some(bin) } => validate::argument(bin).map_err(|e| format!("{m}: bin: {e}"))?,
+        Entry::PackageBin { bin: Some(bin) } => {
+            validate::argument(bin).map_err(|e| format!("{m}: bin: {e}"))?
+        }
         Entry::PythonModule { module } => {
-            if module.is_empty() || !module.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')) {
+            if module.is_empty()
+                || !module
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            {
                 return Err(format!("{m}: module {module:?} is not a Python module name"));
             }
         }
@@ -489,8 +524,12 @@ fn check(plan: &Plan) -> Result<(), String> {
         }
     }
     for origin in &plan.allowed_origins {
-        if !(origin.starts_with("https://") || origin.starts_with("http://")) || origin.contains(char::is_whitespace) {
-            return Err(format!("{m}: allowed_origins: {origin:?} is not an origin like https://example.com"));
+        if !(origin.starts_with("https://") || origin.starts_with("http://"))
+            || origin.contains(char::is_whitespace)
+        {
+            return Err(format!(
+                "{m}: allowed_origins: {origin:?} is not an origin like https://example.com"
+            ));
         }
     }
     if let Some(r) = &plan.runtime

@@ -5,5 +5,6 @@
 
 pub mod analyse;
 pub mod plan;
+pub mod registry;
 pub mod secrets;
 pub mod validate;

@@ -53,7 +53,10 @@ pub enum Source {
 pub enum Transport {
     Stdio,
     /// Streamable HTTP on a loopback port the server listens on.
-    Http { port: u16, path: String },
+    Http {
+        port: u16,
+        path: String,
+    },
 }
 
 /// What to execute once installed.

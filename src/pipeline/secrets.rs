@@ -81,7 +81,10 @@ impl Keyring {
         }
         let reader = age::armor::ArmoredReader::new(bytes);
         let decryptor = age::Decryptor::new(reader).map_err(|e| {
-            format!("{SECRETS_PATH} is not an age file ({e}); create it with: age -r {} -o {SECRETS_PATH} .env", self.recipient)
+            format!(
+                "{SECRETS_PATH} is not an age file ({e}); create it with: age -r {} -o {SECRETS_PATH} .env",
+                self.recipient
+            )
         })?;
         if decryptor.is_scrypt() {
             return Err(format!(
@@ -101,7 +104,8 @@ impl Keyring {
             })?
             .read_to_end(&mut plain)
             .map_err(|e| format!("{SECRETS_PATH} is damaged: {e}"))?;
-        let text = String::from_utf8(plain).map_err(|_| format!("{SECRETS_PATH} does not hold UTF-8 text"))?;
+        let text =
+            String::from_utf8(plain).map_err(|_| format!("{SECRETS_PATH} does not hold UTF-8 text"))?;
         parse_dotenv(&text)
     }
 
@@ -196,7 +200,9 @@ mod tests {
     fn decrypts_binary_and_armored() {
         let (k, r) = keyring();
         for armor in [false, true] {
-            let s = k.open(&encrypt(&r, "A=1\nexport B='two words'\nC=\"x\\ny\" \n# c\n\nD=v #comment\n", armor)).unwrap();
+            let s = k
+                .open(&encrypt(&r, "A=1\nexport B='two words'\nC=\"x\\ny\" \n# c\n\nD=v #comment\n", armor))
+                .unwrap();
             assert_eq!(s["A"].expose(), "1");
             assert_eq!(s["B"].expose(), "two words");
             assert_eq!(s["C"].expose(), "x\ny");

@@ -52,7 +52,8 @@ const DENIED_ENV: &[&str] = &[
 ];
 
 /// Prefixes of denied env names (`npm_config_registry`, `CATWALK_*`, ...), compared case-insensitively.
-const DENIED_ENV_PREFIXES: &[&str] = &["NPM_CONFIG_", "YARN_", "PIP_", "UV_", "LD_", "DYLD_", "CATWALK_", "GIT_"];
+const DENIED_ENV_PREFIXES: &[&str] =
+    &["NPM_CONFIG_", "YARN_", "PIP_", "UV_", "LD_", "DYLD_", "CATWALK_", "GIT_"];
 
 /// Checks an npm package name against npm's rules (validate-npm-package-name, new-package rules).
 pub fn npm_name(name: &str) -> Result<(), String> {
@@ -73,12 +74,16 @@ pub fn npm_name(name: &str) -> Result<(), String> {
     let part_ok = |p: &str| {
         !p.is_empty()
             && !p.starts_with(['.', '_'])
-            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+            && p.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_' | b'~')
+            })
     };
     if let Some(scope) = scope
         && !part_ok(scope)
     {
-        return bad("the scope may use lower-case letters, digits, '-', '.', '_' and '~', not starting with '.' or '_'");
+        return bad(
+            "the scope may use lower-case letters, digits, '-', '.', '_' and '~', not starting with '.' or '_'",
+        );
     }
     if !part_ok(base) || base == "node_modules" || base == "favicon.ico" {
         return bad("use lower-case letters, digits, '-', '.', '_' and '~', not starting with '.' or '_'");
@@ -125,11 +130,15 @@ pub fn exact_version(version: &str) -> Result<(), String> {
     let ok = !version.is_empty()
         && version.len() <= 64
         && version.as_bytes()[0].is_ascii_alphanumeric()
-        && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_' | b'!'));
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_' | b'!'));
     if ok {
         Ok(())
     } else {
-        Err(format!("version {version:?} is not an exact version (e.g. \"1.2.3\"); ranges and tags are not allowed"))
+        Err(format!(
+            "version {version:?} is not an exact version (e.g. \"1.2.3\"); ranges and tags are not allowed"
+        ))
     }
 }
 
@@ -140,7 +149,9 @@ pub fn env_name(name: &str) -> Result<(), String> {
         && (name.as_bytes()[0].is_ascii_uppercase() || name.as_bytes()[0] == b'_')
         && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
     if !grammar {
-        return Err(format!("env name {name:?} is invalid: use upper-case letters, digits and '_' (e.g. API_TOKEN)"));
+        return Err(format!(
+            "env name {name:?} is invalid: use upper-case letters, digits and '_' (e.g. API_TOKEN)"
+        ));
     }
     let upper = name.to_ascii_uppercase();
     if DENIED_ENV.contains(&upper.as_str()) || DENIED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p)) {
@@ -180,7 +191,9 @@ mod tests {
         for ok in ["express", "@modelcontextprotocol/server-everything", "a.b-c_d~e", "x1"] {
             npm_name(ok).unwrap();
         }
-        for bad in ["", "foo; rm -rf /", "../x", "@scope", "@/x", "Upper", ".hidden", "_x", "a b", "$(id)", "a`b`"] {
+        for bad in
+            ["", "foo; rm -rf /", "../x", "@scope", "@/x", "Upper", ".hidden", "_x", "a b", "$(id)", "a`b`"]
+        {
             assert!(npm_name(bad).is_err(), "{bad:?}");
         }
         assert!(npm_name("foo;rm").unwrap_err().contains("not a valid npm name"));
@@ -213,8 +226,20 @@ mod tests {
             env_name(ok).unwrap();
         }
         for bad in [
-            "NODE_OPTIONS", "npm_config_registry", "NPM_CONFIG_REGISTRY", "LD_PRELOAD", "PYTHONPATH", "PATH",
-            "lower", "1A", "A-B", "", "CATWALK_DIR", "A B", "PYTHONSTARTUP", "LD_LIBRARY_PATH",
+            "NODE_OPTIONS",
+            "npm_config_registry",
+            "NPM_CONFIG_REGISTRY",
+            "LD_PRELOAD",
+            "PYTHONPATH",
+            "PATH",
+            "lower",
+            "1A",
+            "A-B",
+            "",
+            "CATWALK_DIR",
+            "A B",
+            "PYTHONSTARTUP",
+            "LD_LIBRARY_PATH",
         ] {
             assert!(env_name(bad).is_err(), "{bad:?}");
         }

@@ -26,6 +26,7 @@ const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const PUSHES: TableDefinition<u64, &[u8]> = TableDefinition::new("pushes");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
 
 /// Bumped when a record changes incompatibly; `open` refuses a newer store rather than misreading it.
 const SCHEMA_VERSION: u64 = 1;
@@ -104,6 +105,7 @@ impl Store {
             txn.open_table(TOKENS)?;
             txn.open_table(PUSHES)?;
             txn.open_table(AUDIT)?;
+            txn.open_table(CACHE)?;
         }
         txn.commit()?;
         Ok(())
@@ -262,6 +264,30 @@ impl Store {
     /// The most recent audit records of `app`, newest first.
     pub fn audit(&self, app: &str, limit: usize) -> Result<Vec<AuditRecord>> {
         self.recent(AUDIT, limit, |r: &AuditRecord| r.app == app)
+    }
+
+    // ---- cache -----------------------------------------------------------------------------------
+
+    /// A cached value younger than `max_age`, for registry lookups.
+    pub fn cache_get(&self, key: &str, max_age: std::time::Duration) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CACHE)?;
+        let Some(v) = table.get(key)? else { return Ok(None) };
+        let bytes = v.value();
+        if bytes.len() < 8 {
+            return Ok(None);
+        }
+        let at = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        Ok((now().saturating_sub(at) < max_age.as_secs()).then(|| bytes[8..].to_vec()))
+    }
+
+    pub fn cache_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        let mut bytes = now().to_le_bytes().to_vec();
+        bytes.extend_from_slice(value);
+        let txn = self.db.begin_write()?;
+        txn.open_table(CACHE)?.insert(key, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
     }
 
     // ---- generic helpers -----------------------------------------------------------------------

@@ -46,11 +46,17 @@ fn npm_spec_with_version_and_scope() {
 
 #[test]
 fn denied_env_and_bad_args_are_refused() {
-    let t = tree(&[("catwalk.toml", "[server]\npackage = \"npm:x\"\n[env.NODE_OPTIONS]\nvalue = \"--require /tmp/x\"\n")]);
+    let t = tree(&[(
+        "catwalk.toml",
+        "[server]\npackage = \"npm:x\"\n[env.NODE_OPTIONS]\nvalue = \"--require /tmp/x\"\n",
+    )]);
     assert!(analyse(&t).unwrap_err().contains("NODE_OPTIONS"));
     let t = tree(&[("catwalk.toml", "[server]\npackage = \"npm:x\"\nargs = [\"$(id)\"]\n")]);
     assert!(analyse(&t).unwrap_err().contains("not allowed"));
-    let t = tree(&[("catwalk.toml", "[server]\npackage = \"npm:x\"\n[env.TOKEN]\nsecret = true\nvalue = \"s3cret\"\n")]);
+    let t = tree(&[(
+        "catwalk.toml",
+        "[server]\npackage = \"npm:x\"\n[env.TOKEN]\nsecret = true\nvalue = \"s3cret\"\n",
+    )]);
     let err = analyse(&t).unwrap_err();
     assert!(err.contains("secrets.age") && !err.contains("s3cret"), "{err}");
 }
@@ -98,7 +104,10 @@ fn package_json_and_pyproject() {
         "package.json",
         r#"{"name":"s","bin":{"s":"./dist/index.js"},"dependencies":{"@modelcontextprotocol/sdk":"^1"}}"#,
     )]);
-    assert_eq!(analyse(&t).unwrap().entry, Entry::Command { argv: vec!["node".into(), "dist/index.js".into()] });
+    assert_eq!(
+        analyse(&t).unwrap().entry,
+        Entry::Command { argv: vec!["node".into(), "dist/index.js".into()] }
+    );
     let t = tree(&[("package.json", r#"{"name":"web","dependencies":{"react":"1"}}"#)]);
     assert!(analyse(&t).unwrap_err().contains("smallest catwalk.toml"));
     let t = tree(&[(
