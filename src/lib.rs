@@ -7,4 +7,5 @@ pub mod datadir;
 pub mod init;
 pub mod names;
 pub mod pipeline;
+pub mod runtime;
 pub mod store;

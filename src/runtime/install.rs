@@ -1,0 +1,394 @@
+//! Installing a release's code into a directory, once per distinct input.
+//!
+//! Registry packages install into `DIR/installs/<key>/` where `key` digests everything that determines
+//! the result (registry, name, exact version, lifecycle-script policy, runtime binary). A second release
+//! of the same pinned package re-uses the finished install instead of reinstalling: that is what makes a
+//! re-push or a rollback take milliseconds instead of a registry round trip (QUALITY.md P5).
+//! Installs run with a clean environment and argv vectors built only from validated, pinned values.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::pipeline::plan::{Entry, Language, Plan, Registry, Source};
+
+/// The language toolchains, resolved to absolute paths once at start-up.
+#[derive(Debug, Clone)]
+pub struct Toolchain {
+    pub node: PathBuf,
+    pub npm: PathBuf,
+    pub python: PathBuf,
+    /// Shared download caches so that per-app installs do not refetch the same tarballs.
+    pub cache_dir: PathBuf,
+    pub install_timeout: Duration,
+}
+
+impl Toolchain {
+    /// Finds `node`, `npm` and the real `python3` (through pyenv-style shims) on PATH.
+    pub async fn detect(cache_dir: PathBuf) -> Toolchain {
+        let which = |name: &str| {
+            std::env::var_os("PATH")
+                .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
+                .unwrap_or_else(|| PathBuf::from(name))
+        };
+        let python_shim = which("python3");
+        let python = Command::new(&python_shim)
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .await
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.is_absolute())
+            .unwrap_or(python_shim);
+        Toolchain {
+            node: which("node"),
+            npm: which("npm"),
+            python,
+            cache_dir,
+            install_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// The minimal PATH children get: the toolchains' directories and the system's.
+    pub fn path_env(&self) -> String {
+        let mut dirs: Vec<String> = Vec::new();
+        for bin in [&self.node, &self.python] {
+            if let Some(dir) = bin.parent().and_then(|d| d.to_str())
+                && !dir.is_empty()
+                && !dirs.iter().any(|d| d == dir)
+            {
+                dirs.push(dir.to_string());
+            }
+        }
+        for sys in ["/usr/local/bin", "/usr/bin", "/bin"] {
+            if !dirs.iter().any(|d| d == sys) {
+                dirs.push(sys.to_string());
+            }
+        }
+        dirs.join(":")
+    }
+}
+
+/// Proxy, CA and mirror settings of the host. They are the operator's (a pushed manifest can never set
+/// them: see `validate::env_name`), and installs and servers need them to reach registries and APIs
+/// through the host's network.
+pub const HOST_NETWORK_ENV: &[&str] = &[
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "no_proxy",
+    "PIP_CERT",
+    "PIP_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_DEFAULT_TIMEOUT",
+    "npm_config_registry",
+    "npm_config_cafile",
+];
+
+/// The host's values of [`HOST_NETWORK_ENV`].
+pub fn host_network_env() -> Vec<(&'static str, std::ffi::OsString)> {
+    HOST_NETWORK_ENV.iter().filter_map(|k| std::env::var_os(k).map(|v| (*k, v))).collect()
+}
+
+/// A finished install: where it is and the argv that starts the server (before the plan's args).
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub dir: PathBuf,
+    pub command: Vec<String>,
+    /// True when an earlier identical install was re-used.
+    pub reused: bool,
+}
+
+/// Where progress lines go (the pusher's terminal, the app log).
+pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
+
+/// Installs a registry package plan (version already pinned) under `installs_dir`.
+pub async fn install_package(
+    tools: &Toolchain,
+    installs_dir: &Path,
+    plan: &Plan,
+    progress: Progress<'_>,
+) -> Result<Installed, String> {
+    let Source::Package { registry, name, version: Some(version) } = &plan.source else {
+        return Err("internal: install_package needs a pinned registry package".into());
+    };
+    let mut key = Sha256::new();
+    for part in [registry.label(), name, version, if plan.install_scripts { "scripts" } else { "no-scripts" }]
+    {
+        key.update(part.as_bytes());
+        key.update([0]);
+    }
+    key.update(tools.python.to_string_lossy().as_bytes());
+    let dir = installs_dir.join(&hex::encode(key.finalize())[..24]);
+    let marker = dir.join(".catwalk-complete");
+    let reused = marker.exists();
+    if !reused {
+        // A half-finished directory from an interrupted install is discarded, never trusted.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        match registry {
+            Registry::Npm => npm_install(tools, &dir, name, version, plan.install_scripts, progress).await?,
+            Registry::Pypi => pip_install(tools, &dir, &format!("{name}=={version}"), progress).await?,
+        }
+    }
+    let command = match (registry, &plan.entry) {
+        (Registry::Npm, Entry::PackageBin { bin }) => vec![npm_bin(&dir, name, bin.as_deref())?],
+        (Registry::Pypi, Entry::PackageBin { bin }) => vec![python_script(&dir, name, bin.as_deref())?],
+        (Registry::Pypi, Entry::PythonModule { module }) => {
+            vec![dir.join("venv/bin/python").to_string_lossy().into_owned(), "-m".into(), module.clone()]
+        }
+        (_, entry) => return Err(format!("internal: entry {entry:?} does not apply to a registry package")),
+    };
+    if !reused {
+        tokio::fs::write(&marker, b"").await.map_err(|e| format!("marking the install complete: {e}"))?;
+    }
+    Ok(Installed { dir, command, reused })
+}
+
+/// Installs a repository source checked out at `src` (its own lockfile / requirements).
+pub async fn install_repository(
+    tools: &Toolchain,
+    src: &Path,
+    plan: &Plan,
+    progress: Progress<'_>,
+) -> Result<Installed, String> {
+    match plan.language {
+        Language::Node => {
+            if src.join("package.json").exists() {
+                let mut args: Vec<String> = vec![
+                    if src.join("package-lock.json").exists() { "ci" } else { "install" }.into(),
+                    "--no-audit".into(),
+                    "--no-fund".into(),
+                ];
+                if !plan.install_scripts {
+                    args.push("--ignore-scripts".into());
+                }
+                run(tools, src, &tools.npm, &args, progress).await?;
+            }
+        }
+        Language::Python => {
+            run(tools, src, &tools.python, &["-m".into(), "venv".into(), "venv".into()], progress).await?;
+            let pip = src.join("venv/bin/pip");
+            let base: Vec<String> =
+                vec!["install".into(), "--no-input".into(), "--disable-pip-version-check".into()];
+            if src.join("requirements.txt").exists() {
+                let mut args = base.clone();
+                args.extend(["-r".into(), "requirements.txt".into()]);
+                run(tools, src, &pip, &args, progress).await?;
+            }
+            if src.join("pyproject.toml").exists() {
+                let mut args = base;
+                args.push(".".into());
+                run(tools, src, &pip, &args, progress).await?;
+            }
+        }
+    }
+    let command = match &plan.entry {
+        Entry::Command { argv } => {
+            let mut argv = argv.clone();
+            match argv[0].as_str() {
+                "node" => argv[0] = tools.node.to_string_lossy().into_owned(),
+                "python" | "python3" => {
+                    let venv = src.join("venv/bin/python");
+                    argv[0] = if venv.exists() { venv } else { tools.python.clone() }
+                        .to_string_lossy()
+                        .into_owned();
+                }
+                rel => argv[0] = src.join(rel).to_string_lossy().into_owned(),
+            }
+            argv
+        }
+        Entry::PackageBin { bin: Some(bin) } if plan.language == Language::Python => {
+            vec![src.join("venv/bin").join(bin).to_string_lossy().into_owned()]
+        }
+        other => {
+            return Err(format!("a repository source cannot run {other:?}; set `command` in catwalk.toml"));
+        }
+    };
+    Ok(Installed { dir: src.to_path_buf(), command, reused: false })
+}
+
+async fn npm_install(
+    tools: &Toolchain,
+    dir: &Path,
+    name: &str,
+    version: &str,
+    scripts: bool,
+    progress: Progress<'_>,
+) -> Result<(), String> {
+    // A package.json of our own makes `--prefix DIR` install into DIR, not into a parent project.
+    tokio::fs::write(dir.join("package.json"), b"{\"private\":true}\n").await.map_err(|e| e.to_string())?;
+    let mut args: Vec<String> = vec![
+        "install".into(),
+        "--prefix".into(),
+        dir.to_string_lossy().into_owned(),
+        "--no-audit".into(),
+        "--no-fund".into(),
+        "--omit=dev".into(),
+        "--save-exact".into(),
+    ];
+    if !scripts {
+        args.push("--ignore-scripts".into());
+    }
+    args.push(format!("{name}@{version}"));
+    run(tools, dir, &tools.npm, &args, progress).await
+}
+
+async fn pip_install(
+    tools: &Toolchain,
+    dir: &Path,
+    requirement: &str,
+    progress: Progress<'_>,
+) -> Result<(), String> {
+    run(tools, dir, &tools.python, &["-m".into(), "venv".into(), "venv".into()], progress).await?;
+    let args: Vec<String> = vec![
+        "install".into(),
+        "--no-input".into(),
+        "--disable-pip-version-check".into(),
+        "--only-binary=:all:".into(),
+        requirement.into(),
+    ];
+    // Wheels only: building an sdist would run the package's setup.py inside the daemon's install step.
+    let result = run(tools, dir, &dir.join("venv/bin/pip"), &args, progress).await;
+    if result.is_err() {
+        // Some packages ship only sdists; retry allowing them (isolated build, still no shell).
+        let mut args = args;
+        args.retain(|a| a != "--only-binary=:all:");
+        return run(tools, dir, &dir.join("venv/bin/pip"), &args, progress).await;
+    }
+    result
+}
+
+/// The executable of an installed npm package: the named bin, the only bin, or the one named like the package.
+fn npm_bin(dir: &Path, name: &str, bin: Option<&str>) -> Result<String, String> {
+    let pkg_json = dir.join("node_modules").join(name).join("package.json");
+    let text =
+        std::fs::read_to_string(&pkg_json).map_err(|e| format!("reading {}: {e}", pkg_json.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", pkg_json.display()))?;
+    let short = name.rsplit('/').next().unwrap_or(name);
+    let bins: Vec<(String, String)> = match json.get("bin") {
+        Some(serde_json::Value::String(p)) => vec![(short.to_string(), p.clone())],
+        Some(serde_json::Value::Object(m)) => {
+            m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()
+        }
+        _ => Vec::new(),
+    };
+    let chosen = match bin {
+        Some(b) => bins.iter().find(|(k, _)| k == b).ok_or(format!(
+            "npm package {name} has no executable {b:?} (it has: {})",
+            bins.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+        ))?,
+        None if bins.len() == 1 => &bins[0],
+        None => bins.iter().find(|(k, _)| k == short).ok_or(if bins.is_empty() {
+            format!("npm package {name} has no executable (no \"bin\" in its package.json)")
+        } else {
+            format!(
+                "npm package {name} has several executables ({}); choose one with `bin = \"...\"` in catwalk.toml",
+                bins.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?,
+    };
+    let path = dir.join("node_modules").join(name).join(&chosen.1);
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// The console script of an installed Python package.
+fn python_script(dir: &Path, name: &str, bin: Option<&str>) -> Result<String, String> {
+    let bin_dir = dir.join("venv/bin");
+    let normal = crate::pipeline::validate::pypi_normalise(name);
+    let candidates: Vec<String> = match bin {
+        Some(b) => vec![b.to_string()],
+        None => vec![normal.clone(), name.to_string(), normal.replace('-', "_")],
+    };
+    candidates
+        .iter()
+        .map(|c| bin_dir.join(c))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+        .ok_or(format!(
+            "PyPI package {name} installed no console script named {}; set `bin` or `module` in catwalk.toml",
+            candidates.join(" or ")
+        ))
+}
+
+/// Runs one install command with a clean environment, streaming its last lines as progress.
+async fn run(
+    tools: &Toolchain,
+    cwd: &Path,
+    program: &Path,
+    args: &[String],
+    progress: Progress<'_>,
+) -> Result<(), String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", tools.path_env())
+        .env("HOME", cwd)
+        .env("LANG", "C.UTF-8")
+        .env("npm_config_cache", tools.cache_dir.join("npm"))
+        .env("npm_config_update_notifier", "false")
+        .env("PIP_CACHE_DIR", tools.cache_dir.join("pip"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    for (key, value) in host_network_env() {
+        cmd.env(key, value);
+    }
+    let label = format!(
+        "{} {}",
+        program.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+        args.first().map(String::as_str).unwrap_or("")
+    );
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let tail = std::sync::Mutex::new(std::collections::VecDeque::<String>::new());
+    let collect = |reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+        let tail = &tail;
+        async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut t = tail.lock().expect("tail lock");
+                if t.len() == 20 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        }
+    };
+    let wait = async {
+        let (_, _, status) = tokio::join!(collect(Box::new(stdout)), collect(Box::new(stderr)), child.wait());
+        status
+    };
+    let status = match tokio::time::timeout(tools.install_timeout, wait).await {
+        Ok(status) => status.map_err(|e| format!("{label}: {e}"))?,
+        Err(_) => {
+            return Err(format!("{label} did not finish within {}s", tools.install_timeout.as_secs()));
+        }
+    };
+    let tail: Vec<String> = tail.into_inner().expect("tail lock").into_iter().collect();
+    if !status.success() {
+        return Err(format!("{label} failed ({status}):\n{}", tail.join("\n")));
+    }
+    if let Some(last) = tail.iter().rev().find(|l| !l.trim().is_empty()) {
+        progress(format!("{label}: {}", last.trim()));
+    }
+    Ok(())
+}
