@@ -4,7 +4,9 @@
 //! analysis, validation, secrets or health check fails is rejected and the ref never moves.
 
 pub mod analyse;
+pub mod health;
 pub mod plan;
 pub mod registry;
 pub mod secrets;
+pub mod source;
 pub mod validate;

@@ -8,6 +8,7 @@
 //! Values are JSON-encoded records (see [`records`]); keys are names or sequence numbers.
 
 mod records;
+mod releases;
 mod tokens;
 
 use std::path::Path;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use records::{AppRecord, AuditRecord, KeyRecord, PushRecord, Role, TokenRecord, now};
+pub use releases::{Introspection, RELEASE_RETENTION, ReleaseRecord, ReleaseStatus};
 pub use tokens::{NewToken, TokenCheck};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -106,6 +108,7 @@ impl Store {
             txn.open_table(PUSHES)?;
             txn.open_table(AUDIT)?;
             txn.open_table(CACHE)?;
+            txn.open_table(releases::RELEASES)?;
         }
         txn.commit()?;
         Ok(())

@@ -130,3 +130,49 @@ fn pushes_and_audit_append_in_order() {
     s.record_audit(&mut audit).unwrap();
     assert_eq!(s.audit("a", 5).unwrap().len(), 1);
 }
+
+fn release(app: &str, version: u32, status: ReleaseStatus) -> ReleaseRecord {
+    let tree: std::collections::BTreeMap<String, Vec<u8>> =
+        [("catwalk.toml".to_string(), b"[server]\npackage = \"npm:x\"\n".to_vec())].into();
+    ReleaseRecord {
+        app: app.into(),
+        version,
+        commit: format!("{version:040}"),
+        plan: crate::pipeline::analyse::analyse(&tree).unwrap(),
+        status,
+        created_at: 1,
+        pusher: "alice".into(),
+        secrets: Default::default(),
+        runtime: "local".into(),
+        timings: vec![],
+        introspection: None,
+        error: None,
+        rollback_of: None,
+        install_dir: None,
+        command: vec![],
+    }
+}
+
+#[test]
+fn releases_promote_recover_and_prune() {
+    let (_d, s) = store();
+    assert_eq!(s.next_release_version("a").unwrap(), 1);
+    s.put_release(&release("a", 1, ReleaseStatus::Deploying)).unwrap();
+    s.promote_release("a", 1).unwrap();
+    s.put_release(&release("a", 2, ReleaseStatus::Deploying)).unwrap();
+    s.put_release(&release("ab", 1, ReleaseStatus::Deploying)).unwrap();
+    assert_eq!(s.live_release("a").unwrap().unwrap().version, 1);
+    assert_eq!(s.releases("a").unwrap().len(), 2, "prefix scans do not mix app a with app ab");
+    assert_eq!(s.recover_releases().unwrap(), 2);
+    assert_eq!(s.release("a", 2).unwrap().unwrap().status, ReleaseStatus::Failed);
+    assert_eq!(s.live_release("a").unwrap().unwrap().version, 1, "a crash never changes the live release");
+    for v in 3..=30 {
+        s.put_release(&release("a", v, ReleaseStatus::Deploying)).unwrap();
+        s.promote_release("a", v).unwrap();
+    }
+    let all = s.releases("a").unwrap();
+    assert_eq!(all.len(), RELEASE_RETENTION);
+    assert_eq!(all[0].status, ReleaseStatus::Live);
+    assert_eq!(all.iter().filter(|r| r.status == ReleaseStatus::Live).count(), 1);
+    assert_eq!(s.next_release_version("a").unwrap(), 31);
+}
