@@ -1,3 +1,6 @@
 //! catwalk: `git push` a repository or a package name, get a live, access-controlled MCP server.
 //!
 //! See ARCHITECTURE.md for the modules, the data path of a push and of an MCP request, and the invariants.
+
+pub mod bridge;
+pub mod gateway;
