@@ -1,6 +1,7 @@
 //! Bearer-token extraction, the bridge's single-token authenticator, and per-token rate limits.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,7 +98,9 @@ impl Limiters {
             match map.get(app) {
                 Some((l, lim)) if *l == limit => lim.clone(),
                 _ => {
-                    let quota = Quota::per_second(limit.per_second).allow_burst(limit.burst);
+                    let quota = Quota::with_period(limit.period)
+                        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                        .allow_burst(limit.burst);
                     let lim = Arc::new(Limiter::keyed(quota));
                     map.insert(app.to_string(), (limit, lim.clone()));
                     lim
@@ -113,7 +116,6 @@ impl Limiters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::NonZeroU32;
 
     #[test]
     fn env_token() {
@@ -134,10 +136,9 @@ mod tests {
     #[test]
     fn rate_limit() {
         let l = Limiters::default();
-        let one = NonZeroU32::new(1).unwrap();
         let lim = RateLimit {
-            per_second: one,
-            burst: one,
+            period: Duration::from_secs(3600),
+            burst: NonZeroU32::MIN,
         };
         assert!(l.check("a", lim, "t").is_ok());
         assert!(l.check("a", lim, "t").is_err());

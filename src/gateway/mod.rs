@@ -53,10 +53,11 @@ pub enum Backend {
     },
 }
 
-/// Per-token request rate: `per_second` sustained, bursts up to `burst`.
+/// Per-token request rate: one request replenished every `period`, bursts up to `burst`.
+/// (`period` 100 ms, `burst` 20 = 10 requests/s sustained, 20 at once.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
-    pub per_second: NonZeroU32,
+    pub period: Duration,
     pub burst: NonZeroU32,
 }
 
@@ -101,12 +102,19 @@ pub struct AuditEvent {
 /// Receives audit records. Must not block (the daemon queues and batch-writes them).
 pub trait AuditSink: Send + Sync {
     fn record(&self, event: AuditEvent);
+    /// `false` lets the gateway skip building events nobody keeps.
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// Discards audit records (the standalone bridge).
 pub struct NoAudit;
 impl AuditSink for NoAudit {
     fn record(&self, _event: AuditEvent) {}
+    fn enabled(&self) -> bool {
+        false
+    }
 }
 
 /// Where the MCP endpoint lives in the URL space.
@@ -254,6 +262,27 @@ impl Gateway {
         local: SocketAddr,
     ) -> ::http::Response<GatewayBody> {
         http::handle(self, req, local).await
+    }
+
+    /// A hyper service answering requests with [`Gateway::handle`], for the daemon to serve on
+    /// its own connections (`local` as in `handle`).
+    pub fn service(
+        self: &Arc<Self>,
+        local: SocketAddr,
+    ) -> impl hyper::service::Service<
+        ::http::Request<hyper::body::Incoming>,
+        Response = ::http::Response<GatewayBody>,
+        Error = std::convert::Infallible,
+        Future = impl Future<Output = Result<::http::Response<GatewayBody>, std::convert::Infallible>>
+                 + Send,
+    > + Clone
+    + Send
+    + 'static {
+        let gw = self.clone();
+        hyper::service::service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok(http::handle(&gw, req, local).await) }
+        })
     }
 
     /// Serve HTTP/1.1 and HTTP/2 on `listener` until `shutdown` is cancelled, then end all

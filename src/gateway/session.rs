@@ -281,6 +281,9 @@ impl Session {
         ::metrics::counter!(metrics::REQUESTS, "app" => self.app.to_string(), "method" => label, "status" => status_label(status)).increment(1);
         ::metrics::histogram!(metrics::LATENCY, "app" => self.app.to_string(), "method" => label)
             .record(duration.as_secs_f64());
+        if !self.audit.enabled() {
+            return;
+        }
         self.audit.record(AuditEvent {
             app: self.app.to_string(),
             token_name: info.token_name.map(|t| t.to_string()),
