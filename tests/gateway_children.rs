@@ -74,6 +74,34 @@ async fn shared_mode_rewrites_ids() {
     for t in tasks {
         t.await.unwrap();
     }
+    // Same progress token in both sessions: each sees only its own progress notifications.
+    let mut streams = Vec::new();
+    for (sid, count) in [(a.clone(), 2u64), (z.clone(), 4u64)] {
+        let msg = json!({"jsonrpc":"2.0","id":150,"method":"tools/call","params":{
+            "name":"progress_slow","arguments":{"count":count,"ms":100},"_meta":{"progressToken":"same"}}});
+        let r = post(&c, &b.url, Some(&sid), Some("2025-06-18"), &msg).await;
+        streams.push((Sse::new(r), count));
+    }
+    for (mut sse, count) in streams {
+        let mut seen = Vec::new();
+        let fin = loop {
+            let (_, m) = sse.next_msg().await.expect("stream ended early");
+            if m.get("id").is_some() {
+                break m;
+            }
+            assert_eq!(
+                m["params"]["progressToken"], "same",
+                "token not restored: {m}"
+            );
+            assert_eq!(
+                m["params"]["total"], count,
+                "another session's progress: {m}"
+            );
+            seen.push(m["params"]["progress"].as_u64().unwrap());
+        };
+        assert_eq!(seen, (1..=count).collect::<Vec<_>>());
+        assert_eq!(fin["id"], 150);
+    }
     // A server→client request goes to the session that caused it.
     let r = post(
         &c,

@@ -95,6 +95,8 @@ pub struct Classified {
     pub name: Option<Box<str>>,
     /// `params.progressToken` or `params._meta.progressToken`, as raw JSON text.
     pub progress_token: Option<Box<str>>,
+    /// Byte range of that progress token within the message.
+    pub progress_span: Option<Range<usize>>,
     /// `params.requestId` (for `notifications/cancelled`): raw text and byte range.
     pub request_id: Option<(IdKey, Range<usize>)>,
     /// `params.protocolVersion` (initialize requests).
@@ -152,6 +154,7 @@ pub fn classify(msg: &[u8]) -> Result<Classified, Invalid> {
         method: env.method.map(|m| m.into()),
         name: None,
         progress_token: None,
+        progress_span: None,
         request_id: None,
         protocol_version: None,
         is_error: env.error.is_some(),
@@ -161,10 +164,10 @@ pub fn classify(msg: &[u8]) -> Result<Classified, Invalid> {
         && let Ok(p) = serde_json::from_str::<Params<'_>>(params.get())
     {
         out.name = p.name.map(|n| n.into());
-        out.progress_token = p
-            .progress_token
-            .or(p.meta.and_then(|m| m.progress_token))
-            .map(|t| t.get().into());
+        if let Some(t) = p.progress_token.or(p.meta.and_then(|m| m.progress_token)) {
+            out.progress_token = Some(t.get().into());
+            out.progress_span = Some(span_of(msg, t));
+        }
         out.protocol_version = p.protocol_version.map(|v| v.into());
         if let Some(raw) = p.request_id
             && let Some(k) = IdKey::from_raw(raw)
@@ -215,6 +218,23 @@ pub fn splice(msg: &[u8], span: Range<usize>, with: &[u8]) -> Bytes {
     out.extend_from_slice(&msg[..span.start]);
     out.extend_from_slice(with);
     out.extend_from_slice(&msg[span.end..]);
+    out.freeze()
+}
+
+/// Replace several non-overlapping spans at once.
+pub fn splice_many(msg: &[u8], mut edits: Vec<(Range<usize>, Vec<u8>)>) -> Bytes {
+    edits.sort_by_key(|(r, _)| r.start);
+    let mut out = BytesMut::with_capacity(msg.len() + 32);
+    let mut at = 0;
+    for (r, with) in edits {
+        if r.start < at || r.end > msg.len() {
+            continue;
+        }
+        out.extend_from_slice(&msg[at..r.start]);
+        out.extend_from_slice(&with);
+        at = r.end;
+    }
+    out.extend_from_slice(&msg[at..]);
     out.freeze()
 }
 
@@ -305,6 +325,23 @@ mod tests {
         let c = classify(m).unwrap();
         let out = splice(m, c.id_span.unwrap(), b"17");
         assert_eq!(&out[..], br#"{"jsonrpc":"2.0", "id" : 17,"method":"m"}"#);
+    }
+
+    #[test]
+    fn progress_token_span() {
+        let m = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":"tok"},"name":"x"}}"#;
+        let c = classify(m).unwrap();
+        let out = splice_many(
+            m,
+            vec![
+                (c.progress_span.unwrap(), b"\"p9\"".to_vec()),
+                (c.id_span.unwrap(), b"42".to_vec()),
+            ],
+        );
+        assert_eq!(
+            &out[..],
+            br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"_meta":{"progressToken":"p9"},"name":"x"}}"#
+        );
     }
 
     #[test]

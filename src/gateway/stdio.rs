@@ -266,7 +266,8 @@ struct SharedPending {
     /// The client's id as JSON text, spliced back into the response.
     orig: Box<str>,
     key: IdKey,
-    progress: Option<Box<str>>,
+    /// The client's progress token (raw JSON) and the unique one the child sees instead.
+    progress: Option<(Box<str>, Box<str>)>,
     initialize: bool,
 }
 
@@ -336,6 +337,19 @@ impl SharedChild {
         let line = match (c.kind, &c.id, &c.id_span) {
             (Kind::Request, Some(key), Some(span)) => {
                 let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                // Progress tokens are client-chosen (often equal to the request id), so two
+                // sessions may use the same one: the child sees a unique token instead.
+                let progress: Option<(Box<str>, Box<str>)> =
+                    match (&c.progress_token, &c.progress_span) {
+                        (Some(t), Some(_)) => {
+                            Some((t.clone(), format!("\"cw-progress-{n}\"").into()))
+                        }
+                        _ => None,
+                    };
+                let mut edits = vec![(span.clone(), n.to_string().into_bytes())];
+                if let (Some((_, unique)), Some(pspan)) = (&progress, &c.progress_span) {
+                    edits.push((pspan.clone(), unique.as_bytes().to_vec()));
+                }
                 lock(&self.pending).insert(
                     n,
                     SharedPending {
@@ -343,11 +357,11 @@ impl SharedChild {
                         session_id: session.id.clone(),
                         orig: String::from_utf8_lossy(&body[span.clone()]).into(),
                         key: key.clone(),
-                        progress: c.progress_token.clone(),
+                        progress,
                         initialize: c.method.as_deref() == Some("initialize"),
                     },
                 );
-                jsonrpc::splice(body, span.clone(), n.to_string().as_bytes())
+                jsonrpc::splice_many(body, edits)
             }
             (Kind::Notification, _, _) => match c.method.as_deref() {
                 // The child was initialized once; later sessions' `initialized` are absorbed.
@@ -409,18 +423,30 @@ impl ChildEvents for SharedChild {
         }
         // A server-initiated message goes to the session that caused it: the one whose request
         // carries the same progress token, else the one with the oldest request in flight.
-        let owner = {
+        let (owner, line, token) = {
             let pending = lock(&self.pending);
             let by_token = c.progress_token.as_deref().and_then(|t| {
-                pending
-                    .values()
-                    .find(|p| p.progress.as_deref() == Some(t))
-                    .map(|p| p.session.clone())
+                pending.values().find_map(|p| match &p.progress {
+                    Some((orig, unique)) if &**unique == t => {
+                        Some((p.session.clone(), orig.clone()))
+                    }
+                    _ => None,
+                })
             });
-            by_token.or_else(|| pending.values().next().map(|p| p.session.clone()))
+            match (by_token, &c.progress_span) {
+                (Some((session, orig)), Some(span)) => {
+                    let line = jsonrpc::splice(&line, span.clone(), orig.as_bytes());
+                    (Some(session), line, Some(orig))
+                }
+                _ => (
+                    pending.values().next().map(|p| p.session.clone()),
+                    line,
+                    None,
+                ),
+            }
         };
         if let Some(s) = owner.and_then(|w| w.upgrade()) {
-            s.deliver_server_message(c.progress_token.as_deref(), line);
+            s.deliver_server_message(token.as_deref(), line);
             return;
         }
         let sessions: Vec<Arc<Session>> = lock(&self.sessions)
