@@ -2,8 +2,10 @@
 //!
 //! See ARCHITECTURE.md for the modules, the data path of a push and of an MCP request, and the invariants.
 
+pub mod bridge;
 pub mod config;
 pub mod datadir;
+pub mod gateway;
 pub mod init;
 pub mod names;
 pub mod pipeline;

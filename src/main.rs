@@ -26,6 +26,8 @@ enum Command {
         #[arg(long)]
         admin_key: Option<PathBuf>,
     },
+    /// Serve one stdio MCP server (or an HTTP upstream) over Streamable HTTP, without a daemon.
+    Bridge(catwalk::bridge::BridgeArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,10 @@ fn main() -> ExitCode {
     let dir = DataDir::new(&cli.dir);
     let result = match cli.command {
         Command::Init { admin_key } => run_init(&dir, admin_key.as_deref()),
+        Command::Bridge(args) => {
+            init_logging("warn");
+            block_on(async { catwalk::bridge::run(args).await.map(|()| ExitCode::SUCCESS) })
+        }
     };
     match result {
         Ok(code) => code,
@@ -41,6 +47,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides `default`.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?.block_on(f)
 }
 
 fn run_init(dir: &DataDir, admin_key: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {

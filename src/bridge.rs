@@ -1,0 +1,209 @@
+//! `catwalk bridge`: the gateway on its own, serving one stdio MCP server (or one HTTP upstream)
+//! at one path. The same code the daemon uses; it also runs inside Fly machines.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::{
+    self, AppDirectory, AppLogs, AppRoute, Authenticator, Backend, EnvTokenAuthenticator, Gateway,
+    GatewayConfig, LogKind, Mount, NoAudit,
+};
+
+/// Environment variables a bridged server gets from the bridge's own environment by default.
+/// Everything else must be passed explicitly with --pass-env or --env.
+const DEFAULT_PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"];
+
+/// The name the bridge's single app has in logs and metrics.
+const APP: &str = "bridge";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BridgeArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// URL path of the MCP endpoint.
+    #[arg(long, default_value = "/mcp")]
+    pub path: String,
+    /// One child for all sessions (ids rewritten) instead of one child per session.
+    #[arg(long)]
+    pub shared: bool,
+    /// Allowed browser Origin (scheme://host[:port]); repeatable.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+    /// Require `Authorization: Bearer <value of this environment variable>`.
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
+    /// Set NAME=VALUE in the server's environment; repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Pass this variable from the bridge's environment to the server; repeatable.
+    /// PATH, HOME, LANG, LC_ALL, TZ, TMPDIR and USER are passed by default.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
+    /// Reap a session whose client has no open stream and no request for this long.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub session_grace: humantime::Duration,
+    /// Reap a session without any request for this long.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub idle_timeout: humantime::Duration,
+    /// Interval of SSE keep-alive comments (they also reveal clients that went away).
+    #[arg(long, value_name = "DURATION", default_value = "15s")]
+    pub keepalive: humantime::Duration,
+    /// Largest accepted request body in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Proxy to this Streamable HTTP server (http://...) instead of running a command.
+    #[arg(long, value_name = "URL", conflicts_with = "command")]
+    pub upstream: Option<String>,
+    /// Header sent to the upstream (NAME: VALUE), e.g. its credential; repeatable.
+    #[arg(
+        long = "upstream-header",
+        value_name = "NAME: VALUE",
+        requires = "upstream"
+    )]
+    pub upstream_header: Vec<String>,
+    /// The stdio MCP server to run: CMD [ARGS...] after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+struct SingleApp(Arc<AppRoute>);
+
+impl AppDirectory for SingleApp {
+    fn resolve(&self, app: &str) -> Option<Arc<AppRoute>> {
+        (app == APP).then(|| self.0.clone())
+    }
+}
+
+fn backend(args: &BridgeArgs) -> anyhow::Result<Backend> {
+    if let Some(url) = &args.upstream {
+        let mut headers = Vec::new();
+        for h in &args.upstream_header {
+            let Some((k, v)) = h.split_once(':') else {
+                bail!("--upstream-header {h:?}: expected `NAME: VALUE`");
+            };
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        return Ok(Backend::Http {
+            url: url.clone(),
+            headers,
+        });
+    }
+    if args.command.is_empty() {
+        bail!(
+            "no server to bridge: give the command after `--` (catwalk bridge --listen 127.0.0.1:8931 -- CMD ARGS...) or use --upstream URL"
+        );
+    }
+    let mut env = BTreeMap::new();
+    for name in DEFAULT_PASS_ENV
+        .iter()
+        .copied()
+        .chain(args.pass_env.iter().map(String::as_str))
+    {
+        if let Ok(v) = std::env::var(name) {
+            env.insert(name.to_string(), v);
+        }
+    }
+    for kv in &args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env {kv:?}: expected NAME=VALUE");
+        };
+        if k.is_empty() {
+            bail!("--env {kv:?}: the variable name is empty");
+        }
+        env.insert(k.to_string(), v.to_string());
+    }
+    let cwd = std::env::current_dir().context("reading the current directory for the server")?;
+    Ok(Backend::Stdio {
+        argv: args.command.clone(),
+        env,
+        cwd,
+    })
+}
+
+/// Run the bridge until SIGINT/SIGTERM.
+pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
+    if !args.path.starts_with('/') {
+        bail!("--path {:?} must start with /", args.path);
+    }
+    let route = AppRoute {
+        backend: backend(&args)?,
+        allowed_origins: args.allow_origin.clone(),
+        shared: args.shared,
+        rate_limit: None,
+    };
+    let auth: Option<Arc<dyn Authenticator>> = match &args.token_env {
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Arc::new(EnvTokenAuthenticator::new(v))),
+            _ => bail!("--token-env {var}: the environment variable {var} is not set or empty"),
+        },
+        None => None,
+    };
+    let cfg = GatewayConfig {
+        mount: Mount::Single {
+            path: args.path.clone(),
+            app: APP.into(),
+        },
+        session_grace: args.session_grace.into(),
+        session_idle_timeout: args.idle_timeout.into(),
+        max_body_bytes: args.max_body_bytes,
+        keepalive_interval: args.keepalive.into(),
+        ..GatewayConfig::default()
+    };
+    let logs = Arc::new(AppLogs::new(2000));
+    // The server's stderr and lifecycle events go to the bridge's stderr.
+    let (_, mut follow) = logs.subscribe(APP, 0);
+    tokio::spawn(async move {
+        loop {
+            match follow.recv().await {
+                Ok(line) => match line.kind {
+                    LogKind::Stderr => eprintln!("[server] {}", line.text),
+                    LogKind::Event => eprintln!("[bridge] {}", line.text),
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("[bridge] {n} log lines skipped (stderr too fast)");
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let gw = Gateway::new(
+        cfg,
+        Arc::new(SingleApp(Arc::new(route))),
+        auth,
+        Arc::new(NoAudit),
+        logs,
+        Some(gateway::metrics::install()),
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!("listening on http://{addr}{}", args.path);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    stop.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        stop.cancel();
+    });
+    gw.serve(listener, shutdown).await?;
+    // Give SIGTERM'd children their grace period before the runtime (and kill_on_drop) ends.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Prometheus metrics: names, the recorder, and label hygiene.
+//!
+//! Method labels are limited to the MCP method names below (anything else is `other`) so a
+//! client sending random method names cannot create unbounded label sets.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Counter: JSON-RPC requests and HTTP exchanges, labels `app`, `method`, `status`.
+pub const REQUESTS: &str = "catwalk_mcp_requests_total";
+/// Histogram (seconds): time to the final response, labels `app`, `method`.
+pub const LATENCY: &str = "catwalk_mcp_request_duration_seconds";
+/// Gauge: open MCP sessions.
+pub const SESSIONS: &str = "catwalk_mcp_sessions_open";
+/// Gauge: live stdio children.
+pub const CHILDREN: &str = "catwalk_mcp_children_live";
+/// Counter: children that exited on their own (crash or exit), label `app`.
+pub const CHILD_EXITS: &str = "catwalk_mcp_child_exits_total";
+/// Counter: shared children started again after the previous one ended, label `app`.
+pub const CHILD_RESTARTS: &str = "catwalk_mcp_child_restarts_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the process-wide Prometheus recorder once and return its handle (later calls return
+/// the same handle). If another recorder was installed first, metrics are not collected and the
+/// handle renders an empty page.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ])
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// A bounded label for a JSON-RPC method.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "tasks/get",
+        "tasks/list",
+        "tasks/result",
+        "tasks/cancel",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(super::method_label("tools/call"), "tools/call");
+        assert_eq!(super::method_label("x/random-123"), "other");
+    }
+}

@@ -1,0 +1,305 @@
+//! The MCP gateway: a Streamable HTTP endpoint in front of stdio MCP servers (a child process per
+//! session, or one shared child) and of HTTP MCP servers (a streaming reverse proxy).
+//!
+//! The same [`Gateway`] serves `catwalk bridge` (one app at `/mcp`) and the daemon (many apps at
+//! `/mcp/<app>`). Everything that depends on the daemon's state is behind three small traits:
+//! - [`AppDirectory`]: app name → [`AppRoute`] (backend + per-app options),
+//! - [`Authenticator`]: bearer token → [`TokenIdentity`] (bridge: none, or one env-var token),
+//! - [`AuditSink`]: one [`AuditEvent`] per JSON-RPC request (never arguments or results).
+//!
+//! Request path for a stdio app (see `http.rs`): route → Host/Origin → auth → rate limit →
+//! method/Accept/Content-Type/version checks → session → child stdin; the child's reader task
+//! routes each stdout line to the waiting request (JSON fast path, or SSE once a notification or
+//! server→client request arrives first), the standalone GET stream, or a bounded backlog.
+
+pub mod applog;
+mod auth;
+mod http;
+mod jsonrpc;
+pub mod metrics;
+mod protocol;
+mod session;
+mod sse;
+mod stdio;
+mod upstream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use applog::{AppLogs, LogKind, LogLine};
+pub use auth::{AuthError, EnvTokenAuthenticator, TokenIdentity};
+pub use protocol::GatewayBody;
+
+/// How to reach an app's MCP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A stdio server: started with exactly this argv, environment (nothing inherited) and
+    /// working directory, in its own process group.
+    Stdio {
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: PathBuf,
+    },
+    /// A Streamable HTTP server (`http://` only): requests are proxied, bodies streamed.
+    /// `headers` are sent upstream on every request (e.g. the upstream's own credential);
+    /// the client's `Authorization` is never forwarded.
+    Http {
+        url: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// Per-token request rate: one request replenished every `period`, bursts up to `burst`.
+/// (`period` 100 ms, `burst` 20 = 10 requests/s sustained, 20 at once.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub period: Duration,
+    pub burst: NonZeroU32,
+}
+
+/// Everything the gateway needs to serve one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRoute {
+    pub backend: Backend,
+    /// Extra allowed `Origin` values (`scheme://host[:port]`), besides the public origin and,
+    /// on a loopback listener, loopback origins.
+    pub allowed_origins: Vec<String>,
+    /// One child shared by all sessions (ids rewritten) instead of one child per session.
+    pub shared: bool,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Resolves app names. Called once per HTTP request, so keep it cheap (return a shared `Arc`).
+pub trait AppDirectory: Send + Sync {
+    fn resolve(&self, app: &str) -> Option<Arc<AppRoute>>;
+}
+
+/// Checks bearer tokens. `bearer` is the value after `Authorization: Bearer`, `None` when absent.
+/// Implementations must compare in constant time and must fail for unknown apps.
+pub trait Authenticator: Send + Sync {
+    fn authenticate(&self, app: &str, bearer: Option<&str>) -> Result<TokenIdentity, AuthError>;
+}
+
+/// One audit record per JSON-RPC request that reached a backend (or was refused by it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub app: String,
+    pub token_name: Option<String>,
+    pub method: String,
+    /// `params.name` of `tools/call` (and of `prompts/get`).
+    pub tool_name: Option<String>,
+    /// HTTP status of the exchange (200 for a JSON-RPC error delivered normally).
+    pub status: u16,
+    /// `true` when the final JSON-RPC message was an error object.
+    pub error: bool,
+    pub duration: Duration,
+}
+
+/// Receives audit records. Must not block (the daemon queues and batch-writes them).
+pub trait AuditSink: Send + Sync {
+    fn record(&self, event: AuditEvent);
+    /// `false` lets the gateway skip building events nobody keeps.
+    fn enabled(&self) -> bool {
+        true
+    }
+}
+
+/// Discards audit records (the standalone bridge).
+pub struct NoAudit;
+impl AuditSink for NoAudit {
+    fn record(&self, _event: AuditEvent) {}
+    fn enabled(&self) -> bool {
+        false
+    }
+}
+
+/// Where the MCP endpoint lives in the URL space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// One app at an exact path (the bridge: `/mcp`).
+    Single { path: String, app: String },
+    /// Many apps under a prefix: `/mcp/` serves `/mcp/<app>`.
+    Prefix(String),
+}
+
+/// Limits and timeouts. [`GatewayConfig::default`] has production values.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub mount: Mount,
+    /// The daemon's public origin (`https://deploy.example.com`), always an allowed `Origin`.
+    pub public_origin: Option<String>,
+    /// Largest accepted request body (413 above).
+    pub max_body_bytes: usize,
+    /// Time allowed to send request headers (also bounds idle keep-alive connections).
+    pub header_read_timeout: Duration,
+    /// Time allowed to send a request body.
+    pub body_read_timeout: Duration,
+    /// Interval of SSE keep-alive comments.
+    pub keepalive_interval: Duration,
+    /// A session with no open stream and no request in flight for this long is reaped.
+    pub session_grace: Duration,
+    /// A session without any request for this long is reaped even with a stream open.
+    pub session_idle_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when stopping a child.
+    pub kill_grace: Duration,
+    /// SSE events kept per session for `Last-Event-ID` resumption.
+    pub replay_events: usize,
+    /// Server messages kept for the next GET stream when no stream can take them.
+    pub backlog_messages: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            mount: Mount::Prefix("/mcp/".into()),
+            public_origin: None,
+            max_body_bytes: 4 << 20,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(15),
+            session_grace: Duration::from_secs(300),
+            session_idle_timeout: Duration::from_secs(3600),
+            kill_grace: Duration::from_secs(3),
+            replay_events: 512,
+            backlog_messages: 256,
+        }
+    }
+}
+
+/// The gateway. Create with [`Gateway::new`], then either [`Gateway::serve`] a listener or call
+/// [`Gateway::handle`] from the daemon's own hyper service.
+pub struct Gateway {
+    cfg: GatewayConfig,
+    directory: Arc<dyn AppDirectory>,
+    auth: Option<Arc<dyn Authenticator>>,
+    audit: Arc<dyn AuditSink>,
+    logs: Arc<AppLogs>,
+    metrics: Option<::metrics_exporter_prometheus::PrometheusHandle>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<session::Session>>>,
+    shared: Mutex<HashMap<String, Arc<stdio::SharedChild>>>,
+    limiters: auth::Limiters,
+    proxy: upstream::Proxy,
+}
+
+impl Gateway {
+    /// Build a gateway. `metrics` is the handle of an installed Prometheus recorder (see
+    /// [`metrics::install`]); without it `/metrics` answers 404.
+    pub fn new(
+        cfg: GatewayConfig,
+        directory: Arc<dyn AppDirectory>,
+        auth: Option<Arc<dyn Authenticator>>,
+        audit: Arc<dyn AuditSink>,
+        logs: Arc<AppLogs>,
+        metrics: Option<::metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            cfg,
+            directory,
+            auth,
+            audit,
+            logs,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            shared: Mutex::new(HashMap::new()),
+            limiters: auth::Limiters::default(),
+            proxy: upstream::Proxy::new(),
+        })
+    }
+
+    /// The per-app logs (child stderr and lifecycle events) for the `logs` command.
+    pub fn logs(&self) -> &Arc<AppLogs> {
+        &self.logs
+    }
+
+    /// Number of live MCP sessions (stdio apps) across all apps.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// End every session of `app` (their children are stopped; clients get 404 and
+    /// re-initialize) and stop its shared child. Call when the app's release changes.
+    pub fn drain_app(&self, app: &str) {
+        let victims: Vec<_> = match self.sessions.lock() {
+            Ok(s) => s.values().filter(|s| &*s.app == app).cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        for s in victims {
+            self.end_session(&s, "the app was redeployed or stopped");
+        }
+        let shared = self.shared.lock().ok().and_then(|mut m| m.remove(app));
+        if let Some(shared) = shared {
+            shared.stop();
+        }
+    }
+
+    /// End all sessions and stop all children (daemon shutdown).
+    pub fn stop_all(&self) {
+        let victims: Vec<_> = match self.sessions.lock() {
+            Ok(s) => s.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        for s in victims {
+            self.end_session(&s, "the gateway is shutting down");
+        }
+        let shared: Vec<_> = match self.shared.lock() {
+            Ok(mut m) => m.drain().map(|(_, v)| v).collect(),
+            Err(_) => Vec::new(),
+        };
+        for s in shared {
+            s.stop();
+        }
+    }
+
+    /// Answer one HTTP request (for the daemon's own server). `local` is the address the
+    /// connection was accepted on (Host validation applies when it is a loopback address).
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: ::http::Request<hyper::body::Incoming>,
+        local: SocketAddr,
+    ) -> ::http::Response<GatewayBody> {
+        http::handle(self, req, local).await
+    }
+
+    /// A hyper service answering requests with [`Gateway::handle`], for the daemon to serve on
+    /// its own connections (`local` as in `handle`).
+    pub fn service(
+        self: &Arc<Self>,
+        local: SocketAddr,
+    ) -> impl hyper::service::Service<
+        ::http::Request<hyper::body::Incoming>,
+        Response = ::http::Response<GatewayBody>,
+        Error = std::convert::Infallible,
+        Future = impl Future<Output = Result<::http::Response<GatewayBody>, std::convert::Infallible>>
+                 + Send,
+    > + Clone
+    + Send
+    + 'static {
+        let gw = self.clone();
+        hyper::service::service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok(http::handle(&gw, req, local).await) }
+        })
+    }
+
+    /// Serve HTTP/1.1 and HTTP/2 on `listener` until `shutdown` is cancelled, then end all
+    /// sessions and stop all children.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<()> {
+        http::serve(self, listener, shutdown).await
+    }
+
+    fn end_session(&self, s: &Arc<session::Session>, why: &str) {
+        if let Ok(mut m) = self.sessions.lock() {
+            m.remove(&s.id);
+        }
+        s.terminate(why);
+        ::metrics::gauge!(metrics::SESSIONS).set(self.session_count() as f64);
+    }
+}

@@ -1,0 +1,479 @@
+//! stdio children: spawning (clean env, own process group), one writer task fed by a channel of
+//! ready-made lines, one reader task classifying stdout lines, stderr into the app log, and
+//! stopping the whole process group (SIGTERM, then SIGKILL).
+//!
+//! Two ways to use a child: one per session ([`Link::Own`]), or one per app shared by all its
+//! sessions ([`Link::Shared`]), where client ids are rewritten to unique numbers and mapped back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::applog::{AppLogs, LogKind};
+use super::jsonrpc::{self, Classified, IdKey, Kind};
+use super::metrics;
+use super::session::Session;
+
+/// Receives what a child writes.
+pub trait ChildEvents: Send + Sync {
+    fn message(&self, line: Bytes, c: Classified);
+    fn exited(&self, why: &str);
+}
+
+/// A running child process.
+pub struct ChildProc {
+    pub pid: u32,
+    tx: mpsc::UnboundedSender<Bytes>,
+    exited: CancellationToken,
+    stopping: AtomicBool,
+    kill_grace: Duration,
+}
+
+/// What to start.
+pub struct Command<'a> {
+    pub app: &'a str,
+    pub argv: &'a [String],
+    pub env: &'a BTreeMap<String, String>,
+    pub cwd: &'a Path,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Start a child. Its stdout lines go to `events`, its stderr lines into `logs`.
+pub fn spawn(
+    cmd: Command<'_>,
+    events: Arc<dyn ChildEvents>,
+    logs: Arc<AppLogs>,
+    kill_grace: Duration,
+) -> Result<Arc<ChildProc>, String> {
+    let (prog, args) = cmd
+        .argv
+        .split_first()
+        .ok_or_else(|| format!("app `{}` has an empty command", cmd.app))?;
+    let mut child = tokio::process::Command::new(prog)
+        .args(args)
+        .env_clear()
+        .envs(cmd.env)
+        .current_dir(cmd.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "could not start `{prog}` (working directory {}): {e}; check that the command \
+                 exists on the PATH given to the app and that the directory exists",
+                cmd.cwd.display()
+            )
+        })?;
+    let pid = child.id().unwrap_or(0);
+    let (stdin, stdout, stderr) =
+        match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+            (Some(i), Some(o), Some(e)) => (i, o, e),
+            _ => return Err(format!("`{prog}` started without its stdio pipes")),
+        };
+    let app: Arc<str> = cmd.app.into();
+    logs.push(
+        &app,
+        LogKind::Event,
+        &format!("started process {pid}: {prog}"),
+    );
+    ::metrics::gauge!(metrics::CHILDREN).increment(1.0);
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(64 * 1024, stdin);
+        'outer: while let Some(line) = rx.recv().await {
+            if w.write_all(&line).await.is_err() {
+                break;
+            }
+            // Batch whatever else is queued into one write syscall.
+            while let Ok(more) = rx.try_recv() {
+                if w.write_all(&more).await.is_err() {
+                    break 'outer;
+                }
+            }
+            if w.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let reader_events = events.clone();
+    let reader_logs = logs.clone();
+    let reader_app = app.clone();
+    let reader = tokio::spawn(async move {
+        let mut r = BufReader::with_capacity(64 * 1024, stdout);
+        loop {
+            let mut buf = Vec::with_capacity(512);
+            match r.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if buf.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            match jsonrpc::classify(&buf) {
+                Ok(c) => reader_events.message(Bytes::from(buf), c),
+                Err(e) => {
+                    let text = String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned();
+                    reader_logs.push(
+                        &reader_app,
+                        LogKind::Event,
+                        &format!("ignored a line on stdout that is not JSON-RPC ({e:?}): {text}"),
+                    );
+                }
+            }
+        }
+    });
+
+    let err_logs = logs.clone();
+    let err_app = app.clone();
+    let err_reader = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            err_logs.push(&err_app, LogKind::Stderr, &line);
+        }
+    });
+
+    let proc = Arc::new(ChildProc {
+        pid,
+        tx,
+        exited: CancellationToken::new(),
+        stopping: AtomicBool::new(false),
+        kill_grace,
+    });
+    let watch = proc.clone();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        // Let the readers drain what the process wrote before it died.
+        let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), err_reader).await;
+        watch.exited.cancel();
+        // Orphans left in the group go too.
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        ::metrics::gauge!(metrics::CHILDREN).decrement(1.0);
+        let status = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("unknown status ({e})"),
+        };
+        let msg = if watch.stopping.load(Ordering::Acquire) {
+            format!("process {pid} stopped ({status})")
+        } else {
+            ::metrics::counter!(metrics::CHILD_EXITS, "app" => app.to_string()).increment(1);
+            let tail = logs.stderr_tail(&app, 10);
+            tracing::warn!(app = %app, pid, %status, "MCP server process exited");
+            if tail.is_empty() {
+                format!("process {pid} exited on its own ({status}); it wrote nothing to stderr")
+            } else {
+                format!("process {pid} exited on its own ({status}); last stderr lines:\n{tail}")
+            }
+        };
+        logs.push(&app, LogKind::Event, &msg);
+        events.exited(&msg);
+    });
+    Ok(proc)
+}
+
+impl ChildProc {
+    /// Queue one line for stdin. `false` when the child is gone.
+    pub fn send(&self, line: Bytes) -> bool {
+        !self.exited.is_cancelled() && self.tx.send(line).is_ok()
+    }
+
+    pub fn is_exited(&self) -> bool {
+        self.exited.is_cancelled()
+    }
+
+    /// SIGTERM the process group, SIGKILL it after the grace period if still alive.
+    pub fn stop(&self) {
+        if self.exited.is_cancelled() || self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pgid = Pid::from_raw(self.pid as i32);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let exited = self.exited.clone();
+        let grace = self.kill_grace;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = exited.cancelled() => {}
+                _ = tokio::time::sleep(grace) => { let _ = killpg(pgid, Signal::SIGKILL); }
+            }
+        });
+    }
+}
+
+/// Routes a per-session child's output to its session (set right after the session exists).
+#[derive(Default)]
+pub struct OwnEvents {
+    pub session: OnceLock<Weak<Session>>,
+}
+
+impl ChildEvents for OwnEvents {
+    fn message(&self, line: Bytes, c: Classified) {
+        if let Some(s) = self.session.get().and_then(Weak::upgrade) {
+            s.route_from_server(line, &c);
+        }
+    }
+    fn exited(&self, why: &str) {
+        if let Some(s) = self.session.get().and_then(Weak::upgrade) {
+            s.terminate(why);
+        }
+    }
+}
+
+/// How a session reaches its server.
+pub enum Link {
+    Own(Arc<ChildProc>),
+    Shared(Arc<SharedChild>),
+}
+
+impl Link {
+    /// Send a client message. `false` when the server is gone.
+    pub fn send(&self, session: &Arc<Session>, c: &Classified, body: &[u8]) -> bool {
+        match self {
+            Link::Own(p) => p.send(jsonrpc::to_line(body)),
+            Link::Shared(h) => h.send(session, c, body),
+        }
+    }
+
+    /// The session ended: stop its own child, or leave the shared one.
+    pub fn detach(&self, session_id: &str) {
+        match self {
+            Link::Own(p) => p.stop(),
+            Link::Shared(h) => h.detach(session_id),
+        }
+    }
+}
+
+struct SharedPending {
+    session: Weak<Session>,
+    session_id: Arc<str>,
+    /// The client's id as JSON text, spliced back into the response.
+    orig: Box<str>,
+    key: IdKey,
+    /// The client's progress token (raw JSON) and the unique one the child sees instead.
+    progress: Option<(Box<str>, Box<str>)>,
+    initialize: bool,
+}
+
+/// One child serving every session of an app. Ids are rewritten to a gateway-wide counter so
+/// concurrent sessions never see each other's responses.
+pub struct SharedChild {
+    app: Arc<str>,
+    proc: OnceLock<Arc<ChildProc>>,
+    next_id: AtomicU64,
+    pending: Mutex<BTreeMap<u64, SharedPending>>,
+    sessions: Mutex<HashMap<Arc<str>, Weak<Session>>>,
+    init_result: Mutex<Option<Bytes>>,
+    initialized_sent: AtomicBool,
+    dead: AtomicBool,
+}
+
+impl SharedChild {
+    pub fn start(
+        cmd: Command<'_>,
+        logs: Arc<AppLogs>,
+        kill_grace: Duration,
+    ) -> Result<Arc<SharedChild>, String> {
+        let hub = Arc::new(SharedChild {
+            app: cmd.app.into(),
+            proc: OnceLock::new(),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            init_result: Mutex::new(None),
+            initialized_sent: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+        });
+        let proc = spawn(cmd, hub.clone(), logs, kill_grace)?;
+        let _ = hub.proc.set(proc);
+        Ok(hub)
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire) || self.proc.get().is_none_or(|p| p.is_exited())
+    }
+
+    pub fn attach(&self, session: &Arc<Session>) {
+        lock(&self.sessions).insert(session.id.clone(), Arc::downgrade(session));
+    }
+
+    /// The first session's initialize result, answered to later sessions without asking again.
+    pub fn cached_init(&self) -> Option<Bytes> {
+        lock(&self.init_result).clone()
+    }
+
+    pub fn stop(&self) {
+        self.dead.store(true, Ordering::Release);
+        if let Some(p) = self.proc.get() {
+            p.stop();
+        }
+    }
+
+    fn detach(&self, session_id: &str) {
+        lock(&self.sessions).remove(session_id);
+        lock(&self.pending).retain(|_, p| &*p.session_id != session_id);
+    }
+
+    fn send(&self, session: &Arc<Session>, c: &Classified, body: &[u8]) -> bool {
+        let Some(proc) = self.proc.get() else {
+            return false;
+        };
+        let line = match (c.kind, &c.id, &c.id_span) {
+            (Kind::Request, Some(key), Some(span)) => {
+                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                // Progress tokens are client-chosen (often equal to the request id), so two
+                // sessions may use the same one: the child sees a unique token instead.
+                let progress: Option<(Box<str>, Box<str>)> =
+                    match (&c.progress_token, &c.progress_span) {
+                        (Some(t), Some(_)) => {
+                            Some((t.clone(), format!("\"cw-progress-{n}\"").into()))
+                        }
+                        _ => None,
+                    };
+                let mut edits = vec![(span.clone(), n.to_string().into_bytes())];
+                if let (Some((_, unique)), Some(pspan)) = (&progress, &c.progress_span) {
+                    edits.push((pspan.clone(), unique.as_bytes().to_vec()));
+                }
+                lock(&self.pending).insert(
+                    n,
+                    SharedPending {
+                        session: Arc::downgrade(session),
+                        session_id: session.id.clone(),
+                        orig: String::from_utf8_lossy(&body[span.clone()]).into(),
+                        key: key.clone(),
+                        progress,
+                        initialize: c.method.as_deref() == Some("initialize"),
+                    },
+                );
+                jsonrpc::splice_many(body, edits)
+            }
+            (Kind::Notification, _, _) => match c.method.as_deref() {
+                // The child was initialized once; later sessions' `initialized` are absorbed.
+                Some("notifications/initialized")
+                    if self.initialized_sent.swap(true, Ordering::AcqRel) =>
+                {
+                    return true;
+                }
+                Some("notifications/cancelled") => match &c.request_id {
+                    Some((key, span)) => {
+                        let pending = lock(&self.pending);
+                        let found = pending
+                            .iter()
+                            .find(|(_, p)| p.session_id == session.id && &p.key == key)
+                            .map(|(n, _)| *n);
+                        drop(pending);
+                        match found {
+                            Some(n) => {
+                                jsonrpc::splice(body, span.clone(), n.to_string().as_bytes())
+                            }
+                            None => return true,
+                        }
+                    }
+                    None => Bytes::copy_from_slice(body),
+                },
+                _ => Bytes::copy_from_slice(body),
+            },
+            _ => Bytes::copy_from_slice(body),
+        };
+        proc.send(jsonrpc::to_line(&line))
+    }
+}
+
+impl ChildEvents for SharedChild {
+    fn message(&self, line: Bytes, c: Classified) {
+        if c.kind == Kind::Response {
+            let n = match &c.id {
+                Some(IdKey::Num(n)) => n.parse::<u64>().ok(),
+                _ => None,
+            };
+            let Some(p) = n.and_then(|n| lock(&self.pending).remove(&n)) else {
+                tracing::debug!(app = %self.app, "shared child answered an unknown id");
+                return;
+            };
+            let Some(span) = c.id_span.clone() else {
+                return;
+            };
+            let line = jsonrpc::splice(&line, span, p.orig.as_bytes());
+            if p.initialize
+                && !c.is_error
+                && let Some(result) = jsonrpc::raw_result(&line)
+            {
+                lock(&self.init_result).get_or_insert(result);
+            }
+            if let Some(s) = p.session.upgrade() {
+                s.deliver_response(&p.key, line, c.is_error);
+            }
+            return;
+        }
+        // A server-initiated message goes to the session that caused it: the one whose request
+        // carries the same progress token, else the one with the oldest request in flight.
+        let (owner, line, token) = {
+            let pending = lock(&self.pending);
+            let by_token = c.progress_token.as_deref().and_then(|t| {
+                pending.values().find_map(|p| match &p.progress {
+                    Some((orig, unique)) if &**unique == t => {
+                        Some((p.session.clone(), orig.clone()))
+                    }
+                    _ => None,
+                })
+            });
+            match (by_token, &c.progress_span) {
+                (Some((session, orig)), Some(span)) => {
+                    let line = jsonrpc::splice(&line, span.clone(), orig.as_bytes());
+                    (Some(session), line, Some(orig))
+                }
+                _ => (
+                    pending.values().next().map(|p| p.session.clone()),
+                    line,
+                    None,
+                ),
+            }
+        };
+        if let Some(s) = owner.and_then(|w| w.upgrade()) {
+            s.deliver_server_message(token.as_deref(), line);
+            return;
+        }
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        if c.kind == Kind::Request {
+            // Nobody asked: the first session may answer it.
+            if let Some(s) = sessions.first() {
+                s.deliver_server_message(None, line);
+            }
+        } else {
+            // Unrelated notifications (list_changed, ...) concern every session on this child.
+            for s in sessions {
+                s.deliver_server_message(None, line.clone());
+            }
+        }
+    }
+
+    fn exited(&self, why: &str) {
+        self.dead.store(true, Ordering::Release);
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions)
+            .drain()
+            .filter_map(|(_, w)| w.upgrade())
+            .collect();
+        for s in sessions {
+            s.terminate(why);
+        }
+    }
+}
