@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the modules, the data path of a push and of an MCP request, and the invariants.
 
+pub mod access;
 pub mod bridge;
 pub mod config;
 pub mod datadir;

@@ -2,3 +2,4 @@
 //! runs servers as child processes behind the gateway.
 
 pub mod install;
+pub mod routes;

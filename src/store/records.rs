@@ -101,6 +101,9 @@ pub struct AuditRecord {
     #[serde(default)]
     pub tool: Option<String>,
     pub status: u16,
+    /// The final JSON-RPC message was an error object.
+    #[serde(default)]
+    pub error: bool,
     pub duration_us: u64,
 }
 

@@ -125,6 +125,7 @@ fn pushes_and_audit_append_in_order() {
         method: "tools/call".into(),
         tool: Some("echo".into()),
         status: 200,
+        error: false,
         duration_us: 10,
     }];
     s.record_audit(&mut audit).unwrap();
