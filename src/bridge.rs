@@ -60,11 +60,7 @@ pub struct BridgeArgs {
     #[arg(long, value_name = "URL", conflicts_with = "command")]
     pub upstream: Option<String>,
     /// Header sent to the upstream (NAME: VALUE), e.g. its credential; repeatable.
-    #[arg(
-        long = "upstream-header",
-        value_name = "NAME: VALUE",
-        requires = "upstream"
-    )]
+    #[arg(long = "upstream-header", value_name = "NAME: VALUE", requires = "upstream")]
     pub upstream_header: Vec<String>,
     /// The stdio MCP server to run: CMD [ARGS...] after `--`.
     #[arg(last = true, value_name = "CMD")]
@@ -88,10 +84,7 @@ fn backend(args: &BridgeArgs) -> anyhow::Result<Backend> {
             };
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        return Ok(Backend::Http {
-            url: url.clone(),
-            headers,
-        });
+        return Ok(Backend::Http { url: url.clone(), headers });
     }
     if args.command.is_empty() {
         bail!(
@@ -99,11 +92,7 @@ fn backend(args: &BridgeArgs) -> anyhow::Result<Backend> {
         );
     }
     let mut env = BTreeMap::new();
-    for name in DEFAULT_PASS_ENV
-        .iter()
-        .copied()
-        .chain(args.pass_env.iter().map(String::as_str))
-    {
+    for name in DEFAULT_PASS_ENV.iter().copied().chain(args.pass_env.iter().map(String::as_str)) {
         if let Ok(v) = std::env::var(name) {
             env.insert(name.to_string(), v);
         }
@@ -118,11 +107,7 @@ fn backend(args: &BridgeArgs) -> anyhow::Result<Backend> {
         env.insert(k.to_string(), v.to_string());
     }
     let cwd = std::env::current_dir().context("reading the current directory for the server")?;
-    Ok(Backend::Stdio {
-        argv: args.command.clone(),
-        env,
-        cwd,
-    })
+    Ok(Backend::Stdio { argv: args.command.clone(), env, cwd })
 }
 
 /// Run the bridge until SIGINT/SIGTERM.
@@ -144,10 +129,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let cfg = GatewayConfig {
-        mount: Mount::Single {
-            path: args.path.clone(),
-            app: APP.into(),
-        },
+        mount: Mount::Single { path: args.path.clone(), app: APP.into() },
         session_grace: args.session_grace.into(),
         session_idle_timeout: args.idle_timeout.into(),
         max_body_bytes: args.max_body_bytes,
@@ -187,15 +169,14 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    stop.cancel();
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                stop.cancel();
+                return;
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

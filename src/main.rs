@@ -57,7 +57,9 @@ fn init_logging(default: &str) {
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Runtime::new().map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?.block_on(f)
+    tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?
+        .block_on(f)
 }
 
 fn run_init(dir: &DataDir, admin_key: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {

@@ -9,10 +9,7 @@ use gateway_support::*;
 use serde_json::{Value, json};
 
 async fn pid_of(c: &reqwest::Client, url: &str, sid: &str, id: u64) -> u32 {
-    call_text(c, url, sid, id, "pid", json!({}))
-        .await
-        .parse()
-        .unwrap()
+    call_text(c, url, sid, id, "pid", json!({})).await.parse().unwrap()
 }
 
 #[tokio::test]
@@ -26,25 +23,11 @@ async fn one_child_per_session_and_delete_kills_it() {
     let pz = pid_of(&c, &b.url, &z, 2).await;
     assert_ne!(pa, pz, "two sessions must not share a child");
     assert!(pid_alive(pa) && pid_alive(pz));
-    let r = c
-        .delete(&b.url)
-        .header("mcp-session-id", &a)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(&b.url).header("mcp-session-id", &a).send().await.unwrap();
     assert!(r.status().is_success());
-    assert!(
-        wait_until(Duration::from_secs(20), || !pid_alive(pa)),
-        "DELETE did not stop the child"
-    );
-    assert!(
-        pid_alive(pz),
-        "DELETE of one session must not touch the other"
-    );
-    assert_eq!(
-        call_text(&c, &b.url, &z, 3, "echo", json!({"text":"ok"})).await,
-        "ok"
-    );
+    assert!(wait_until(Duration::from_secs(20), || !pid_alive(pa)), "DELETE did not stop the child");
+    assert!(pid_alive(pz), "DELETE of one session must not touch the other");
+    assert_eq!(call_text(&c, &b.url, &z, 3, "echo", json!({"text":"ok"})).await, "ok");
 }
 
 #[tokio::test]
@@ -65,8 +48,7 @@ async fn shared_mode_rewrites_ids() {
             tasks.push(tokio::spawn(async move {
                 let id = 100 + round;
                 let text = format!("{tag}{round}");
-                let got =
-                    call_text(&c, &url, &sid, id, "slow", json!({"ms": ms, "text": text})).await;
+                let got = call_text(&c, &url, &sid, id, "slow", json!({"ms": ms, "text": text})).await;
                 assert_eq!(got, text, "a session saw another session's response");
             }));
         }
@@ -89,47 +71,25 @@ async fn shared_mode_rewrites_ids() {
             if m.get("id").is_some() {
                 break m;
             }
-            assert_eq!(
-                m["params"]["progressToken"], "same",
-                "token not restored: {m}"
-            );
-            assert_eq!(
-                m["params"]["total"], count,
-                "another session's progress: {m}"
-            );
+            assert_eq!(m["params"]["progressToken"], "same", "token not restored: {m}");
+            assert_eq!(m["params"]["total"], count, "another session's progress: {m}");
             seen.push(m["params"]["progress"].as_u64().unwrap());
         };
         assert_eq!(seen, (1..=count).collect::<Vec<_>>());
         assert_eq!(fin["id"], 150);
     }
     // A server→client request goes to the session that caused it.
-    let r = post(
-        &c,
-        &b.url,
-        Some(&z),
-        Some("2025-06-18"),
-        &tool_msg(200, "sample", json!({})),
-    )
-    .await;
+    let r = post(&c, &b.url, Some(&z), Some("2025-06-18"), &tool_msg(200, "sample", json!({}))).await;
     let mut sse = Sse::new(r);
     let (_, req) = sse.next_msg().await.unwrap();
     assert_eq!(req["method"], "sampling/createMessage");
     let answer = json!({"jsonrpc":"2.0","id":req["id"].clone(),"result":{"role":"assistant","model":"m","content":{"type":"text","text":"zz"}}});
-    assert_eq!(
-        post(&c, &b.url, Some(&z), Some("2025-06-18"), &answer)
-            .await
-            .status(),
-        202
-    );
+    assert_eq!(post(&c, &b.url, Some(&z), Some("2025-06-18"), &answer).await.status(), 202);
     let (_, fin) = sse.next_msg().await.unwrap();
     assert_eq!(fin["id"], 200);
     assert_eq!(fin["result"]["content"][0]["text"], "sampled: zz");
     // Ending one session leaves the shared child running for the other.
-    c.delete(&b.url)
-        .header("mcp-session-id", &a)
-        .send()
-        .await
-        .unwrap();
+    c.delete(&b.url).header("mcp-session-id", &a).send().await.unwrap();
     assert_eq!(pid_of(&c, &b.url, &z, 300).await, pz);
 }
 
@@ -155,23 +115,12 @@ async fn abandoned_session_is_reaped() {
         assert_eq!(&buf, b"HTTP/1.1 200");
         // Still alive while the stream is open.
         std::thread::sleep(Duration::from_millis(1500));
-        assert!(
-            pid_alive(pid),
-            "a session with an open GET stream was reaped"
-        );
+        assert!(pid_alive(pid), "a session with an open GET stream was reaped");
     }
-    assert!(
-        wait_until(Duration::from_secs(30), || !pid_alive(pid)),
-        "the abandoned child was not reaped"
-    );
-    let r = post(
-        &c,
-        &b.url,
-        Some(&sid),
-        Some("2025-06-18"),
-        &json!({"jsonrpc":"2.0","id":3,"method":"ping"}),
-    )
-    .await;
+    assert!(wait_until(Duration::from_secs(30), || !pid_alive(pid)), "the abandoned child was not reaped");
+    let r =
+        post(&c, &b.url, Some(&sid), Some("2025-06-18"), &json!({"jsonrpc":"2.0","id":3,"method":"ping"}))
+            .await;
     assert_eq!(r.status(), 404);
 }
 
@@ -181,32 +130,16 @@ async fn crashed_child_ends_its_session() {
     let c = client();
     let sid = init(&c, &b.url, "2025-06-18").await;
     let pid = pid_of(&c, &b.url, &sid, 2).await;
-    let r = post(
-        &c,
-        &b.url,
-        Some(&sid),
-        Some("2025-06-18"),
-        &tool_msg(3, "crash", json!({})),
-    )
-    .await;
+    let r = post(&c, &b.url, Some(&sid), Some("2025-06-18"), &tool_msg(3, "crash", json!({}))).await;
     // The request in flight gets an answer (an error), not a hang.
     let v: Value = r.json().await.unwrap();
     assert!(v["error"]["message"].as_str().is_some(), "{v}");
     assert!(wait_until(Duration::from_secs(20), || !pid_alive(pid)));
-    let r = post(
-        &c,
-        &b.url,
-        Some(&sid),
-        Some("2025-06-18"),
-        &json!({"jsonrpc":"2.0","id":4,"method":"ping"}),
-    )
-    .await;
+    let r =
+        post(&c, &b.url, Some(&sid), Some("2025-06-18"), &json!({"jsonrpc":"2.0","id":4,"method":"ping"}))
+            .await;
     assert_eq!(r.status(), 404);
-    assert!(
-        b.wait_stderr("fatal: crashing on purpose"),
-        "{}",
-        b.stderr_text()
-    );
+    assert!(b.wait_stderr("fatal: crashing on purpose"), "{}", b.stderr_text());
     assert!(b.wait_stderr("exit status: 3"), "{}", b.stderr_text());
 }
 
@@ -219,13 +152,9 @@ async fn child_environment_is_not_inherited() {
     );
     let c = client();
     let sid = init(&c, &b.url, "2025-06-18").await;
-    let env: Value =
-        serde_json::from_str(&call_text(&c, &b.url, &sid, 2, "env", json!({})).await).unwrap();
+    let env: Value = serde_json::from_str(&call_text(&c, &b.url, &sid, 2, "env", json!({})).await).unwrap();
     assert_eq!(env["GIVEN"], "yes");
-    assert!(
-        env.get("CATWALK_TEST_SECRET").is_none(),
-        "the bridge's environment leaked: {env}"
-    );
+    assert!(env.get("CATWALK_TEST_SECRET").is_none(), "the bridge's environment leaked: {env}");
     assert!(env.get("PATH").is_some());
 }
 

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catwalk::gateway::{
-    AppDirectory, AppLogs, AppRoute, AuditEvent, AuditSink, AuthError, Authenticator, Backend,
-    Gateway, GatewayConfig, Mount, RateLimit, TokenIdentity,
+    AppDirectory, AppLogs, AppRoute, AuditEvent, AuditSink, AuthError, Authenticator, Backend, Gateway,
+    GatewayConfig, Mount, RateLimit, TokenIdentity,
 };
 use gateway_support::*;
 use serde_json::json;
@@ -30,10 +30,9 @@ impl Authenticator for Tokens {
     fn authenticate(&self, app: &str, bearer: Option<&str>) -> Result<TokenIdentity, AuthError> {
         let bearer = bearer.ok_or(AuthError::Missing)?;
         match self.0.get(bearer) {
-            Some((a, id, name)) if *a == app => Ok(TokenIdentity {
-                token_id: id.to_string(),
-                token_name: name.to_string(),
-            }),
+            Some((a, id, name)) if *a == app => {
+                Ok(TokenIdentity { token_id: id.to_string(), token_name: name.to_string() })
+            }
             _ => Err(AuthError::Invalid),
         }
     }
@@ -49,16 +48,10 @@ impl AuditSink for Audit {
 
 fn stdio_route(marker: &std::path::Path, limit: Option<RateLimit>) -> Arc<AppRoute> {
     // The command touches a marker file first, so tests can prove no child was started.
-    let script = format!(
-        "open({:?}, 'a').close(); exec(open({:?}).read())",
-        marker.display().to_string(),
-        fixture()
-    );
+    let script =
+        format!("open({:?}, 'a').close(); exec(open({:?}).read())", marker.display().to_string(), fixture());
     let mut env = BTreeMap::new();
-    env.insert(
-        "PATH".to_string(),
-        std::env::var("PATH").unwrap_or_default(),
-    );
+    env.insert("PATH".to_string(), std::env::var("PATH").unwrap_or_default());
     Arc::new(AppRoute {
         backend: Backend::Stdio {
             argv: vec!["python3".into(), "-u".into(), "-c".into(), script],
@@ -89,18 +82,12 @@ impl Drop for Running {
 async fn start() -> Running {
     let dir = tempfile::tempdir().unwrap();
     let mut apps = HashMap::new();
-    apps.insert(
-        "alpha".to_string(),
-        stdio_route(&dir.path().join("alpha"), None),
-    );
+    apps.insert("alpha".to_string(), stdio_route(&dir.path().join("alpha"), None));
     apps.insert(
         "limited".to_string(),
         stdio_route(
             &dir.path().join("limited"),
-            Some(RateLimit {
-                period: Duration::from_secs(3600),
-                burst: NonZeroU32::new(3).unwrap(),
-            }),
+            Some(RateLimit { period: Duration::from_secs(3600), burst: NonZeroU32::new(3).unwrap() }),
         ),
     );
     let tokens = Tokens(HashMap::from([
@@ -127,13 +114,7 @@ async fn start() -> Running {
     let serving = gw.clone();
     let s = stop.clone();
     tokio::spawn(async move { serving.serve(listener, s).await });
-    Running {
-        gw,
-        audit,
-        stop,
-        base,
-        dir,
-    }
+    Running { gw, audit, stop, base, dir }
 }
 
 fn req(
@@ -158,35 +139,15 @@ async fn refused_before_any_backend_is_touched() {
     let rt = start().await;
     let c = client();
     let url = format!("{}/mcp/alpha", rt.base);
-    for (token, status) in [
-        (None, 401),
-        (Some("wrong"), 401),
-        (Some("tok-limited"), 401),
-    ] {
-        let r = req(&c, &url, token, init_msg(1, "2025-06-18"))
-            .send()
-            .await
-            .unwrap();
+    for (token, status) in [(None, 401), (Some("wrong"), 401), (Some("tok-limited"), 401)] {
+        let r = req(&c, &url, token, init_msg(1, "2025-06-18")).send().await.unwrap();
         assert_eq!(r.status(), status);
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
         let v: serde_json::Value = r.json().await.unwrap();
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("Unauthorized")
-        );
+        assert!(v["error"]["message"].as_str().unwrap().contains("Unauthorized"));
     }
     // A valid token in the query string is refused too.
-    let r = req(
-        &c,
-        &format!("{url}?token=tok-alpha"),
-        None,
-        init_msg(1, "2025-06-18"),
-    )
-    .send()
-    .await
-    .unwrap();
+    let r = req(&c, &format!("{url}?token=tok-alpha"), None, init_msg(1, "2025-06-18")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     // A foreign Origin is refused even with a valid token.
     let r = req(&c, &url, Some("tok-alpha"), init_msg(1, "2025-06-18"))
@@ -195,20 +156,12 @@ async fn refused_before_any_backend_is_touched() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    assert!(
-        !rt.dir.path().join("alpha").exists(),
-        "a refused request started the server"
-    );
+    assert!(!rt.dir.path().join("alpha").exists(), "a refused request started the server");
     // Unknown apps are indistinguishable from bad tokens.
-    let r = req(
-        &c,
-        &format!("{}/mcp/ghost", rt.base),
-        Some("tok-alpha"),
-        init_msg(1, "2025-06-18"),
-    )
-    .send()
-    .await
-    .unwrap();
+    let r = req(&c, &format!("{}/mcp/ghost", rt.base), Some("tok-alpha"), init_msg(1, "2025-06-18"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -224,56 +177,34 @@ async fn audit_rate_limit_origin_and_drain() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
-    let r = req(
-        &c,
-        &url,
-        Some("tok-alpha"),
-        tool_msg(2, "echo", json!({"text": "secret-argument"})),
-    )
-    .header("mcp-session-id", &sid)
-    .header("origin", "https://extra.example")
-    .send()
-    .await
-    .unwrap();
+    let r = req(&c, &url, Some("tok-alpha"), tool_msg(2, "echo", json!({"text": "secret-argument"})))
+        .header("mcp-session-id", &sid)
+        .header("origin", "https://extra.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let events = rt.audit.0.lock().unwrap().clone();
-    let call = events
-        .iter()
-        .find(|e| e.method == "tools/call")
-        .expect("no audit record for tools/call");
+    let call = events.iter().find(|e| e.method == "tools/call").expect("no audit record for tools/call");
     assert_eq!(call.app, "alpha");
     assert_eq!(call.token_name.as_deref(), Some("laptop"));
     assert_eq!(call.tool_name.as_deref(), Some("echo"));
     assert_eq!(call.status, 200);
     assert!(!call.error);
-    assert!(
-        !format!("{events:?}").contains("secret-argument"),
-        "arguments leaked into audit"
-    );
+    assert!(!format!("{events:?}").contains("secret-argument"), "arguments leaked into audit");
 
     // Draining the app (new release) ends its sessions.
     assert_eq!(rt.gw.session_count(), 1);
     rt.gw.drain_app("alpha");
-    let r = req(
-        &c,
-        &url,
-        Some("tok-alpha"),
-        json!({"jsonrpc":"2.0","id":3,"method":"ping"}),
-    )
-    .header("mcp-session-id", &sid)
-    .send()
-    .await
-    .unwrap();
+    let r = req(&c, &url, Some("tok-alpha"), json!({"jsonrpc":"2.0","id":3,"method":"ping"}))
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let mut stopped = false;
     for _ in 0..400 {
-        if rt
-            .gw
-            .logs()
-            .tail("alpha", 10)
-            .iter()
-            .any(|l| l.text.contains("stopped"))
-        {
+        if rt.gw.logs().tail("alpha", 10).iter().any(|l| l.text.contains("stopped")) {
             stopped = true;
             break;
         }
@@ -285,10 +216,7 @@ async fn audit_rate_limit_origin_and_drain() {
     let lurl = format!("{}/mcp/limited", rt.base);
     let mut statuses = Vec::new();
     for i in 0..4 {
-        let r = req(&c, &lurl, Some("tok-limited"), init_msg(i, "2025-06-18"))
-            .send()
-            .await
-            .unwrap();
+        let r = req(&c, &lurl, Some("tok-limited"), init_msg(i, "2025-06-18")).send().await.unwrap();
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
             assert!(r.headers().contains_key("retry-after"));

@@ -23,19 +23,13 @@ async fn health_and_metrics() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "ok");
     let sid = init(&c, &b.url, "2025-06-18").await;
-    assert_eq!(
-        call_text(&c, &b.url, &sid, 2, "echo", json!({"text":"hi"})).await,
-        "hi"
-    );
+    assert_eq!(call_text(&c, &b.url, &sid, 2, "echo", json!({"text":"hi"})).await, "hi");
     let m = c.get(format!("{}/metrics", b.base)).send().await.unwrap();
     assert_eq!(m.status(), 200);
     let text = m.text().await.unwrap();
     assert!(text.contains("catwalk_mcp_requests_total"), "{text}");
     assert!(text.contains("catwalk_mcp_sessions_open"), "{text}");
-    assert!(
-        text.contains("catwalk_mcp_request_duration_seconds"),
-        "{text}"
-    );
+    assert!(text.contains("catwalk_mcp_request_duration_seconds"), "{text}");
 }
 
 #[tokio::test]
@@ -80,20 +74,12 @@ async fn header_and_body_errors() {
     assert_eq!(r.status(), 400);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
     // 413: over the body limit.
-    let big =
-        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"pad":"x".repeat(5000)}});
+    let big = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"pad":"x".repeat(5000)}});
     let r = post(&c, &b.url, None, None, &big).await;
     assert_eq!(r.status(), 413);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
     // 400: unsupported protocol version.
-    let r = post(
-        &c,
-        &b.url,
-        None,
-        Some("1999-01-01"),
-        &init_msg(1, "2025-06-18"),
-    )
-    .await;
+    let r = post(&c, &b.url, None, Some("1999-01-01"), &init_msg(1, "2025-06-18")).await;
     assert_eq!(r.status(), 400);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
     // 405 for other methods.
@@ -106,25 +92,12 @@ async fn session_lifecycle_statuses() {
     let b = Bridge::start(&[]);
     let c = client();
     // 400 without a session on a non-initialize request.
-    let r = post(
-        &c,
-        &b.url,
-        None,
-        None,
-        &json!({"jsonrpc":"2.0","id":5,"method":"tools/list"}),
-    )
-    .await;
+    let r = post(&c, &b.url, None, None, &json!({"jsonrpc":"2.0","id":5,"method":"tools/list"})).await;
     assert_eq!(r.status(), 400);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
     // 404 for an unknown session.
-    let r = post(
-        &c,
-        &b.url,
-        Some("nope"),
-        None,
-        &json!({"jsonrpc":"2.0","id":5,"method":"tools/list"}),
-    )
-    .await;
+    let r =
+        post(&c, &b.url, Some("nope"), None, &json!({"jsonrpc":"2.0","id":5,"method":"tools/list"})).await;
     assert_eq!(r.status(), 404);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32001);
 
@@ -141,14 +114,8 @@ async fn session_lifecycle_statuses() {
     .await;
     assert_eq!(r.status(), 202);
     assert!(r.bytes().await.unwrap().is_empty());
-    let r = post(
-        &c,
-        &b.url,
-        Some(&sid),
-        Some("2025-06-18"),
-        &json!({"jsonrpc":"2.0","id":"x","result":{}}),
-    )
-    .await;
+    let r = post(&c, &b.url, Some(&sid), Some("2025-06-18"), &json!({"jsonrpc":"2.0","id":"x","result":{}}))
+        .await;
     assert_eq!(r.status(), 202);
     // The JSON fast path.
     let r = post(
@@ -160,12 +127,7 @@ async fn session_lifecycle_statuses() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json")
-    );
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
     let v: Value = r.json().await.unwrap();
     assert!(v["result"]["tools"].as_array().is_some_and(|t| t.len() > 3));
     // GET without Accept: text/event-stream → 406.
@@ -178,12 +140,7 @@ async fn session_lifecycle_statuses() {
         .unwrap();
     assert_eq!(r.status(), 406);
     // DELETE ends the session, then 404.
-    let r = c
-        .delete(&b.url)
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(&b.url).header("mcp-session-id", &sid).send().await.unwrap();
     assert!(r.status() == 204 || r.status() == 200, "{}", r.status());
     let r = post(
         &c,
@@ -194,12 +151,7 @@ async fn session_lifecycle_statuses() {
     )
     .await;
     assert_eq!(r.status(), 404);
-    let r = c
-        .delete(&b.url)
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(&b.url).header("mcp-session-id", &sid).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -224,20 +176,8 @@ async fn origin_and_host_checks() {
     let r = send(Some("https://evil.example"), None).await.unwrap();
     assert_eq!(r.status(), 403);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
-    assert_eq!(
-        send(Some("https://app.example"), None)
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        send(Some("http://localhost:5173"), None)
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(send(Some("https://app.example"), None).await.unwrap().status(), 200);
+    assert_eq!(send(Some("http://localhost:5173"), None).await.unwrap().status(), 200);
     let r = send(None, Some("evil.example:80")).await.unwrap();
     assert_eq!(r.status(), 403);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
@@ -253,12 +193,7 @@ async fn tokens_only_in_the_authorization_header() {
     let c = client();
     let r = post(&c, &b.url, None, None, &init_msg(1, "2025-06-18")).await;
     assert_eq!(r.status(), 401);
-    assert!(
-        r.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .starts_with("Bearer")
-    );
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
     let body = c
         .post(format!("{}?access_token=t0ken-value", b.url))
         .header("accept", ACCEPT_BOTH)
@@ -309,10 +244,7 @@ async fn batches_only_on_2025_03_26() {
     while let Some((_, m)) = sse.next_msg().await {
         got.push((
             m["id"].as_u64().unwrap(),
-            m["result"]["content"][0]["text"]
-                .as_str()
-                .unwrap()
-                .to_string(),
+            m["result"]["content"][0]["text"].as_str().unwrap().to_string(),
         ));
     }
     got.sort();
@@ -328,30 +260,17 @@ async fn batches_only_on_2025_03_26() {
     .await;
     assert_eq!(r.status(), 202);
     // Garbage inside a batch is a clean 400, and the session still works.
-    let r = post(
-        &c,
-        &b.url,
-        Some(&old),
-        Some("2025-03-26"),
-        &json!([1, "two", null]),
-    )
-    .await;
+    let r = post(&c, &b.url, Some(&old), Some("2025-03-26"), &json!([1, "two", null])).await;
     assert_eq!(r.status(), 400);
     let r = post(&c, &b.url, Some(&old), Some("2025-03-26"), &json!([])).await;
     assert_eq!(r.status(), 400);
-    assert_eq!(
-        call_text(&c, &b.url, &old, 12, "echo", json!({"text":"still"})).await,
-        "still"
-    );
+    assert_eq!(call_text(&c, &b.url, &old, 12, "echo", json!({"text":"still"})).await, "still");
 
     let new = init(&c, &b.url, "2025-06-18").await;
     let r = post(&c, &b.url, Some(&new), Some("2025-06-18"), &batch).await;
     assert_eq!(r.status(), 400);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
-    assert_eq!(
-        call_text(&c, &b.url, &new, 12, "echo", json!({"text":"fine"})).await,
-        "fine"
-    );
+    assert_eq!(call_text(&c, &b.url, &new, 12, "echo", json!({"text":"fine"})).await, "fine");
 }
 
 #[tokio::test]
@@ -375,14 +294,8 @@ async fn sse_when_a_notification_comes_first() {
     assert_eq!(m3["id"], 7);
     assert_eq!(m3["result"]["content"][0]["text"], "hey");
     let ids = [id1.unwrap(), id2.unwrap(), id3.unwrap()];
-    assert!(
-        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
-        "{ids:?}"
-    );
-    assert!(
-        sse.next().await.is_none(),
-        "stream must end after the final response"
-    );
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
+    assert!(sse.next().await.is_none(), "stream must end after the final response");
 }
 
 #[tokio::test]
@@ -422,14 +335,7 @@ async fn sampling_round_trip() {
     let b = Bridge::start(&[]);
     let c = client();
     let sid = init(&c, &b.url, "2025-06-18").await;
-    let r = post(
-        &c,
-        &b.url,
-        Some(&sid),
-        Some("2025-06-18"),
-        &tool_msg(4, "sample", json!({})),
-    )
-    .await;
+    let r = post(&c, &b.url, Some(&sid), Some("2025-06-18"), &tool_msg(4, "sample", json!({}))).await;
     let mut sse = Sse::new(r);
     let (_, req) = sse.next_msg().await.unwrap();
     assert_eq!(req["method"], "sampling/createMessage");
@@ -461,15 +367,7 @@ async fn get_stream_is_single_and_receives_unrelated_notifications() {
     assert_jsonrpc_error(&second.json().await.unwrap(), -32600);
     let mut g = Sse::new(g);
     assert_eq!(
-        call_text(
-            &c,
-            &b.url,
-            &sid,
-            5,
-            "notify_later",
-            json!({"count":2,"ms":100})
-        )
-        .await,
+        call_text(&c, &b.url, &sid, 5, "notify_later", json!({"count":2,"ms":100})).await,
         "scheduled"
     );
     let (_, n1) = g.next_msg().await.unwrap();
@@ -519,20 +417,13 @@ async fn resume_with_last_event_id() {
     let mut resumed = Sse::new(r);
     let mut progress = Vec::new();
     let fin = loop {
-        let (_, m) = resumed
-            .next_msg()
-            .await
-            .expect("resumed stream ended early");
+        let (_, m) = resumed.next_msg().await.expect("resumed stream ended early");
         if m.get("id").is_some() {
             break m;
         }
         progress.push(m["params"]["progress"].as_u64().unwrap());
     };
-    assert_eq!(
-        progress,
-        vec![2, 3],
-        "replay must start after the last seen event"
-    );
+    assert_eq!(progress, vec![2, 3], "replay must start after the last seen event");
     assert_eq!(fin["id"], 9);
     assert_eq!(fin["result"]["content"][0]["text"], "done");
 }

@@ -15,20 +15,12 @@ async fn proxy_streams_and_keeps_sessions() {
         &[("INNER_TOKEN", "inner-secret")],
     );
     let proxy = Bridge::start_raw(
-        &[
-            "--upstream",
-            &inner.url,
-            "--upstream-header",
-            "Authorization: Bearer inner-secret",
-        ],
+        &["--upstream", &inner.url, "--upstream-header", "Authorization: Bearer inner-secret"],
         &[],
     );
     let c = client();
     let sid = init(&c, &proxy.url, "2025-06-18").await;
-    assert_eq!(
-        call_text(&c, &proxy.url, &sid, 2, "echo", json!({"text":"via proxy"})).await,
-        "via proxy"
-    );
+    assert_eq!(call_text(&c, &proxy.url, &sid, 2, "echo", json!({"text":"via proxy"})).await, "via proxy");
 
     // A client Authorization header is not forwarded (the inner bridge would refuse it).
     let r = c
@@ -67,25 +59,12 @@ async fn proxy_streams_and_keeps_sessions() {
         .unwrap();
     assert_eq!(g.status(), 200);
     let mut g = Sse::new(g);
-    call_text(
-        &c,
-        &proxy.url,
-        &sid,
-        5,
-        "notify_later",
-        json!({"count":1,"ms":50}),
-    )
-    .await;
+    call_text(&c, &proxy.url, &sid, 5, "notify_later", json!({"count":1,"ms":50})).await;
     let (_, n) = g.next_msg().await.unwrap();
     assert_eq!(n["params"]["data"], "later 0");
 
     // Session errors from the upstream pass through unchanged.
-    let r = c
-        .delete(&proxy.url)
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(&proxy.url).header("mcp-session-id", &sid).send().await.unwrap();
     assert!(r.status().is_success());
     let r = post(
         &c,
@@ -101,11 +80,7 @@ async fn proxy_streams_and_keeps_sessions() {
 #[tokio::test]
 async fn unreachable_upstream_is_a_502_with_a_jsonrpc_body() {
     // Bind and drop a listener to get a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}/mcp");
     let proxy = Bridge::start_raw(&["--upstream", &url], &[]);
     let c = client();
@@ -113,8 +88,5 @@ async fn unreachable_upstream_is_a_502_with_a_jsonrpc_body() {
     assert_eq!(r.status(), 502);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["jsonrpc"], "2.0");
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("upstream"),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("upstream"), "{v}");
 }

@@ -41,10 +41,7 @@ const MAX_LINE: usize = 4096;
 
 impl AppLogs {
     pub fn new(capacity: usize) -> Self {
-        AppLogs {
-            capacity: capacity.max(1),
-            apps: Mutex::new(HashMap::new()),
-        }
+        AppLogs { capacity: capacity.max(1), apps: Mutex::new(HashMap::new()) }
     }
 
     /// Append a line (and wake followers).
@@ -58,18 +55,13 @@ impl AppLogs {
             text.truncate(cut);
             text.push_str(" [line truncated]");
         }
-        let line = LogLine {
-            at: SystemTime::now(),
-            kind,
-            text,
-        };
+        let line = LogLine { at: SystemTime::now(), kind, text };
         let Ok(mut apps) = self.apps.lock() else {
             return;
         };
-        let log = apps.entry(app.to_string()).or_insert_with(|| AppLog {
-            lines: VecDeque::new(),
-            tx: broadcast::channel(256).0,
-        });
+        let log = apps
+            .entry(app.to_string())
+            .or_insert_with(|| AppLog { lines: VecDeque::new(), tx: broadcast::channel(256).0 });
         if log.lines.len() >= self.capacity {
             log.lines.pop_front();
         }
@@ -83,13 +75,7 @@ impl AppLogs {
             return Vec::new();
         };
         apps.get(app)
-            .map(|l| {
-                l.lines
-                    .iter()
-                    .skip(l.lines.len().saturating_sub(n))
-                    .cloned()
-                    .collect()
-            })
+            .map(|l| l.lines.iter().skip(l.lines.len().saturating_sub(n)).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -99,16 +85,10 @@ impl AppLogs {
         let Ok(mut apps) = self.apps.lock() else {
             return (Vec::new(), broadcast::channel(1).1);
         };
-        let log = apps.entry(app.to_string()).or_insert_with(|| AppLog {
-            lines: VecDeque::new(),
-            tx: broadcast::channel(256).0,
-        });
-        let tail = log
-            .lines
-            .iter()
-            .skip(log.lines.len().saturating_sub(n))
-            .cloned()
-            .collect();
+        let log = apps
+            .entry(app.to_string())
+            .or_insert_with(|| AppLog { lines: VecDeque::new(), tx: broadcast::channel(256).0 });
+        let tail = log.lines.iter().skip(log.lines.len().saturating_sub(n)).cloned().collect();
         (tail, log.tx.subscribe())
     }
 
@@ -146,10 +126,7 @@ mod tests {
         let tail = logs.tail("a", 10);
         assert_eq!(tail.len(), 3);
         assert_eq!(tail[0].text, "line 2");
-        assert_eq!(
-            rx.try_recv().map(|l| l.text).ok().as_deref(),
-            Some("line 0")
-        );
+        assert_eq!(rx.try_recv().map(|l| l.text).ok().as_deref(), Some("line 0"));
         assert_eq!(logs.stderr_tail("a", 2), "line 3\nline 4");
         assert!(logs.tail("b", 3).is_empty());
     }

@@ -38,9 +38,7 @@ pub struct EnvTokenAuthenticator {
 
 impl EnvTokenAuthenticator {
     pub fn new(token: String) -> Self {
-        EnvTokenAuthenticator {
-            token: token.into_bytes(),
-        }
+        EnvTokenAuthenticator { token: token.into_bytes() }
     }
 }
 
@@ -49,10 +47,7 @@ impl Authenticator for EnvTokenAuthenticator {
         let bearer = bearer.ok_or(AuthError::Missing)?;
         // ct_eq on slices of different lengths is false without leaking where they differ.
         if bool::from(bearer.as_bytes().ct_eq(&self.token)) {
-            Ok(TokenIdentity {
-                token_id: "env".into(),
-                token_name: "env".into(),
-            })
+            Ok(TokenIdentity { token_id: "env".into(), token_name: "env".into() })
         } else {
             Err(AuthError::Invalid)
         }
@@ -63,10 +58,7 @@ impl Authenticator for EnvTokenAuthenticator {
 pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 /// True when the query string carries a token (`access_token=` or `token=`), which is refused
@@ -136,10 +128,7 @@ mod tests {
     #[test]
     fn rate_limit() {
         let l = Limiters::default();
-        let lim = RateLimit {
-            period: Duration::from_secs(3600),
-            burst: NonZeroU32::MIN,
-        };
+        let lim = RateLimit { period: Duration::from_secs(3600), burst: NonZeroU32::MIN };
         assert!(l.check("a", lim, "t").is_ok());
         assert!(l.check("a", lim, "t").is_err());
         assert!(l.check("a", lim, "u").is_ok());

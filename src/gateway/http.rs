@@ -36,11 +36,7 @@ pub async fn serve(
     tokio::spawn(reaper(Arc::downgrade(gw), shutdown.clone()));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(gw.cfg.header_read_timeout)
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(gw.cfg.header_read_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     loop {
         let (stream, _) = tokio::select! {
@@ -61,9 +57,7 @@ pub async fn serve(
             let gw = gw.clone();
             async move { Ok::<_, Infallible>(handle(&gw, req, local).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
@@ -79,9 +73,7 @@ pub async fn serve(
 async fn reaper(gw: std::sync::Weak<Gateway>, shutdown: CancellationToken) {
     loop {
         let every = match gw.upgrade() {
-            Some(g) => {
-                (g.cfg.session_grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
-            }
+            Some(g) => (g.cfg.session_grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
             None => return,
         };
         tokio::select! {
@@ -110,10 +102,8 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>, local: SocketAddr
         return match &gw.metrics {
             Some(h) => {
                 let mut r = p::json(StatusCode::OK, Bytes::from(h.render()));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
                 r
             }
             None => p::error(StatusCode::NOT_FOUND, -32601, "metrics are not enabled"),
@@ -136,11 +126,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>, local: SocketAddr
 }
 
 fn not_found(path: &str) -> Resp {
-    p::error(
-        StatusCode::NOT_FOUND,
-        -32601,
-        &format!("Not Found: no MCP endpoint at {path}"),
-    )
+    p::error(StatusCode::NOT_FOUND, -32601, &format!("Not Found: no MCP endpoint at {path}"))
 }
 
 async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: SocketAddr) -> Resp {
@@ -150,10 +136,7 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
         return *r;
     }
     let route = gw.directory.resolve(app);
-    let allowed: &[String] = route
-        .as_deref()
-        .map(|r| &r.allowed_origins[..])
-        .unwrap_or(&[]);
+    let allowed: &[String] = route.as_deref().map(|r| &r.allowed_origins[..]).unwrap_or(&[]);
     if let Err(r) = p::check_origin(headers, allowed, gw.cfg.public_origin.as_deref(), loopback) {
         return *r;
     }
@@ -170,11 +153,7 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
         None => None,
     };
     let Some(route) = route else {
-        return p::error(
-            StatusCode::NOT_FOUND,
-            -32601,
-            &format!("Not Found: there is no app named {app:?}"),
-        );
+        return p::error(StatusCode::NOT_FOUND, -32601, &format!("Not Found: there is no app named {app:?}"));
     };
     if let (Some(limit), Some(id)) = (route.rate_limit, &identity)
         && let Err(wait) = gw.limiters.check(app, limit, &id.token_id)
@@ -185,16 +164,11 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
             -32000,
             &format!("Too Many Requests: this token's rate limit is exceeded; retry in {secs} s"),
         );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return r;
     }
     match &route.backend {
-        Backend::Http { url, headers } => {
-            gw.proxy
-                .forward(req, url, headers, gw.cfg.max_body_bytes)
-                .await
-        }
+        Backend::Http { url, headers } => gw.proxy.forward(req, url, headers, gw.cfg.max_body_bytes).await,
         Backend::Stdio { .. } => {
             let token_name = identity.map(|i: TokenIdentity| Arc::<str>::from(i.token_name));
             match *req.method() {
@@ -207,8 +181,7 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
                         -32600,
                         "Method Not Allowed: the MCP endpoint accepts POST, GET and DELETE",
                     );
-                    r.headers_mut()
-                        .insert(header::ALLOW, HeaderValue::from_static("POST, GET, DELETE"));
+                    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, GET, DELETE"));
                     r
                 }
             }
@@ -217,13 +190,8 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
 }
 
 fn unauthorized(msg: &str) -> Resp {
-    let mut r = p::error(
-        StatusCode::UNAUTHORIZED,
-        -32001,
-        &format!("Unauthorized: {msg}"),
-    );
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let mut r = p::error(StatusCode::UNAUTHORIZED, -32001, &format!("Unauthorized: {msg}"));
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
 }
 
@@ -254,10 +222,7 @@ impl Gateway {
     }
 
     fn limits(&self) -> Limits {
-        Limits {
-            replay_events: self.cfg.replay_events,
-            backlog_messages: self.cfg.backlog_messages,
-        }
+        Limits { replay_events: self.cfg.replay_events, backlog_messages: self.cfg.backlog_messages }
     }
 
     /// The app's shared child, started (or restarted after it died) on demand.
@@ -265,22 +230,14 @@ impl Gateway {
         let Backend::Stdio { argv, env, cwd } = &route.backend else {
             return Err("not a stdio app".into());
         };
-        let mut map = self
-            .shared
-            .lock()
-            .map_err(|_| "internal lock poisoned".to_string())?;
+        let mut map = self.shared.lock().map_err(|_| "internal lock poisoned".to_string())?;
         if let Some(h) = map.get(app) {
             if !h.is_dead() {
                 return Ok(h.clone());
             }
             ::metrics::counter!(metrics::CHILD_RESTARTS, "app" => app.to_string()).increment(1);
         }
-        let cmd = stdio::Command {
-            app,
-            argv,
-            env,
-            cwd,
-        };
+        let cmd = stdio::Command { app, argv, env, cwd };
         let hub = SharedChild::start(cmd, self.logs.clone(), self.cfg.kill_grace)?;
         map.insert(app.to_string(), hub.clone());
         Ok(hub)
@@ -329,16 +286,8 @@ async fn read_body(gw: &Gateway, req: Request<Incoming>) -> Result<Bytes, Resp> 
 
 fn invalid(e: Invalid) -> Resp {
     match e {
-        Invalid::Parse(m) => p::error(
-            StatusCode::BAD_REQUEST,
-            -32700,
-            &format!("Parse error: {m}"),
-        ),
-        Invalid::Shape(m) => p::error(
-            StatusCode::BAD_REQUEST,
-            -32600,
-            &format!("Invalid Request: {m}"),
-        ),
+        Invalid::Parse(m) => p::error(StatusCode::BAD_REQUEST, -32700, &format!("Parse error: {m}")),
+        Invalid::Shape(m) => p::error(StatusCode::BAD_REQUEST, -32600, &format!("Invalid Request: {m}")),
     }
 }
 
@@ -432,15 +381,7 @@ async fn request(
         return invalid(Invalid::Shape("a request needs an id"));
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if session
-        .begin(
-            id.clone(),
-            c.progress_token.clone(),
-            tx,
-            audit_info(c, &token),
-        )
-        .is_err()
-    {
+    if session.begin(id.clone(), c.progress_token.clone(), tx, audit_info(c, &token)).is_err() {
         return p::error(
             StatusCode::BAD_REQUEST,
             -32600,
@@ -486,11 +427,7 @@ async fn initialize(
     let sid: Arc<str> = session_id().into();
     let bad_gateway = |e: String| {
         gw.logs.push(app, super::LogKind::Event, &e);
-        p::error(
-            StatusCode::BAD_GATEWAY,
-            -32603,
-            &format!("Bad Gateway: {e}"),
-        )
+        p::error(StatusCode::BAD_GATEWAY, -32603, &format!("Bad Gateway: {e}"))
     };
     let session = if route.shared {
         let hub = match gw.shared_child(app, route) {
@@ -506,24 +443,15 @@ async fn initialize(
         ));
         hub.attach(&s);
         if let Some(result) = hub.cached_init() {
-            if let Some(v) =
-                jsonrpc::result_protocol_version(&[b"{\"result\":", &result[..], b"}"].concat())
+            if let Some(v) = jsonrpc::result_protocol_version(&[b"{\"result\":", &result[..], b"}"].concat())
             {
                 s.set_version(&v);
             }
             gw.insert_session(s);
-            let id =
-                c.id.as_ref()
-                    .map(jsonrpc::id_json)
-                    .unwrap_or_else(|| "null".into());
-            let msg = [
-                b"{\"jsonrpc\":\"2.0\",\"id\":".as_slice(),
-                id.as_bytes(),
-                b",\"result\":",
-                &result,
-                b"}",
-            ]
-            .concat();
+            let id = c.id.as_ref().map(jsonrpc::id_json).unwrap_or_else(|| "null".into());
+            let msg =
+                [b"{\"jsonrpc\":\"2.0\",\"id\":".as_slice(), id.as_bytes(), b",\"result\":", &result, b"}"]
+                    .concat();
             let mut r = p::json(StatusCode::OK, Bytes::from(msg));
             if let Ok(v) = HeaderValue::from_str(&sid) {
                 r.headers_mut().insert(SESSION_HEADER, v);
@@ -533,23 +461,13 @@ async fn initialize(
         s
     } else {
         let events = Arc::new(OwnEvents::default());
-        let cmd = stdio::Command {
-            app,
-            argv,
-            env,
-            cwd,
-        };
+        let cmd = stdio::Command { app, argv, env, cwd };
         let proc = match stdio::spawn(cmd, events.clone(), gw.logs.clone(), gw.cfg.kill_grace) {
             Ok(p) => p,
             Err(e) => return bad_gateway(e),
         };
-        let s = Arc::new(Session::new(
-            sid.clone(),
-            app.into(),
-            Link::Own(proc),
-            gw.limits(),
-            gw.audit.clone(),
-        ));
+        let s =
+            Arc::new(Session::new(sid.clone(), app.into(), Link::Own(proc), gw.limits(), gw.audit.clone()));
         let _ = events.session.set(Arc::downgrade(&s));
         s
     };
@@ -606,10 +524,7 @@ async fn batch(
     let reqs: Vec<_> = parsed
         .iter()
         .filter(|(c, _)| c.kind == Kind::Request)
-        .filter_map(|(c, _)| {
-            c.id.clone()
-                .map(|id| (id, c.progress_token.clone(), audit_info(c, &token)))
-        })
+        .filter_map(|(c, _)| c.id.clone().map(|id| (id, c.progress_token.clone(), audit_info(c, &token))))
         .collect();
     session.touch();
     if reqs.is_empty() {
@@ -635,12 +550,7 @@ async fn batch(
             return session_unknown();
         }
     }
-    p::sse_response(SseBody::new(
-        None,
-        rx,
-        gw.cfg.keepalive_interval,
-        Some(session.stream_guard()),
-    ))
+    p::sse_response(SseBody::new(None, rx, gw.cfg.keepalive_interval, Some(session.stream_guard())))
 }
 
 async fn get(gw: &Gateway, req: Request<Incoming>) -> Resp {
@@ -673,12 +583,9 @@ async fn get(gw: &Gateway, req: Request<Incoming>) -> Resp {
         None => session.open_get(tx),
     };
     match opened {
-        Ok(()) => p::sse_response(SseBody::new(
-            None,
-            rx,
-            gw.cfg.keepalive_interval,
-            Some(session.stream_guard()),
-        )),
+        Ok(()) => {
+            p::sse_response(SseBody::new(None, rx, gw.cfg.keepalive_interval, Some(session.stream_guard())))
+        }
         Err(StreamError::Conflict) => p::error(
             StatusCode::CONFLICT,
             -32600,

@@ -37,9 +37,7 @@ impl IdKey {
     pub fn from_raw(raw: &RawValue) -> Option<IdKey> {
         let text = raw.get().trim();
         match text.as_bytes().first()? {
-            b'"' => serde_json::from_str::<String>(text)
-                .ok()
-                .map(|s| IdKey::Str(s.into_boxed_str())),
+            b'"' => serde_json::from_str::<String>(text).ok().map(|s| IdKey::Str(s.into_boxed_str())),
             b'-' | b'0'..=b'9' => Some(IdKey::Num(text.into())),
             _ => None,
         }
@@ -142,9 +140,7 @@ pub fn classify(msg: &[u8]) -> Result<Classified, Invalid> {
         (Some(_), None) => Kind::Notification,
         (None, _) if env.result.is_some() || env.error.is_some() => Kind::Response,
         (None, _) => {
-            return Err(Invalid::Shape(
-                "the message has neither \"method\" nor \"result\"/\"error\"",
-            ));
+            return Err(Invalid::Shape("the message has neither \"method\" nor \"result\"/\"error\""));
         }
     };
     let mut out = Classified {
@@ -185,17 +181,11 @@ pub fn is_batch(body: &[u8]) -> bool {
 
 /// Split a batch into its elements' raw bytes.
 pub fn split_batch(body: &[u8]) -> Result<Vec<Bytes>, Invalid> {
-    let items: Vec<&RawValue> =
-        serde_json::from_slice(body).map_err(|e| Invalid::Parse(e.to_string()))?;
+    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| Invalid::Parse(e.to_string()))?;
     if items.is_empty() {
-        return Err(Invalid::Shape(
-            "an empty batch is not a valid JSON-RPC message",
-        ));
+        return Err(Invalid::Shape("an empty batch is not a valid JSON-RPC message"));
     }
-    Ok(items
-        .into_iter()
-        .map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
-        .collect())
+    Ok(items.into_iter().map(|r| Bytes::copy_from_slice(r.get().as_bytes())).collect())
 }
 
 /// Turn a message into one stdio line: JSON whitespace newlines become spaces (a JSON string
@@ -266,10 +256,7 @@ pub fn result_protocol_version(msg: &[u8]) -> Option<String> {
     struct E {
         result: Option<R>,
     }
-    serde_json::from_slice::<E>(msg)
-        .ok()?
-        .result?
-        .protocol_version
+    serde_json::from_slice::<E>(msg).ok()?.result?.protocol_version
 }
 
 /// Extract the raw `result` member of a response (shared mode caches the initialize result).
@@ -305,18 +292,9 @@ mod tests {
     fn rejects_bad_messages() {
         assert!(matches!(classify(b"{nope"), Err(Invalid::Parse(_))));
         assert!(matches!(classify(b"42"), Err(Invalid::Shape(_))));
-        assert!(matches!(
-            classify(br#"{"id":1,"method":"x"}"#),
-            Err(Invalid::Shape(_))
-        ));
-        assert!(matches!(
-            classify(br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#),
-            Err(Invalid::Shape(_))
-        ));
-        assert!(matches!(
-            classify(br#"{"jsonrpc":"2.0","id":1}"#),
-            Err(Invalid::Shape(_))
-        ));
+        assert!(matches!(classify(br#"{"id":1,"method":"x"}"#), Err(Invalid::Shape(_))));
+        assert!(matches!(classify(br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#), Err(Invalid::Shape(_))));
+        assert!(matches!(classify(br#"{"jsonrpc":"2.0","id":1}"#), Err(Invalid::Shape(_))));
     }
 
     #[test]
@@ -333,10 +311,7 @@ mod tests {
         let c = classify(m).unwrap();
         let out = splice_many(
             m,
-            vec![
-                (c.progress_span.unwrap(), b"\"p9\"".to_vec()),
-                (c.id_span.unwrap(), b"42".to_vec()),
-            ],
+            vec![(c.progress_span.unwrap(), b"\"p9\"".to_vec()), (c.id_span.unwrap(), b"42".to_vec())],
         );
         assert_eq!(
             &out[..],

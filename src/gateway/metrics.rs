@@ -30,8 +30,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
                 ])
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
@@ -65,11 +65,7 @@ pub fn method_label(method: &str) -> &'static str {
         "tasks/result",
         "tasks/cancel",
     ];
-    KNOWN
-        .iter()
-        .find(|k| **k == method)
-        .copied()
-        .unwrap_or("other")
+    KNOWN.iter().find(|k| **k == method).copied().unwrap_or("other")
 }
 
 #[cfg(test)]

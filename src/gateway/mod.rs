@@ -39,18 +39,11 @@ pub use protocol::GatewayBody;
 pub enum Backend {
     /// A stdio server: started with exactly this argv, environment (nothing inherited) and
     /// working directory, in its own process group.
-    Stdio {
-        argv: Vec<String>,
-        env: BTreeMap<String, String>,
-        cwd: PathBuf,
-    },
+    Stdio { argv: Vec<String>, env: BTreeMap<String, String>, cwd: PathBuf },
     /// A Streamable HTTP server (`http://` only): requests are proxied, bodies streamed.
     /// `headers` are sent upstream on every request (e.g. the upstream's own credential);
     /// the client's `Authorization` is never forwarded.
-    Http {
-        url: String,
-        headers: Vec<(String, String)>,
-    },
+    Http { url: String, headers: Vec<(String, String)> },
 }
 
 /// Per-token request rate: one request replenished every `period`, bursts up to `burst`.
@@ -273,8 +266,7 @@ impl Gateway {
         ::http::Request<hyper::body::Incoming>,
         Response = ::http::Response<GatewayBody>,
         Error = std::convert::Infallible,
-        Future = impl Future<Output = Result<::http::Response<GatewayBody>, std::convert::Infallible>>
-                 + Send,
+        Future = impl Future<Output = Result<::http::Response<GatewayBody>, std::convert::Infallible>> + Send,
     > + Clone
     + Send
     + 'static {

@@ -16,13 +16,7 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// Assumed when a request has no `MCP-Protocol-Version` header and no session says otherwise.
 pub const DEFAULT_VERSION: &str = "2025-03-26";
 /// Versions accepted in `MCP-Protocol-Version`.
-pub const KNOWN_VERSIONS: &[&str] = &[
-    "2024-10-07",
-    "2024-11-05",
-    "2025-03-26",
-    "2025-06-18",
-    "2025-11-25",
-];
+pub const KNOWN_VERSIONS: &[&str] = &["2024-10-07", "2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 
 /// Batches exist up to 2025-03-26; 2025-06-18 removed them.
 pub fn batches_allowed(version: &str) -> bool {
@@ -88,10 +82,7 @@ fn refuse(status: StatusCode, code: i64, message: &str) -> Refused {
 pub fn json(status: StatusCode, body: Bytes) -> Resp {
     let mut r = Response::new(GatewayBody::Full(Some(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -110,10 +101,7 @@ pub fn status_only(status: StatusCode) -> Resp {
 pub fn sse_response(body: SseBody) -> Resp {
     let mut r = Response::new(GatewayBody::Sse(Box::new(body)));
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
@@ -127,9 +115,7 @@ fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
             let mt = item.split(';').next().unwrap_or("").trim();
             mt.eq_ignore_ascii_case(wanted)
                 || mt == "*/*"
-                || mt
-                    .strip_suffix("/*")
-                    .is_some_and(|t| t.eq_ignore_ascii_case(wt))
+                || mt.strip_suffix("/*").is_some_and(|t| t.eq_ignore_ascii_case(wt))
         })
     })
 }
@@ -205,10 +191,7 @@ pub fn header_version<'a>(
 fn host_only(authority: &str) -> String {
     let a = authority.trim();
     let host = if let Some(rest) = a.strip_prefix('[') {
-        rest.split(']')
-            .next()
-            .map(|h| format!("[{h}]"))
-            .unwrap_or_default()
+        rest.split(']').next().map(|h| format!("[{h}]")).unwrap_or_default()
     } else {
         a.split(':').next().unwrap_or("").to_string()
     };
@@ -224,10 +207,7 @@ pub fn check_host(headers: &HeaderMap, loopback: bool) -> Result<(), Refused> {
     if !loopback {
         return Ok(());
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(host_only);
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(host_only);
     match host {
         Some(h) if is_loopback_host(&h) => Ok(()),
         // HTTP/2 carries :authority instead of Host; hyper puts it in the URI, checked by the caller.
@@ -261,11 +241,9 @@ pub fn check_origin(
     let listed = allowed.iter().any(|a| norm_origin(a) == origin)
         || public_origin.is_some_and(|p| norm_origin(p) == origin);
     let local = loopback
-        && ["http://", "https://"].iter().any(|scheme| {
-            origin
-                .strip_prefix(scheme)
-                .is_some_and(|auth| is_loopback_host(&host_only(auth)))
-        });
+        && ["http://", "https://"]
+            .iter()
+            .any(|scheme| origin.strip_prefix(scheme).is_some_and(|auth| is_loopback_host(&host_only(auth))));
     if listed || local {
         Ok(())
     } else {
@@ -294,9 +272,7 @@ mod tests {
 
     #[test]
     fn accept_rules() {
-        assert!(
-            check_post_accept(&h(&[("accept", "application/json, text/event-stream")])).is_ok()
-        );
+        assert!(check_post_accept(&h(&[("accept", "application/json, text/event-stream")])).is_ok());
         assert!(check_post_accept(&h(&[("accept", "application/json")])).is_err());
         assert!(check_post_accept(&h(&[("accept", "*/*")])).is_ok());
         assert!(check_get_accept(&h(&[("accept", "text/event-stream;q=1")])).is_ok());
@@ -308,15 +284,7 @@ mod tests {
         let none: &[String] = &[];
         assert!(check_origin(&h(&[]), none, None, true).is_ok());
         assert!(check_origin(&h(&[("origin", "http://localhost:3000")]), none, None, true).is_ok());
-        assert!(
-            check_origin(
-                &h(&[("origin", "http://localhost:3000")]),
-                none,
-                None,
-                false
-            )
-            .is_err()
-        );
+        assert!(check_origin(&h(&[("origin", "http://localhost:3000")]), none, None, false).is_err());
         assert!(check_origin(&h(&[("origin", "https://evil.example")]), none, None, true).is_err());
         let list = vec!["https://ok.example".to_string()];
         assert!(check_origin(&h(&[("origin", "https://OK.example/")]), &list, None, false).is_ok());
@@ -339,13 +307,7 @@ mod tests {
     fn versions() {
         assert!(header_version(&h(&[("mcp-protocol-version", "2025-06-18")]), None).is_ok());
         assert!(header_version(&h(&[("mcp-protocol-version", "1999-01-01")]), None).is_err());
-        assert!(
-            header_version(
-                &h(&[("mcp-protocol-version", "2026-01-01")]),
-                Some("2026-01-01")
-            )
-            .is_ok()
-        );
+        assert!(header_version(&h(&[("mcp-protocol-version", "2026-01-01")]), Some("2026-01-01")).is_ok());
         assert!(batches_allowed("2025-03-26"));
         assert!(!batches_allowed("2025-06-18"));
     }

@@ -178,15 +178,7 @@ impl Session {
         let now = Instant::now();
         st.last_active = now;
         st.last_request = now;
-        st.inflight.insert(
-            id,
-            InFlight {
-                order,
-                progress,
-                target: Target::Pending(tx),
-                audit,
-            },
-        );
+        st.inflight.insert(id, InFlight { order, progress, target: Target::Pending(tx), audit });
         Ok(())
     }
 
@@ -202,29 +194,14 @@ impl Session {
         }
         let s = st.next_stream;
         st.next_stream += 1;
-        st.streams.insert(
-            s,
-            Stream {
-                sink: Some(tx),
-                seq: 0,
-                remaining: reqs.len(),
-            },
-        );
+        st.streams.insert(s, Stream { sink: Some(tx), seq: 0, remaining: reqs.len() });
         let now = Instant::now();
         st.last_active = now;
         st.last_request = now;
         for (id, progress, audit) in reqs {
             st.order += 1;
             let order = st.order;
-            st.inflight.insert(
-                id,
-                InFlight {
-                    order,
-                    progress,
-                    target: Target::Stream(s),
-                    audit,
-                },
-            );
+            st.inflight.insert(id, InFlight { order, progress, target: Target::Stream(s), audit });
         }
         Ok(())
     }
@@ -301,17 +278,10 @@ impl Session {
     pub fn deliver_server_message(&self, progress: Option<&str>, line: Bytes) {
         let mut st = self.lock();
         let by_token = progress.and_then(|p| {
-            st.inflight
-                .iter()
-                .find(|(_, f)| f.progress.as_deref() == Some(p))
-                .map(|(k, _)| k.clone())
+            st.inflight.iter().find(|(_, f)| f.progress.as_deref() == Some(p)).map(|(k, _)| k.clone())
         });
-        let target = by_token.or_else(|| {
-            st.inflight
-                .iter()
-                .min_by_key(|(_, f)| f.order)
-                .map(|(k, _)| k.clone())
-        });
+        let target =
+            by_token.or_else(|| st.inflight.iter().min_by_key(|(_, f)| f.order).map(|(k, _)| k.clone()));
         if let Some(key) = target {
             let s = match st.inflight.get(&key).map(|f| &f.target) {
                 Some(Target::Stream(s)) => *s,
@@ -323,14 +293,7 @@ impl Session {
                     if self.priming() {
                         let _ = tx.send(Out::Frame(sse::priming(s)));
                     }
-                    st.streams.insert(
-                        s,
-                        Stream {
-                            sink: Some(tx),
-                            seq: 0,
-                            remaining: 1,
-                        },
-                    );
+                    st.streams.insert(s, Stream { sink: Some(tx), seq: 0, remaining: 1 });
                     if let Some(f) = st.inflight.get_mut(&key) {
                         f.target = Target::Stream(s);
                     }
@@ -378,11 +341,7 @@ impl Session {
         }
         let mut st = self.lock();
         if let Some(g) = st.get_stream
-            && st
-                .streams
-                .get(&g)
-                .and_then(|s| s.sink.as_ref())
-                .is_some_and(|sink| !sink.is_closed())
+            && st.streams.get(&g).and_then(|s| s.sink.as_ref()).is_some_and(|sink| !sink.is_closed())
         {
             return Err(StreamError::Conflict);
         }
@@ -394,14 +353,7 @@ impl Session {
         if self.priming() {
             let _ = tx.send(Out::Frame(sse::priming(s)));
         }
-        st.streams.insert(
-            s,
-            Stream {
-                sink: Some(tx),
-                seq: 0,
-                remaining: 0,
-            },
-        );
+        st.streams.insert(s, Stream { sink: Some(tx), seq: 0, remaining: 0 });
         st.get_stream = Some(s);
         st.last_active = Instant::now();
         let backlog: Vec<Bytes> = st.backlog.drain(..).collect();
@@ -413,12 +365,7 @@ impl Session {
 
     /// Resume stream `s` after event `seq`: replay what the client missed from that stream
     /// only, then keep the new connection attached if the stream is still live.
-    pub fn resume(
-        &self,
-        s: u64,
-        seq: u64,
-        tx: mpsc::UnboundedSender<Out>,
-    ) -> Result<(), StreamError> {
+    pub fn resume(&self, s: u64, seq: u64, tx: mpsc::UnboundedSender<Out>) -> Result<(), StreamError> {
         if self.is_terminated() {
             return Err(StreamError::Gone);
         }

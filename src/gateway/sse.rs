@@ -88,15 +88,9 @@ impl SseBody {
         keepalive: Duration,
         on_close: Option<Box<dyn OnClose>>,
     ) -> Self {
-        let mut keepalive =
-            tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        SseBody {
-            first,
-            rx,
-            keepalive,
-            on_close,
-        }
+        SseBody { first, rx, keepalive, on_close }
     }
 
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
@@ -139,10 +133,7 @@ mod tests {
 
     #[test]
     fn frames() {
-        assert_eq!(
-            &event(3, 12, b"{\"a\":1}\n")[..],
-            b"id: 3-12\nevent: message\ndata: {\"a\":1}\n\n"
-        );
+        assert_eq!(&event(3, 12, b"{\"a\":1}\n")[..], b"id: 3-12\nevent: message\ndata: {\"a\":1}\n\n");
         assert_eq!(&priming(0)[..], b"id: 0-0\nretry: 2000\ndata: \n\n");
         assert_eq!(parse_event_id("3-12"), Some((3, 12)));
         assert_eq!(parse_event_id("x"), None);

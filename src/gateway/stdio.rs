@@ -58,10 +58,8 @@ pub fn spawn(
     logs: Arc<AppLogs>,
     kill_grace: Duration,
 ) -> Result<Arc<ChildProc>, String> {
-    let (prog, args) = cmd
-        .argv
-        .split_first()
-        .ok_or_else(|| format!("app `{}` has an empty command", cmd.app))?;
+    let (prog, args) =
+        cmd.argv.split_first().ok_or_else(|| format!("app `{}` has an empty command", cmd.app))?;
     let mut child = tokio::process::Command::new(prog)
         .args(args)
         .env_clear()
@@ -81,17 +79,12 @@ pub fn spawn(
             )
         })?;
     let pid = child.id().unwrap_or(0);
-    let (stdin, stdout, stderr) =
-        match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-            (Some(i), Some(o), Some(e)) => (i, o, e),
-            _ => return Err(format!("`{prog}` started without its stdio pipes")),
-        };
+    let (stdin, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        (Some(i), Some(o), Some(e)) => (i, o, e),
+        _ => return Err(format!("`{prog}` started without its stdio pipes")),
+    };
     let app: Arc<str> = cmd.app.into();
-    logs.push(
-        &app,
-        LogKind::Event,
-        &format!("started process {pid}: {prog}"),
-    );
+    logs.push(&app, LogKind::Event, &format!("started process {pid}: {prog}"));
     ::metrics::gauge!(metrics::CHILDREN).increment(1.0);
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
@@ -339,13 +332,10 @@ impl SharedChild {
                 let n = self.next_id.fetch_add(1, Ordering::Relaxed);
                 // Progress tokens are client-chosen (often equal to the request id), so two
                 // sessions may use the same one: the child sees a unique token instead.
-                let progress: Option<(Box<str>, Box<str>)> =
-                    match (&c.progress_token, &c.progress_span) {
-                        (Some(t), Some(_)) => {
-                            Some((t.clone(), format!("\"cw-progress-{n}\"").into()))
-                        }
-                        _ => None,
-                    };
+                let progress: Option<(Box<str>, Box<str>)> = match (&c.progress_token, &c.progress_span) {
+                    (Some(t), Some(_)) => Some((t.clone(), format!("\"cw-progress-{n}\"").into())),
+                    _ => None,
+                };
                 let mut edits = vec![(span.clone(), n.to_string().into_bytes())];
                 if let (Some((_, unique)), Some(pspan)) = (&progress, &c.progress_span) {
                     edits.push((pspan.clone(), unique.as_bytes().to_vec()));
@@ -365,9 +355,7 @@ impl SharedChild {
             }
             (Kind::Notification, _, _) => match c.method.as_deref() {
                 // The child was initialized once; later sessions' `initialized` are absorbed.
-                Some("notifications/initialized")
-                    if self.initialized_sent.swap(true, Ordering::AcqRel) =>
-                {
+                Some("notifications/initialized") if self.initialized_sent.swap(true, Ordering::AcqRel) => {
                     return true;
                 }
                 Some("notifications/cancelled") => match &c.request_id {
@@ -379,9 +367,7 @@ impl SharedChild {
                             .map(|(n, _)| *n);
                         drop(pending);
                         match found {
-                            Some(n) => {
-                                jsonrpc::splice(body, span.clone(), n.to_string().as_bytes())
-                            }
+                            Some(n) => jsonrpc::splice(body, span.clone(), n.to_string().as_bytes()),
                             None => return true,
                         }
                     }
@@ -427,9 +413,7 @@ impl ChildEvents for SharedChild {
             let pending = lock(&self.pending);
             let by_token = c.progress_token.as_deref().and_then(|t| {
                 pending.values().find_map(|p| match &p.progress {
-                    Some((orig, unique)) if &**unique == t => {
-                        Some((p.session.clone(), orig.clone()))
-                    }
+                    Some((orig, unique)) if &**unique == t => Some((p.session.clone(), orig.clone())),
                     _ => None,
                 })
             });
@@ -438,21 +422,14 @@ impl ChildEvents for SharedChild {
                     let line = jsonrpc::splice(&line, span.clone(), orig.as_bytes());
                     (Some(session), line, Some(orig))
                 }
-                _ => (
-                    pending.values().next().map(|p| p.session.clone()),
-                    line,
-                    None,
-                ),
+                _ => (pending.values().next().map(|p| p.session.clone()), line, None),
             }
         };
         if let Some(s) = owner.and_then(|w| w.upgrade()) {
             s.deliver_server_message(token.as_deref(), line);
             return;
         }
-        let sessions: Vec<Arc<Session>> = lock(&self.sessions)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().filter_map(Weak::upgrade).collect();
         if c.kind == Kind::Request {
             // Nobody asked: the first session may answer it.
             if let Some(s) = sessions.first() {
@@ -468,10 +445,8 @@ impl ChildEvents for SharedChild {
 
     fn exited(&self, why: &str) {
         self.dead.store(true, Ordering::Release);
-        let sessions: Vec<Arc<Session>> = lock(&self.sessions)
-            .drain()
-            .filter_map(|(_, w)| w.upgrade())
-            .collect();
+        let sessions: Vec<Arc<Session>> =
+            lock(&self.sessions).drain().filter_map(|(_, w)| w.upgrade()).collect();
         for s in sessions {
             s.terminate(why);
         }

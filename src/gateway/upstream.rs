@@ -28,15 +28,8 @@ const FORWARD_REQUEST: &[&str] = &[
 ];
 
 /// Response headers never copied back (hop-by-hop).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-];
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"];
 
 /// A pooled HTTP/1.1 client shared by all HTTP apps.
 pub struct Proxy {
@@ -63,13 +56,7 @@ impl Proxy {
         extra: &[(String, String)],
         max_body: usize,
     ) -> Resp {
-        let bad_gateway = |m: String| {
-            p::error(
-                StatusCode::BAD_GATEWAY,
-                -32603,
-                &format!("Bad Gateway: {m}"),
-            )
-        };
+        let bad_gateway = |m: String| p::error(StatusCode::BAD_GATEWAY, -32603, &format!("Bad Gateway: {m}"));
         let uri: Uri = match url.parse() {
             Ok(u) => u,
             Err(e) => {
@@ -103,10 +90,7 @@ impl Proxy {
             }
         }
         for (k, v) in extra {
-            match (
-                HeaderName::try_from(k.as_str()),
-                HeaderValue::try_from(v.as_str()),
-            ) {
+            match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
                 (Ok(k), Ok(v)) => {
                     out.headers_mut().insert(k, v);
                 }
@@ -149,8 +133,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_sse {
-            r.headers_mut()
-                .insert("x-accel-buffering", HeaderValue::from_static("no"));
+            r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
         }
         r
     }

@@ -4,6 +4,7 @@
 //! analysis, validation, secrets or health check fails is rejected and the ref never moves.
 
 pub mod analyse;
+pub mod deploy;
 pub mod health;
 pub mod plan;
 pub mod registry;

@@ -12,10 +12,7 @@ use serde_json::{Value, json};
 pub const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 
 pub fn fixture() -> String {
-    format!(
-        "{}/tests/fixtures/stdio_fixture.py",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/tests/fixtures/stdio_fixture.py", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A running `catwalk bridge`; killed on drop.
@@ -38,10 +35,7 @@ impl Bridge {
     /// `catwalk bridge --listen 127.0.0.1:0 <args>` with extra environment.
     pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Bridge {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_catwalk"));
-        cmd.arg("bridge")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(args);
+        cmd.arg("bridge").arg("--listen").arg("127.0.0.1:0").args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -82,12 +76,7 @@ impl Bridge {
             Some(i) => url[..after + i].to_string(),
             None => url.clone(),
         };
-        Bridge {
-            child,
-            url,
-            base,
-            stderr: lines,
-        }
+        Bridge { child, url, base, stderr: lines }
     }
 
     pub fn stderr_text(&self) -> String {
@@ -96,9 +85,7 @@ impl Bridge {
 
     /// Wait (up to 30 s) until the bridge's stderr contains `needle`.
     pub fn wait_stderr(&self, needle: &str) -> bool {
-        wait_until(Duration::from_secs(30), || {
-            self.stderr_text().contains(needle)
-        })
+        wait_until(Duration::from_secs(30), || self.stderr_text().contains(needle))
     }
 }
 
@@ -133,19 +120,13 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn pid_alive(pid: u32) -> bool {
     // Zombies count as gone: the bridge reaps its children, but check state to be exact.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(s) => !s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("reqwest client")
+    reqwest::Client::builder().no_proxy().build().expect("reqwest client")
 }
 
 pub fn init_msg(id: u64, version: &str) -> Value {
@@ -214,21 +195,11 @@ pub async fn call_text(
     name: &str,
     args: Value,
 ) -> String {
-    let r = post(
-        c,
-        url,
-        Some(sid),
-        Some("2025-06-18"),
-        &tool_msg(id, name, args),
-    )
-    .await;
+    let r = post(c, url, Some(sid), Some("2025-06-18"), &tool_msg(id, name, args)).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["id"], id, "response to the wrong request: {v}");
-    v["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text in {v}"))
-        .to_string()
+    v["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("no text in {v}")).to_string()
 }
 
 /// One parsed SSE event.
@@ -254,16 +225,10 @@ pub struct Sse {
 impl Sse {
     pub fn new(resp: reqwest::Response) -> Sse {
         assert!(
-            resp.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/event-stream"),
+            resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"),
             "not an SSE response"
         );
-        Sse {
-            resp,
-            buf: String::new(),
-        }
+        Sse { resp, buf: String::new() }
     }
 
     /// The next event (comments skipped), `None` at end of stream. Panics after 30 s.
@@ -278,11 +243,7 @@ impl Sse {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf[..end].to_string();
                 self.buf.drain(..end + 2);
-                let mut ev = Event {
-                    id: None,
-                    data: String::new(),
-                    retry: None,
-                };
+                let mut ev = Event { id: None, data: String::new(), retry: None };
                 let mut any = false;
                 for line in block.lines() {
                     if line.starts_with(':') {

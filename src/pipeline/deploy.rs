@@ -1,0 +1,624 @@
+//! Deploying a push: analyse → pin → secrets → release → install → health gate → switch.
+//!
+//! [`Deployer::push`] runs inside the pre-receive hook (between "objects received" and "ref updated"),
+//! streaming one `-----> step` line per stage with its timing. Any error rejects the push: the ref does
+//! not move and the previous release keeps serving, because the route is only switched after the new
+//! release passed its health gate. Secret values are decrypted into memory, handed to the server's
+//! environment, and otherwise only ever appear as names and keyed digests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::analyse::{Tree, analyse};
+use super::health;
+use super::plan::{Plan, Source, Transport};
+use super::registry::{Registries, pin};
+use super::secrets::{Keyring, SECRETS_PATH, Secrets};
+use super::source::CommitTree;
+use crate::datadir::DataDir;
+use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewayConfig, LogKind, Mount, NoAudit};
+use crate::names::AppName;
+use crate::runtime::install::{self, Installed, Toolchain};
+use crate::runtime::routes::RouteTable;
+use crate::store::{Introspection, ReleaseRecord, ReleaseStatus, Store, now};
+
+/// Where push output goes: one call per line (the hook turns them into `remote:` lines).
+pub type Output = Arc<dyn Fn(String) + Send + Sync>;
+
+/// Everything a deploy needs, shared by all pushes.
+pub struct Deployer {
+    pub dir: DataDir,
+    pub store: Store,
+    pub keyring: Keyring,
+    pub tools: Toolchain,
+    pub registries: Registries,
+    pub http: reqwest::Client,
+    pub gateway: Arc<Gateway>,
+    pub routes: Arc<RouteTable>,
+    pub logs: Arc<AppLogs>,
+    /// `http://HOST:PORT` as clients reach the daemon.
+    pub public_url: String,
+    /// `ssh -p PORT git@HOST`, for hints.
+    pub ssh_command: String,
+    pub health_timeout: Duration,
+    /// Per-token rate limit applied to every deployed app.
+    pub rate_limit: Option<crate::gateway::RateLimit>,
+    /// Deploys of one app run one at a time (pushes are also queued by the SSH layer; this covers
+    /// rollbacks, restarts and detached deploys).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// One push to deploy.
+pub struct PushDeploy {
+    pub app: AppName,
+    pub commit: String,
+    pub pusher: String,
+    /// Git's quarantine object directories (the pushed objects live there until accepted).
+    pub quarantine: Vec<PathBuf>,
+    pub dry_run: bool,
+    /// `-o async`: return once validated, deploy in the background.
+    pub detach: bool,
+}
+
+/// How a push ended when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Live {
+        version: u32,
+    },
+    /// Validated only; nothing deployed (the hook rejects the ref update so nothing changes).
+    DryRun,
+    /// Validated; the deploy continues in the background.
+    Detached {
+        version: u32,
+    },
+}
+
+/// A release ready to install: plan pinned, secrets decrypted.
+struct Prepared {
+    release: ReleaseRecord,
+    secrets: Secrets,
+}
+
+impl Deployer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dir: DataDir,
+        store: Store,
+        keyring: Keyring,
+        tools: Toolchain,
+        registries: Registries,
+        gateway: Arc<Gateway>,
+        routes: Arc<RouteTable>,
+        public_url: String,
+        ssh_command: String,
+    ) -> Deployer {
+        let logs = gateway.logs().clone();
+        Deployer {
+            dir,
+            store,
+            keyring,
+            tools,
+            registries,
+            http: reqwest::Client::builder()
+                .user_agent(concat!("catwalk/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default(),
+            gateway,
+            routes,
+            logs,
+            public_url,
+            ssh_command,
+            health_timeout: Duration::from_secs(60),
+            rate_limit: None,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().expect("deploy locks").entry(app.to_string()).or_default().clone()
+    }
+
+    /// Deploys a push (see the module docs). `Err` is the message that rejects the push.
+    pub async fn push(self: &Arc<Self>, req: PushDeploy, out: Output) -> Result<Outcome, String> {
+        let lock = self.app_lock(req.app.as_str());
+        let guard = lock.clone().lock_owned().await;
+        let repo = self.dir.repo(&req.app);
+        let quarantine: Vec<&Path> = req.quarantine.iter().map(PathBuf::as_path).collect();
+        let tree = CommitTree::open(&repo, &quarantine, &req.commit)?;
+        let prepared = self.prepare(&req.app, &req.commit, &req.pusher, &tree, None, &out).await?;
+        if req.dry_run {
+            out("-----> dry run: the plan is valid; nothing was deployed and the ref was not updated".into());
+            for line in plan_lines(&prepared.release.plan) {
+                out(format!("       {line}"));
+            }
+            return Ok(Outcome::DryRun);
+        }
+        // Repository sources are unpacked now, while the quarantined objects are readable.
+        if prepared.release.plan.source == Source::Repository {
+            let src = self.release_dir(&req.app, prepared.release.version).join("src");
+            let _ = std::fs::remove_dir_all(&src);
+            std::fs::create_dir_all(&src).map_err(|e| format!("creating {}: {e}", src.display()))?;
+            tree.export(&src)?;
+        }
+        drop(tree);
+        let version = prepared.release.version;
+        self.store.put_release(&prepared.release).map_err(|e| e.to_string())?;
+        if req.detach {
+            out(format!(
+                "-----> async: release v{version} continues in the background; follow it with: {} logs {} -f",
+                self.ssh_command, req.app
+            ));
+            let this = self.clone();
+            let app = req.app.clone();
+            tokio::spawn(async move {
+                let logs = this.logs.clone();
+                let name = app.to_string();
+                let sink: Output = Arc::new(move |line: String| logs.push(&name, LogKind::Event, &line));
+                let _guard = guard;
+                if let Err(e) = this.finish(&app, prepared, &sink).await {
+                    sink(format!("release v{version} failed: {e}"));
+                }
+            });
+            return Ok(Outcome::Detached { version });
+        }
+        let result = self.finish(&req.app, prepared, &out).await;
+        drop(guard);
+        result.map(|version| Outcome::Live { version })
+    }
+
+    /// Analysis, pinning and secrets: everything that can reject a push before anything runs.
+    async fn prepare(
+        &self,
+        app: &AppName,
+        commit: &str,
+        pusher: &str,
+        tree: &dyn Tree,
+        rollback_of: Option<&ReleaseRecord>,
+        out: &Output,
+    ) -> Result<Prepared, String> {
+        let started = Instant::now();
+        let short = &commit[..commit.len().min(7)];
+        let mut timings = Vec::new();
+        let mut plan = match rollback_of {
+            Some(r) => r.plan.clone(),
+            None => analyse(tree)?,
+        };
+        if let Source::Package { registry, name, version } = &mut plan.source
+            && rollback_of.is_none()
+        {
+            let was_pinned = version.is_some();
+            let pinned =
+                pin(&self.http, &self.registries, Some(&self.store), *registry, name, version.as_deref())
+                    .await?;
+            *version = Some(pinned.version);
+            let how = if was_pinned { "pinned by the manifest" } else { "pinned" };
+            out(format!("-----> analysing {short}: {} → {} ({how})", plan.manifest, plan.describe()));
+        } else {
+            out(format!("-----> analysing {short}: {} → {}", plan.manifest, plan.describe()));
+        }
+        timings.push(("analyse".to_string(), started.elapsed().as_millis() as u64));
+
+        let secrets = match tree.read(SECRETS_PATH) {
+            Some(bytes) => self.keyring.open(&bytes)?,
+            None => Secrets::new(),
+        };
+        let missing: Vec<&str> = plan
+            .env
+            .iter()
+            .filter(|e| e.required && e.value.is_none() && !secrets.contains_key(&e.name))
+            .map(|e| e.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "required env {} missing: add {} to {SECRETS_PATH} (encrypt with: age -r {} -o {SECRETS_PATH} .env)",
+                if missing.len() == 1 { "variable is" } else { "variables are" },
+                missing.join(", "),
+                self.keyring.recipient()
+            ));
+        }
+        let previous = self.store.live_release(app.as_str()).map_err(|e| e.to_string())?;
+        let digests: BTreeMap<String, String> =
+            secrets.iter().map(|(k, v)| (k.clone(), self.keyring.digest(k, v))).collect();
+        if !digests.is_empty() {
+            let described: Vec<String> = digests
+                .iter()
+                .map(|(name, d)| match previous.as_ref().and_then(|p| p.secrets.get(name)) {
+                    Some(old) if old == d => format!("{name} (unchanged)"),
+                    Some(_) => format!("{name} (changed)"),
+                    None if previous.is_some() => format!("{name} (new)"),
+                    None => name.clone(),
+                })
+                .collect();
+            out(format!("-----> secrets: {} (from {SECRETS_PATH})", described.join(", ")));
+        }
+        if let Some(prev) = &previous {
+            let removed: Vec<&String> = prev.secrets.keys().filter(|k| !digests.contains_key(*k)).collect();
+            if !removed.is_empty() {
+                out(format!(
+                    "-----> secrets removed since v{}: {}",
+                    prev.version,
+                    removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let version = self.store.next_release_version(app.as_str()).map_err(|e| e.to_string())?;
+        let release = ReleaseRecord {
+            app: app.to_string(),
+            version,
+            commit: commit.to_string(),
+            plan,
+            status: ReleaseStatus::Deploying,
+            created_at: now(),
+            pusher: pusher.to_string(),
+            secrets: digests,
+            runtime: "local".into(),
+            timings,
+            introspection: None,
+            error: None,
+            rollback_of: rollback_of.map(|r| r.version),
+            install_dir: rollback_of.and_then(|r| r.install_dir.clone()),
+            command: rollback_of.map(|r| r.command.clone()).unwrap_or_default(),
+        };
+        Ok(Prepared { release, secrets })
+    }
+
+    /// Install, health gate, switch. Marks the release failed (and leaves the old one serving) on error.
+    async fn finish(&self, app: &AppName, prepared: Prepared, out: &Output) -> Result<u32, String> {
+        let Prepared { mut release, secrets } = prepared;
+        let result = self.install_and_check(app, &mut release, &secrets, out).await;
+        match result {
+            Ok(route) => {
+                self.routes.set(app.as_str(), route);
+                release.status = ReleaseStatus::Deploying;
+                self.store.put_release(&release).map_err(|e| e.to_string())?;
+                self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
+                self.logs.push(
+                    app.as_str(),
+                    LogKind::Event,
+                    &format!("release v{} is live", release.version),
+                );
+                out(format!(
+                    "-----> live at {}/mcp/{app}   (tokens: {} tokens create {app})",
+                    self.public_url, self.ssh_command
+                ));
+                Ok(release.version)
+            }
+            Err(e) => {
+                release.status = ReleaseStatus::Failed;
+                release.error = Some(e.clone());
+                let _ = self.store.put_release(&release);
+                self.logs.push(
+                    app.as_str(),
+                    LogKind::Event,
+                    &format!("release v{} failed: {e}", release.version),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    async fn install_and_check(
+        &self,
+        app: &AppName,
+        release: &mut ReleaseRecord,
+        secrets: &Secrets,
+        out: &Output,
+    ) -> Result<AppRoute, String> {
+        let started = Instant::now();
+        let progress_out = out.clone();
+        let progress = move |line: String| progress_out(format!("       {line}"));
+        let installed = if let (Some(dir), false) = (&release.install_dir, release.command.is_empty()) {
+            Installed { dir: PathBuf::from(dir), command: release.command.clone(), reused: true }
+        } else {
+            match &release.plan.source {
+                Source::Package { .. } => {
+                    out("-----> installing ...".into());
+                    install::install_package(
+                        &self.tools,
+                        &self.dir.root().join("installs"),
+                        &release.plan,
+                        &progress,
+                    )
+                    .await?
+                }
+                Source::Repository => {
+                    out("-----> building from the repository ...".into());
+                    let src = self.release_dir(app, release.version).join("src");
+                    install::install_repository(&self.tools, &src, &release.plan, &progress).await?
+                }
+            }
+        };
+        let took = started.elapsed();
+        release.timings.push(("install".into(), took.as_millis() as u64));
+        out(if installed.reused {
+            format!("-----> installing ... re-used an identical install ({})", secs(took))
+        } else {
+            format!("-----> installing ... done in {}", secs(took))
+        });
+        release.install_dir = Some(installed.dir.to_string_lossy().into_owned());
+        release.command = installed.command.clone();
+        self.store.put_release(release).map_err(|e| e.to_string())?;
+
+        let route = self.route_for(app, release, secrets, &installed)?;
+        out(format!("-----> starting release v{} ...", release.version));
+        let started = Instant::now();
+        let intro = match self.health_gate(app, &route).await {
+            Ok(intro) => intro,
+            Err(e) => {
+                let tail = self.logs.stderr_tail(app.as_str(), 20);
+                let mut msg = format!("release v{} failed its health check: {e}", release.version);
+                if !tail.is_empty() {
+                    msg.push_str("\n       server stderr (last lines):");
+                    for line in tail.lines() {
+                        msg.push_str("\n       | ");
+                        msg.push_str(line);
+                    }
+                }
+                return Err(msg);
+            }
+        };
+        let took = started.elapsed();
+        release.timings.push(("health".into(), took.as_millis() as u64));
+        out(format!(
+            "-----> release v{} healthy in {}: {}",
+            release.version,
+            secs(took),
+            describe_introspection(&intro)
+        ));
+        release.introspection = Some(intro);
+        Ok(route)
+    }
+
+    /// The gateway route for a release: argv from validated, pinned values; env = declared + secrets.
+    fn route_for(
+        &self,
+        app: &AppName,
+        release: &ReleaseRecord,
+        secrets: &Secrets,
+        installed: &Installed,
+    ) -> Result<AppRoute, String> {
+        let home = self.dir.app(app).join("home");
+        std::fs::create_dir_all(&home).map_err(|e| format!("creating {}: {e}", home.display()))?;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), self.tools.path_env());
+        env.insert("HOME".into(), home.to_string_lossy().into_owned());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        env.insert("TMPDIR".into(), std::env::temp_dir().to_string_lossy().into_owned());
+        for (k, v) in install::host_network_env() {
+            env.insert(k.to_string(), v.to_string_lossy().into_owned());
+        }
+        for e in &release.plan.env {
+            if let Some(v) = &e.value {
+                env.insert(e.name.clone(), v.clone());
+            }
+        }
+        for (k, v) in secrets {
+            env.insert(k.clone(), v.expose().to_string());
+        }
+        let mut argv = installed.command.clone();
+        argv.extend(release.plan.args.iter().cloned());
+        let cwd = match release.plan.source {
+            Source::Repository => installed.dir.clone(),
+            Source::Package { .. } => home,
+        };
+        let backend = match &release.plan.transport {
+            Transport::Stdio => Backend::Stdio { argv, env, cwd },
+            Transport::Http { .. } => {
+                return Err(
+                    "transport \"http\" servers are not run by the local runtime yet; use a stdio server (the default)"
+                        .into(),
+                );
+            }
+        };
+        Ok(AppRoute {
+            backend,
+            allowed_origins: release.plan.allowed_origins.clone(),
+            shared: release.plan.shared,
+            rate_limit: self.rate_limit,
+        })
+    }
+
+    /// Serves the new route on a private loopback gateway (same code as `/mcp/APP`) and probes it.
+    async fn health_gate(&self, app: &AppName, route: &AppRoute) -> Result<Introspection, String> {
+        struct One(Arc<AppRoute>, String);
+        impl crate::gateway::AppDirectory for One {
+            fn resolve(&self, app: &str) -> Option<Arc<AppRoute>> {
+                (app == self.1).then(|| self.0.clone())
+            }
+        }
+        let cfg = GatewayConfig {
+            mount: Mount::Single { path: "/mcp".into(), app: app.to_string() },
+            ..Default::default()
+        };
+        let gateway = Gateway::new(
+            cfg,
+            Arc::new(One(Arc::new(route.clone()), app.to_string())),
+            None,
+            Arc::new(NoAudit),
+            self.logs.clone(),
+            None,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let url = format!("http://{}/mcp", listener.local_addr().map_err(|e| e.to_string())?);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = {
+            let gateway = gateway.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { gateway.serve(listener, stop).await })
+        };
+        let result = health::probe(&url, None, self.health_timeout).await;
+        stop.cancel();
+        gateway.stop_all();
+        let _ = server.await;
+        result
+    }
+
+    fn release_dir(&self, app: &AppName, version: u32) -> PathBuf {
+        self.dir.app(app).join("releases").join(format!("v{version}"))
+    }
+
+    /// A new release that re-uses release `version`'s plan, install and secrets (default: the one
+    /// that was live before the current one). Goes through the same health gate, then moves the
+    /// deploy branch to that release's commit so the ref keeps matching the live release.
+    pub async fn rollback(
+        &self,
+        app: &AppName,
+        version: Option<u32>,
+        by: &str,
+        branch: &str,
+        out: &Output,
+    ) -> Result<u32, String> {
+        let lock = self.app_lock(app.as_str());
+        let _guard = lock.lock().await;
+        let releases = self.store.releases(app.as_str()).map_err(|e| e.to_string())?;
+        let live = releases.iter().find(|r| r.status == ReleaseStatus::Live);
+        let target = match version {
+            Some(v) => releases.iter().find(|r| r.version == v).ok_or(format!(
+                "app {app} has no release v{v} (see `releases {app}`; the last {} are kept)",
+                crate::store::RELEASE_RETENTION
+            ))?,
+            None => releases
+                .iter()
+                .find(|r| r.status == ReleaseStatus::Superseded && Some(r.version) != live.map(|l| l.version))
+                .ok_or(format!("app {app} has no earlier healthy release to roll back to"))?,
+        };
+        if target.status == ReleaseStatus::Failed || target.command.is_empty() {
+            return Err(format!(
+                "release v{} never became healthy; roll back to a release that was live",
+                target.version
+            ));
+        }
+        let target = target.clone();
+        let repo = self.dir.repo(app);
+        let tree = CommitTree::open(&repo, &[], &target.commit)?;
+        out(format!(
+            "-----> rolling back {app} to v{} ({})",
+            target.version,
+            &target.commit[..7.min(target.commit.len())]
+        ));
+        let prepared = self.prepare(app, &target.commit, by, &tree, Some(&target), out).await?;
+        drop(tree);
+        self.store.put_release(&prepared.release).map_err(|e| e.to_string())?;
+        let version = self.finish(app, prepared, out).await?;
+        move_branch(&repo, branch, &target.commit)?;
+        Ok(version)
+    }
+
+    /// Puts every app's live release back on its route after a (re)start: decrypts its secrets again
+    /// from the release's commit (they are never stored) and marks interrupted deploys failed.
+    pub fn restore(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.store.recover_releases() {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!("{n} deploy(s) were interrupted by a stop of the daemon and are marked failed")
+            }
+            Err(e) => problems.push(format!("recovering releases: {e}")),
+        }
+        let apps = match self.store.apps() {
+            Ok(apps) => apps,
+            Err(e) => return vec![format!("listing apps: {e}")],
+        };
+        for app in apps {
+            let Ok(name) = AppName::parse(&app.name) else { continue };
+            match self.restore_app(&name) {
+                Ok(Some(v)) => tracing::info!(app = %name, "serving release v{v}"),
+                Ok(None) => {}
+                Err(e) => problems.push(format!("app {name}: {e}")),
+            }
+        }
+        problems
+    }
+
+    fn restore_app(&self, app: &AppName) -> Result<Option<u32>, String> {
+        let Some(live) = self.store.live_release(app.as_str()).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let tree = CommitTree::open(&self.dir.repo(app), &[], &live.commit)?;
+        let secrets = match tree.read(SECRETS_PATH) {
+            Some(bytes) => self.keyring.open(&bytes)?,
+            None => Secrets::new(),
+        };
+        let dir = live.install_dir.clone().ok_or("the live release has no install")?;
+        let installed = Installed { dir: PathBuf::from(dir), command: live.command.clone(), reused: true };
+        let route = self.route_for(app, &live, &secrets, &installed)?;
+        self.routes.set(app.as_str(), route);
+        Ok(Some(live.version))
+    }
+
+    /// Ends the app's sessions; the next request starts fresh processes of the live release.
+    pub fn restart(&self, app: &AppName) -> Result<(), String> {
+        if self.routes.get(app.as_str()).is_none() {
+            return Err(format!("app {app} has no live release to restart"));
+        }
+        self.gateway.drain_app(app.as_str());
+        self.logs.push(app.as_str(), LogKind::Event, "restarted: sessions ended, processes stopped");
+        Ok(())
+    }
+
+    /// Stops serving `app` and removes its releases and runtime data (`apps destroy`).
+    pub fn destroy(&self, app: &AppName) -> Result<(), String> {
+        self.routes.remove(app.as_str());
+        self.gateway.drain_app(app.as_str());
+        self.store.delete_releases(app.as_str()).map_err(|e| e.to_string())?;
+        let dir = self.dir.app(app);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Moves `refs/heads/BRANCH` of a bare repository to `commit` (rollbacks keep ref == live release).
+fn move_branch(repo: &Path, branch: &str, commit: &str) -> Result<(), String> {
+    let repo = git2::Repository::open_bare(repo).map_err(|e| e.message().to_string())?;
+    let oid = git2::Oid::from_str(commit).map_err(|e| e.message().to_string())?;
+    repo.reference(&format!("refs/heads/{branch}"), oid, true, "catwalk rollback")
+        .map_err(|e| format!("moving {branch} to {commit}: {}", e.message()))?;
+    Ok(())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// `2 tools (get_current_time, convert_time), 0 resources, 0 prompts`.
+pub fn describe_introspection(i: &Introspection) -> String {
+    let names = if i.tools.is_empty() {
+        String::new()
+    } else if i.tools.len() <= 8 {
+        format!(" ({})", i.tools.join(", "))
+    } else {
+        format!(" ({}, ...)", i.tools[..8].join(", "))
+    };
+    format!(
+        "{} tool{}{names}, {} resource{}, {} prompt{}",
+        i.tools.len(),
+        if i.tools.len() == 1 { "" } else { "s" },
+        i.resources,
+        if i.resources == 1 { "" } else { "s" },
+        i.prompts,
+        if i.prompts == 1 { "" } else { "s" }
+    )
+}
+
+/// The plan as `key: value` lines for dry runs.
+fn plan_lines(plan: &Plan) -> Vec<String> {
+    let mut lines = vec![format!("source: {}", plan.describe())];
+    lines.push(format!("entry: {:?}", plan.entry));
+    if !plan.args.is_empty() {
+        lines.push(format!("args: {}", plan.args.join(" ")));
+    }
+    for e in &plan.env {
+        let kind = match (e.secret, &e.value) {
+            (true, _) => "secret".to_string(),
+            (false, Some(v)) => format!("= {v}"),
+            (false, None) => "unset".to_string(),
+        };
+        lines.push(format!("env {}: {kind}{}", e.name, if e.required { " (required)" } else { "" }));
+    }
+    lines
+}
