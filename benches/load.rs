@@ -182,13 +182,19 @@ impl Reply {
     /// The JSON-RPC response with `id`, from a JSON body or from the SSE events.
     fn response(&self, id: u64) -> Result<Value> {
         if !self.status.is_success() {
-            bail!("HTTP {}: {}", self.status, String::from_utf8_lossy(&self.body[..self.body.len().min(200)]));
+            bail!(
+                "HTTP {}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body[..self.body.len().min(200)])
+            );
         }
         let matches = |v: &Value| v.get("id").and_then(Value::as_u64) == Some(id);
         if !self.sse {
             let v: Value = serde_json::from_slice(&self.body).context("response body is not JSON")?;
             return match v {
-                Value::Array(items) => items.into_iter().find(matches).ok_or_else(|| anyhow!("no response with id {id}")),
+                Value::Array(items) => {
+                    items.into_iter().find(matches).ok_or_else(|| anyhow!("no response with id {id}"))
+                }
                 v if matches(&v) => Ok(v),
                 v => bail!("response id mismatch: {v}"),
             };
@@ -373,7 +379,8 @@ async fn run(opts: Options) -> Result<bool> {
     let ok = all.len() as u64;
     let rps = ok as f64 / measured;
     let (p50, p99) = (percentile(&all, 50.0), percentile(&all, 99.0));
-    let mean = if all.is_empty() { 0.0 } else { all.iter().map(|&v| v as f64).sum::<f64>() / all.len() as f64 };
+    let mean =
+        if all.is_empty() { 0.0 } else { all.iter().map(|&v| v as f64).sum::<f64>() / all.len() as f64 };
     let label = if opts.label.is_empty() { opts.authority.clone() } else { opts.label.clone() };
     println!(
         "{label}: {rps:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, mean {:.3} ms, {ok} ok, {errors} errors \

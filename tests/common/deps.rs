@@ -53,10 +53,7 @@ pub fn node22() -> PathBuf {
 /// The `node_modules` directory holding the pinned npm test packages.
 pub fn node_modules() -> PathBuf {
     let nm = deps_dir().join("node/node_modules");
-    require(
-        nm.join("@modelcontextprotocol/sdk/package.json"),
-        "npm test packages (.deps/node/node_modules)",
-    );
+    require(nm.join("@modelcontextprotocol/sdk/package.json"), "npm test packages (.deps/node/node_modules)");
     nm
 }
 
@@ -116,7 +113,10 @@ pub fn age_keygen() -> PathBuf {
 
 /// The conformance fixture server (`node22 <it>` for stdio, `--http PORT` for the SDK's own HTTP transport).
 pub fn conformance_fixture() -> PathBuf {
-    require(repo_root().join("tests/fixtures/conformance_server.mjs"), "tests/fixtures/conformance_server.mjs")
+    require(
+        repo_root().join("tests/fixtures/conformance_server.mjs"),
+        "tests/fixtures/conformance_server.mjs",
+    )
 }
 
 /// The TypeScript SDK scenario client (`node22 <it> --url URL [--token T] --scenario ...`).
@@ -145,10 +145,8 @@ impl ChildGuard {
     /// Spawns `cmd` as the leader of a new process group so every descendant can be killed together.
     pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
         use std::os::unix::process::CommandExt;
-        let child = cmd
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to start {name} ({cmd:?}): {e}"));
+        let child =
+            cmd.process_group(0).spawn().unwrap_or_else(|e| panic!("failed to start {name} ({cmd:?}): {e}"));
         ChildGuard { child, name: name.to_string() }
     }
 
@@ -162,10 +160,7 @@ impl ChildGuard {
 
     /// Takes the child's stderr (spawn it with `Stdio::piped()` stderr).
     pub fn take_stderr(&mut self) -> ChildStderr {
-        self.child
-            .stderr
-            .take()
-            .unwrap_or_else(|| panic!("{}: stderr was not piped", self.name))
+        self.child.stderr.take().unwrap_or_else(|| panic!("{}: stderr was not piped", self.name))
     }
 
     /// Reads stderr lines until one contains `listening on http://...` and returns that URL. The remaining
