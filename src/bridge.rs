@@ -202,8 +202,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         }
         stop.cancel();
     });
+    // serve() stops every child (SIGTERM, then SIGKILL of its process group) before returning.
     gw.serve(listener, shutdown).await?;
-    // Give SIGTERM'd children their grace period before the runtime (and kill_on_drop) ends.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     Ok(())
 }

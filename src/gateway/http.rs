@@ -71,6 +71,7 @@ pub async fn serve(
     }
     // Ending the sessions ends their SSE bodies, so graceful shutdown can finish.
     gw.stop_all();
+    stdio::wait_all_stopped(gw.cfg.kill_grace + Duration::from_millis(500)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
 }

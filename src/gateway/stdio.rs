@@ -24,6 +24,25 @@ use super::jsonrpc::{self, Classified, IdKey, Kind};
 use super::metrics;
 use super::session::Session;
 
+/// Process groups of children that have not exited yet (process-wide, like pgids themselves),
+/// so shutdown can make sure none outlives the gateway.
+static LIVE_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// After everything was asked to stop: wait up to `grace` for the children to exit, then
+/// SIGKILL the process groups of those that did not.
+pub async fn wait_all_stopped(grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if lock(&LIVE_GROUPS).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for pgid in lock(&LIVE_GROUPS).drain(..) {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
 /// Receives what a child writes.
 pub trait ChildEvents: Send + Sync {
     fn message(&self, line: Bytes, c: Classified);
@@ -87,6 +106,7 @@ pub fn spawn(
             _ => return Err(format!("`{prog}` started without its stdio pipes")),
         };
     let app: Arc<str> = cmd.app.into();
+    lock(&LIVE_GROUPS).push(pid as i32);
     logs.push(
         &app,
         LogKind::Event,
@@ -166,6 +186,7 @@ pub fn spawn(
         watch.exited.cancel();
         // Orphans left in the group go too.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        lock(&LIVE_GROUPS).retain(|g| *g != pid as i32);
         ::metrics::gauge!(metrics::CHILDREN).decrement(1.0);
         let status = match status {
             Ok(s) => s.to_string(),
