@@ -105,7 +105,10 @@ async fn reaper(gw: std::sync::Weak<Gateway>, shutdown: CancellationToken) {
 pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>, local: SocketAddr) -> Resp {
     let path = req.uri().path();
     if path == "/healthz" {
-        return p::json(StatusCode::OK, Bytes::from_static(b"ok"));
+        let mut r = p::json(StatusCode::OK, Bytes::from_static(b"ok"));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return r;
     }
     if path == "/metrics" {
         return match &gw.metrics {
@@ -200,8 +203,8 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
             let token_name = identity.map(|i: TokenIdentity| Arc::<str>::from(i.token_name));
             match *req.method() {
                 Method::POST => post(gw, req, app, &route, token_name).await,
-                Method::GET => get(gw, req).await,
-                Method::DELETE => delete(gw, req),
+                Method::GET => get(gw, req, app).await,
+                Method::DELETE => delete(gw, req, app),
                 _ => {
                     let mut r = p::error(
                         StatusCode::METHOD_NOT_ALLOWED,
@@ -245,8 +248,13 @@ fn session_unknown() -> Resp {
 }
 
 impl Gateway {
-    fn lookup(&self, id: &str) -> Option<Arc<Session>> {
+    /// The live session `id` of `app`. A session of another app is "unknown": a token for one
+    /// app must never reach another app's server, even with a guessed or leaked session id.
+    fn lookup(&self, app: &str, id: &str) -> Option<Arc<Session>> {
         let s = self.sessions.lock().ok()?.get(id).cloned()?;
+        if &*s.app != app {
+            return None;
+        }
         if s.is_terminated() {
             self.end_session(&s, "the session ended");
             return None;
@@ -367,7 +375,7 @@ async fn post(
         return *r;
     }
     let session = match headers.get(SESSION_HEADER) {
-        Some(v) => match v.to_str().ok().and_then(|id| gw.lookup(id)) {
+        Some(v) => match v.to_str().ok().and_then(|id| gw.lookup(app, id)) {
             Some(s) => Some(s),
             None => return session_unknown(),
         },
@@ -644,7 +652,7 @@ async fn batch(
     ))
 }
 
-async fn get(gw: &Gateway, req: Request<Incoming>) -> Resp {
+async fn get(gw: &Gateway, req: Request<Incoming>, app: &str) -> Resp {
     let headers = req.headers();
     if let Err(r) = p::check_get_accept(headers) {
         return *r;
@@ -652,7 +660,7 @@ async fn get(gw: &Gateway, req: Request<Incoming>) -> Resp {
     let Some(sid) = headers.get(SESSION_HEADER) else {
         return session_missing();
     };
-    let Some(session) = sid.to_str().ok().and_then(|id| gw.lookup(id)) else {
+    let Some(session) = sid.to_str().ok().and_then(|id| gw.lookup(app, id)) else {
         return session_unknown();
     };
     if let Err(r) = p::header_version(headers, session.version()) {
@@ -689,11 +697,11 @@ async fn get(gw: &Gateway, req: Request<Incoming>) -> Resp {
     }
 }
 
-fn delete(gw: &Gateway, req: Request<Incoming>) -> Resp {
+fn delete(gw: &Gateway, req: Request<Incoming>, app: &str) -> Resp {
     let Some(sid) = req.headers().get(SESSION_HEADER) else {
         return session_missing();
     };
-    let Some(session) = sid.to_str().ok().and_then(|id| gw.lookup(id)) else {
+    let Some(session) = sid.to_str().ok().and_then(|id| gw.lookup(app, id)) else {
         return session_unknown();
     };
     gw.end_session(&session, "the client ended the session (HTTP DELETE)");
