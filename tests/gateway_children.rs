@@ -311,3 +311,26 @@ async fn shared_child_restarts_after_a_crash() {
         .unwrap();
     assert!(m.contains("catwalk_mcp_child_restarts_total"), "{m}");
 }
+
+#[tokio::test]
+async fn session_limit_is_a_clear_503() {
+    let b = Bridge::start(&["--max-sessions", "2"]);
+    let c = client();
+    let a = init(&c, &b.url, "2025-06-18").await;
+    let _z = init(&c, &b.url, "2025-06-18").await;
+    let r = post(&c, &b.url, None, None, &init_msg(1, "2025-06-18")).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("sessions"),
+        "{v}"
+    );
+    // Ending one frees a slot.
+    c.delete(&b.url)
+        .header("mcp-session-id", &a)
+        .send()
+        .await
+        .unwrap();
+    init(&c, &b.url, "2025-06-18").await;
+}

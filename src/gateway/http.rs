@@ -492,6 +492,24 @@ async fn initialize(
     let Backend::Stdio { argv, env, cwd } = &route.backend else {
         return p::error(StatusCode::INTERNAL_SERVER_ERROR, -32603, "not a stdio app");
     };
+    let open = gw
+        .sessions
+        .lock()
+        .map(|m| m.values().filter(|s| &*s.app == app).count())
+        .unwrap_or(0);
+    if open >= gw.cfg.max_sessions_per_app {
+        let mut r = p::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -32000,
+            &format!(
+                "Service Unavailable: app {app:?} already has {open} open sessions (the limit); \
+                 end unused sessions with DELETE or retry later"
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    }
     let sid: Arc<str> = session_id().into();
     let bad_gateway = |e: String| {
         gw.logs.push(app, super::LogKind::Event, &e);

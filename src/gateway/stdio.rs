@@ -43,6 +43,64 @@ pub async fn wait_all_stopped(grace: Duration) {
     }
 }
 
+/// Largest message accepted from a child's stdout; a longer line is dropped (and logged) so a
+/// misbehaving server cannot grow the gateway's memory without bound.
+const MAX_STDOUT_LINE: usize = 64 << 20;
+/// Largest stderr line read (the app log truncates further for storage).
+const MAX_STDERR_LINE: usize = 64 << 10;
+
+enum Line {
+    Complete,
+    TooLong,
+    Eof,
+}
+
+/// Read one `\n`-terminated line into `buf` (newline included), but never hold more than `max`
+/// bytes: an over-long line is skipped up to its newline and reported as `TooLong`.
+async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Line {
+    let mut too_long = false;
+    loop {
+        let avail = match r.fill_buf().await {
+            Ok(a) => a,
+            Err(_) => return Line::Eof,
+        };
+        if avail.is_empty() {
+            return if buf.is_empty() && !too_long {
+                Line::Eof
+            } else if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            };
+        }
+        let (chunk, done) = match avail.iter().position(|b| *b == b'\n') {
+            Some(i) => (&avail[..=i], true),
+            None => (avail, false),
+        };
+        let n = chunk.len();
+        if !too_long {
+            if buf.len() + n > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        r.consume(n);
+        if done {
+            return if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            };
+        }
+    }
+}
+
 /// Receives what a child writes.
 pub trait ChildEvents: Send + Sync {
     fn message(&self, line: Bytes, c: Classified);
@@ -140,9 +198,17 @@ pub fn spawn(
         let mut r = BufReader::with_capacity(64 * 1024, stdout);
         loop {
             let mut buf = Vec::with_capacity(512);
-            match r.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            match read_line_bounded(&mut r, &mut buf, MAX_STDOUT_LINE).await {
+                Line::Eof => break,
+                Line::TooLong => {
+                    reader_logs.push(
+                        &reader_app,
+                        LogKind::Event,
+                        &format!("dropped a message over {MAX_STDOUT_LINE} bytes on stdout"),
+                    );
+                    continue;
+                }
+                Line::Complete => {}
             }
             if buf.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
@@ -164,9 +230,21 @@ pub fn spawn(
     let err_logs = logs.clone();
     let err_app = app.clone();
     let err_reader = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            err_logs.push(&err_app, LogKind::Stderr, &line);
+        let mut r = BufReader::new(stderr);
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            buf.clear();
+            match read_line_bounded(&mut r, &mut buf, MAX_STDERR_LINE).await {
+                Line::Eof => break,
+                Line::TooLong => err_logs.push(
+                    &err_app,
+                    LogKind::Event,
+                    "a stderr line was too long and was dropped",
+                ),
+                Line::Complete => {
+                    err_logs.push(&err_app, LogKind::Stderr, &String::from_utf8_lossy(&buf))
+                }
+            }
         }
     });
 
@@ -496,5 +574,26 @@ impl ChildEvents for SharedChild {
         for s in sessions {
             s.terminate(why);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_lines() {
+        let data: &[u8] = b"short\nthis line is far too long\nok\nlast-no-newline";
+        let mut r = BufReader::with_capacity(4, data);
+        let mut got = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            match read_line_bounded(&mut r, &mut buf, 10).await {
+                Line::Eof => break,
+                Line::TooLong => got.push("<too long>".to_string()),
+                Line::Complete => got.push(String::from_utf8(buf).unwrap()),
+            }
+        }
+        assert_eq!(got, vec!["short\n", "<too long>", "ok\n", "<too long>"]);
     }
 }
