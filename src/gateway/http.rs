@@ -418,6 +418,12 @@ async fn post(
         Kind::Notification | Kind::Response => {
             session.touch();
             if session.link.send(&session, &c, &body) {
+                // The server will not answer a cancelled request: end its exchange here.
+                if c.method.as_deref() == Some("notifications/cancelled")
+                    && let Some((id, _)) = &c.request_id
+                {
+                    session.cancel(id);
+                }
                 p::status_only(StatusCode::ACCEPTED)
             } else {
                 session_unknown()

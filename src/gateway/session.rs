@@ -234,6 +234,37 @@ impl Session {
         self.lock().inflight.remove(id);
     }
 
+    /// The client cancelled request `id`: the server will not answer it, so answer the
+    /// waiting HTTP request with a JSON-RPC error (fast path) or close its stream.
+    pub fn cancel(&self, id: &IdKey) {
+        let info = {
+            let mut st = self.lock();
+            let Some(inf) = st.inflight.remove(id) else {
+                return;
+            };
+            match inf.target {
+                Target::Pending(tx) => {
+                    let body = jsonrpc::error_body(
+                        Some(&jsonrpc::id_json(id)),
+                        -32800,
+                        "Request cancelled by the client",
+                    );
+                    let _ = tx.send(Out::Json(body));
+                }
+                Target::Stream(s) => {
+                    if let Some(stream) = st.streams.get_mut(&s) {
+                        stream.remaining = stream.remaining.saturating_sub(1);
+                        if stream.remaining == 0 && st.get_stream != Some(s) {
+                            st.streams.remove(&s);
+                        }
+                    }
+                }
+            }
+            inf.audit
+        };
+        self.record(info, 200, true);
+    }
+
     /// Note client activity that is not a request (notifications, responses, GET, DELETE).
     pub fn touch(&self) {
         let mut st = self.lock();

@@ -471,11 +471,15 @@ impl SharedChild {
                 }
                 Some("notifications/cancelled") => match &c.request_id {
                     Some((key, span)) => {
-                        let pending = lock(&self.pending);
+                        let mut pending = lock(&self.pending);
                         let found = pending
                             .iter()
                             .find(|(_, p)| p.session_id == session.id && &p.key == key)
                             .map(|(n, _)| *n);
+                        // A cancelled request gets no response; forget it now.
+                        if let Some(n) = found {
+                            pending.remove(&n);
+                        }
                         drop(pending);
                         match found {
                             Some(n) => {
