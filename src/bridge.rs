@@ -53,6 +53,9 @@ pub struct BridgeArgs {
     /// Interval of SSE keep-alive comments (they also reveal clients that went away).
     #[arg(long, value_name = "DURATION", default_value = "15s")]
     pub keepalive: humantime::Duration,
+    /// Most concurrent sessions (with one process each unless --shared).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_sessions: usize,
     /// Largest accepted request body in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
@@ -134,6 +137,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         session_idle_timeout: args.idle_timeout.into(),
         max_body_bytes: args.max_body_bytes,
         keepalive_interval: args.keepalive.into(),
+        max_sessions_per_app: args.max_sessions,
         ..GatewayConfig::default()
     };
     let logs = Arc::new(AppLogs::new(2000));
@@ -183,8 +187,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         }
         stop.cancel();
     });
+    // serve() stops every child (SIGTERM, then SIGKILL of its process group) before returning.
     gw.serve(listener, shutdown).await?;
-    // Give SIGTERM'd children their grace period before the runtime (and kill_on_drop) ends.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     Ok(())
 }

@@ -168,3 +168,55 @@ async fn failing_command_is_a_clear_error() {
     let m = v["error"]["message"].as_str().unwrap();
     assert!(m.contains("/nonexistent/server-binary"), "{m}");
 }
+
+#[tokio::test]
+async fn whole_process_group_is_stopped() {
+    let b = Bridge::start(&[]);
+    let c = client();
+    let a = init(&c, &b.url, "2025-06-18").await;
+    let ga: u32 = call_text(&c, &b.url, &a, 2, "spawn_grandchild", json!({})).await.parse().unwrap();
+    let z = init(&c, &b.url, "2025-06-18").await;
+    let gz: u32 = call_text(&c, &b.url, &z, 2, "spawn_grandchild", json!({})).await.parse().unwrap();
+    assert!(pid_alive(ga) && pid_alive(gz));
+    // DELETE stops the session's whole process group, grandchildren included.
+    c.delete(&b.url).header("mcp-session-id", &a).send().await.unwrap();
+    assert!(wait_until(Duration::from_secs(20), || !pid_alive(ga)), "grandchild survived DELETE");
+    // Stopping the bridge stops every remaining group.
+    drop(b);
+    assert!(wait_until(Duration::from_secs(20), || !pid_alive(gz)), "grandchild survived the bridge");
+}
+
+#[tokio::test]
+async fn shared_child_restarts_after_a_crash() {
+    let b = Bridge::start(&["--shared"]);
+    let c = client();
+    let a = init(&c, &b.url, "2025-06-18").await;
+    let first = pid_of(&c, &b.url, &a, 2).await;
+    let r = post(&c, &b.url, Some(&a), Some("2025-06-18"), &tool_msg(3, "crash", json!({}))).await;
+    let _ = r.bytes().await;
+    assert!(wait_until(Duration::from_secs(20), || !pid_alive(first)));
+    let r = post(&c, &b.url, Some(&a), Some("2025-06-18"), &json!({"jsonrpc":"2.0","id":4,"method":"ping"}))
+        .await;
+    assert_eq!(r.status(), 404);
+    let again = init(&c, &b.url, "2025-06-18").await;
+    let second = pid_of(&c, &b.url, &again, 2).await;
+    assert_ne!(first, second);
+    let m = c.get(format!("{}/metrics", b.base)).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("catwalk_mcp_child_restarts_total"), "{m}");
+}
+
+#[tokio::test]
+async fn session_limit_is_a_clear_503() {
+    let b = Bridge::start(&["--max-sessions", "2"]);
+    let c = client();
+    let a = init(&c, &b.url, "2025-06-18").await;
+    let _z = init(&c, &b.url, "2025-06-18").await;
+    let r = post(&c, &b.url, None, None, &init_msg(1, "2025-06-18")).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("sessions"), "{v}");
+    // Ending one frees a slot.
+    c.delete(&b.url).header("mcp-session-id", &a).send().await.unwrap();
+    init(&c, &b.url, "2025-06-18").await;
+}

@@ -442,3 +442,42 @@ async fn unknown_fields_and_methods_survive() {
     assert_eq!(v["result"]["received"], msg);
     assert_eq!(v["x-extra"], json!({"kept": true}));
 }
+
+#[tokio::test]
+async fn cancellation_ends_the_waiting_request() {
+    let b = Bridge::start(&[]);
+    let c = client();
+    let sid = init(&c, &b.url, "2025-06-18").await;
+    let pending = {
+        let c = c.clone();
+        let url = b.url.clone();
+        let sid = sid.clone();
+        tokio::spawn(async move {
+            let r = post(
+                &c,
+                &url,
+                Some(&sid),
+                Some("2025-06-18"),
+                &tool_msg(77, "slow", json!({"ms": 600000, "text": "late"})),
+            )
+            .await;
+            r.json::<Value>().await.unwrap()
+        })
+    };
+    // Cancel until the request is known to be in flight (the cancel may race the POST).
+    let mut tries = 0;
+    let answer = loop {
+        tries += 1;
+        assert!(tries < 600, "the cancelled request was never answered");
+        let r = post(&c, &b.url, Some(&sid), Some("2025-06-18"), &json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":77,"reason":"test"}})).await;
+        assert_eq!(r.status(), 202);
+        if pending.is_finished() {
+            break pending.await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer["id"], 77);
+    assert_eq!(answer["error"]["code"], -32800, "{answer}");
+    // The session keeps working.
+    assert_eq!(call_text(&c, &b.url, &sid, 78, "echo", json!({"text":"after"})).await, "after");
+}

@@ -90,3 +90,27 @@ async fn unreachable_upstream_is_a_502_with_a_jsonrpc_body() {
     assert_eq!(v["jsonrpc"], "2.0");
     assert!(v["error"]["message"].as_str().unwrap().contains("upstream"), "{v}");
 }
+
+#[tokio::test]
+async fn upstream_5xx_without_body_is_a_502() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // A broken upstream: every request gets `500` with an empty body.
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let proxy = Bridge::start_raw(&["--upstream", &format!("http://127.0.0.1:{port}/mcp")], &[]);
+    let c = client();
+    let r = post(&c, &proxy.url, None, None, &init_msg(1, "2025-06-18")).await;
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert!(v["error"]["message"].as_str().unwrap().contains("500"), "{v}");
+}

@@ -65,6 +65,7 @@ pub async fn serve(
     }
     // Ending the sessions ends their SSE bodies, so graceful shutdown can finish.
     gw.stop_all();
+    stdio::wait_all_stopped(gw.cfg.kill_grace + Duration::from_millis(500)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
 }
@@ -96,7 +97,9 @@ async fn reaper(gw: std::sync::Weak<Gateway>, shutdown: CancellationToken) {
 pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>, local: SocketAddr) -> Resp {
     let path = req.uri().path();
     if path == "/healthz" {
-        return p::json(StatusCode::OK, Bytes::from_static(b"ok"));
+        let mut r = p::json(StatusCode::OK, Bytes::from_static(b"ok"));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return r;
     }
     if path == "/metrics" {
         return match &gw.metrics {
@@ -173,8 +176,8 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
             let token_name = identity.map(|i: TokenIdentity| Arc::<str>::from(i.token_name));
             match *req.method() {
                 Method::POST => post(gw, req, app, &route, token_name).await,
-                Method::GET => get(gw, req).await,
-                Method::DELETE => delete(gw, req),
+                Method::GET => get(gw, req, app).await,
+                Method::DELETE => delete(gw, req, app),
                 _ => {
                     let mut r = p::error(
                         StatusCode::METHOD_NOT_ALLOWED,
@@ -212,8 +215,13 @@ fn session_unknown() -> Resp {
 }
 
 impl Gateway {
-    fn lookup(&self, id: &str) -> Option<Arc<Session>> {
+    /// The live session `id` of `app`. A session of another app is "unknown": a token for one
+    /// app must never reach another app's server, even with a guessed or leaked session id.
+    fn lookup(&self, app: &str, id: &str) -> Option<Arc<Session>> {
         let s = self.sessions.lock().ok()?.get(id).cloned()?;
+        if &*s.app != app {
+            return None;
+        }
         if s.is_terminated() {
             self.end_session(&s, "the session ended");
             return None;
@@ -315,7 +323,7 @@ async fn post(
         return *r;
     }
     let session = match headers.get(SESSION_HEADER) {
-        Some(v) => match v.to_str().ok().and_then(|id| gw.lookup(id)) {
+        Some(v) => match v.to_str().ok().and_then(|id| gw.lookup(app, id)) {
             Some(s) => Some(s),
             None => return session_unknown(),
         },
@@ -358,6 +366,12 @@ async fn post(
         Kind::Notification | Kind::Response => {
             session.touch();
             if session.link.send(&session, &c, &body) {
+                // The server will not answer a cancelled request: end its exchange here.
+                if c.method.as_deref() == Some("notifications/cancelled")
+                    && let Some((id, _)) = &c.request_id
+                {
+                    session.cancel(id);
+                }
                 p::status_only(StatusCode::ACCEPTED)
             } else {
                 session_unknown()
@@ -424,6 +438,19 @@ async fn initialize(
     let Backend::Stdio { argv, env, cwd } = &route.backend else {
         return p::error(StatusCode::INTERNAL_SERVER_ERROR, -32603, "not a stdio app");
     };
+    let open = gw.sessions.lock().map(|m| m.values().filter(|s| &*s.app == app).count()).unwrap_or(0);
+    if open >= gw.cfg.max_sessions_per_app {
+        let mut r = p::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -32000,
+            &format!(
+                "Service Unavailable: app {app:?} already has {open} open sessions (the limit); \
+                 end unused sessions with DELETE or retry later"
+            ),
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    }
     let sid: Arc<str> = session_id().into();
     let bad_gateway = |e: String| {
         gw.logs.push(app, super::LogKind::Event, &e);
@@ -553,7 +580,7 @@ async fn batch(
     p::sse_response(SseBody::new(None, rx, gw.cfg.keepalive_interval, Some(session.stream_guard())))
 }
 
-async fn get(gw: &Gateway, req: Request<Incoming>) -> Resp {
+async fn get(gw: &Gateway, req: Request<Incoming>, app: &str) -> Resp {
     let headers = req.headers();
     if let Err(r) = p::check_get_accept(headers) {
         return *r;
@@ -561,7 +588,7 @@ async fn get(gw: &Gateway, req: Request<Incoming>) -> Resp {
     let Some(sid) = headers.get(SESSION_HEADER) else {
         return session_missing();
     };
-    let Some(session) = sid.to_str().ok().and_then(|id| gw.lookup(id)) else {
+    let Some(session) = sid.to_str().ok().and_then(|id| gw.lookup(app, id)) else {
         return session_unknown();
     };
     if let Err(r) = p::header_version(headers, session.version()) {
@@ -595,11 +622,11 @@ async fn get(gw: &Gateway, req: Request<Incoming>) -> Resp {
     }
 }
 
-fn delete(gw: &Gateway, req: Request<Incoming>) -> Resp {
+fn delete(gw: &Gateway, req: Request<Incoming>, app: &str) -> Resp {
     let Some(sid) = req.headers().get(SESSION_HEADER) else {
         return session_missing();
     };
-    let Some(session) = sid.to_str().ok().and_then(|id| gw.lookup(id)) else {
+    let Some(session) = sid.to_str().ok().and_then(|id| gw.lookup(app, id)) else {
         return session_unknown();
     };
     gw.end_session(&session, "the client ended the session (HTTP DELETE)");

@@ -143,6 +143,8 @@ pub struct GatewayConfig {
     pub replay_events: usize,
     /// Server messages kept for the next GET stream when no stream can take them.
     pub backlog_messages: usize,
+    /// Most concurrent sessions per app (each may be a process): initialize answers 503 above.
+    pub max_sessions_per_app: usize,
 }
 
 impl Default for GatewayConfig {
@@ -159,6 +161,7 @@ impl Default for GatewayConfig {
             kill_grace: Duration::from_secs(3),
             replay_events: 512,
             backlog_messages: 256,
+            max_sessions_per_app: 4096,
         }
     }
 }

@@ -71,11 +71,19 @@ struct State {
     next_stream: u64,
     get_stream: Option<u64>,
     replay: VecDeque<(u64, u64, Bytes)>,
+    replay_bytes: usize,
     backlog: VecDeque<Bytes>,
+    backlog_bytes: usize,
     open_streams: usize,
     last_active: Instant,
     last_request: Instant,
 }
+
+/// Bytes of SSE events kept per session for resumption (besides the event-count limit), so
+/// large results cannot pin unbounded memory.
+const MAX_REPLAY_BYTES: usize = 8 << 20;
+/// Bytes of undelivered server messages kept per session for the next GET stream.
+const MAX_BACKLOG_BYTES: usize = 4 << 20;
 
 /// Per-session limits copied from the gateway config.
 #[derive(Clone, Copy)]
@@ -125,7 +133,9 @@ impl Session {
                 next_stream: 1,
                 get_stream: None,
                 replay: VecDeque::new(),
+                replay_bytes: 0,
                 backlog: VecDeque::new(),
+                backlog_bytes: 0,
                 open_streams: 0,
                 last_active: now,
                 last_request: now,
@@ -209,6 +219,37 @@ impl Session {
     /// Forget a request that could not be sent to the server.
     pub fn abandon(&self, id: &IdKey) {
         self.lock().inflight.remove(id);
+    }
+
+    /// The client cancelled request `id`: the server will not answer it, so answer the
+    /// waiting HTTP request with a JSON-RPC error (fast path) or close its stream.
+    pub fn cancel(&self, id: &IdKey) {
+        let info = {
+            let mut st = self.lock();
+            let Some(inf) = st.inflight.remove(id) else {
+                return;
+            };
+            match inf.target {
+                Target::Pending(tx) => {
+                    let body = jsonrpc::error_body(
+                        Some(&jsonrpc::id_json(id)),
+                        -32800,
+                        "Request cancelled by the client",
+                    );
+                    let _ = tx.send(Out::Json(body));
+                }
+                Target::Stream(s) => {
+                    if let Some(stream) = st.streams.get_mut(&s) {
+                        stream.remaining = stream.remaining.saturating_sub(1);
+                        if stream.remaining == 0 && st.get_stream != Some(s) {
+                            st.streams.remove(&s);
+                        }
+                    }
+                }
+            }
+            inf.audit
+        };
+        self.record(info, 200, true);
     }
 
     /// Note client activity that is not a request (notifications, responses, GET, DELETE).
@@ -308,11 +349,15 @@ impl Session {
             self.emit(&mut st, g, &line);
             return;
         }
-        if st.backlog.len() >= self.limits.backlog_messages {
-            st.backlog.pop_front();
+        st.backlog_bytes += line.len();
+        st.backlog.push_back(line);
+        while st.backlog.len() > self.limits.backlog_messages || st.backlog_bytes > MAX_BACKLOG_BYTES {
+            match st.backlog.pop_front() {
+                Some(m) => st.backlog_bytes -= m.len(),
+                None => break,
+            }
             tracing::warn!(session = %self.id, "backlog full: dropped the oldest undelivered server message");
         }
-        st.backlog.push_back(line);
     }
 
     /// Frame `msg` as the next event of stream `s`, keep it for replay, send it if connected.
@@ -328,10 +373,14 @@ impl Session {
             stream.sink = None;
         }
         let seq = stream.seq;
-        if st.replay.len() >= self.limits.replay_events {
-            st.replay.pop_front();
-        }
+        st.replay_bytes += frame.len();
         st.replay.push_back((s, seq, frame));
+        while st.replay.len() > self.limits.replay_events || st.replay_bytes > MAX_REPLAY_BYTES {
+            match st.replay.pop_front() {
+                Some((_, _, f)) => st.replay_bytes -= f.len(),
+                None => break,
+            }
+        }
     }
 
     /// Open the standalone GET stream (409 if one is connected). Backlogged messages go first.
@@ -357,6 +406,7 @@ impl Session {
         st.get_stream = Some(s);
         st.last_active = Instant::now();
         let backlog: Vec<Bytes> = st.backlog.drain(..).collect();
+        st.backlog_bytes = 0;
         for m in backlog {
             self.emit(&mut st, s, &m);
         }
@@ -424,6 +474,7 @@ impl Session {
             st.streams.clear();
             st.get_stream = None;
             st.backlog.clear();
+            st.backlog_bytes = 0;
         }
         self.link.detach(&self.id);
     }

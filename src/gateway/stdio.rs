@@ -24,6 +24,79 @@ use super::jsonrpc::{self, Classified, IdKey, Kind};
 use super::metrics;
 use super::session::Session;
 
+/// Process groups of children that have not exited yet (process-wide, like pgids themselves),
+/// so shutdown can make sure none outlives the gateway.
+static LIVE_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// After everything was asked to stop: wait up to `grace` for the children to exit, then
+/// SIGKILL the process groups of those that did not.
+pub async fn wait_all_stopped(grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if lock(&LIVE_GROUPS).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for pgid in lock(&LIVE_GROUPS).drain(..) {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
+/// Largest message accepted from a child's stdout; a longer line is dropped (and logged) so a
+/// misbehaving server cannot grow the gateway's memory without bound.
+const MAX_STDOUT_LINE: usize = 64 << 20;
+/// Largest stderr line read (the app log truncates further for storage).
+const MAX_STDERR_LINE: usize = 64 << 10;
+
+enum Line {
+    Complete,
+    TooLong,
+    Eof,
+}
+
+/// Read one `\n`-terminated line into `buf` (newline included), but never hold more than `max`
+/// bytes: an over-long line is skipped up to its newline and reported as `TooLong`.
+async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Line {
+    let mut too_long = false;
+    loop {
+        let avail = match r.fill_buf().await {
+            Ok(a) => a,
+            Err(_) => return Line::Eof,
+        };
+        if avail.is_empty() {
+            return if buf.is_empty() && !too_long {
+                Line::Eof
+            } else if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            };
+        }
+        let (chunk, done) = match avail.iter().position(|b| *b == b'\n') {
+            Some(i) => (&avail[..=i], true),
+            None => (avail, false),
+        };
+        let n = chunk.len();
+        if !too_long {
+            if buf.len() + n > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        r.consume(n);
+        if done {
+            return if too_long { Line::TooLong } else { Line::Complete };
+        }
+    }
+}
+
 /// Receives what a child writes.
 pub trait ChildEvents: Send + Sync {
     fn message(&self, line: Bytes, c: Classified);
@@ -84,6 +157,7 @@ pub fn spawn(
         _ => return Err(format!("`{prog}` started without its stdio pipes")),
     };
     let app: Arc<str> = cmd.app.into();
+    lock(&LIVE_GROUPS).push(pid as i32);
     logs.push(&app, LogKind::Event, &format!("started process {pid}: {prog}"));
     ::metrics::gauge!(metrics::CHILDREN).increment(1.0);
 
@@ -113,9 +187,17 @@ pub fn spawn(
         let mut r = BufReader::with_capacity(64 * 1024, stdout);
         loop {
             let mut buf = Vec::with_capacity(512);
-            match r.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            match read_line_bounded(&mut r, &mut buf, MAX_STDOUT_LINE).await {
+                Line::Eof => break,
+                Line::TooLong => {
+                    reader_logs.push(
+                        &reader_app,
+                        LogKind::Event,
+                        &format!("dropped a message over {MAX_STDOUT_LINE} bytes on stdout"),
+                    );
+                    continue;
+                }
+                Line::Complete => {}
             }
             if buf.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
@@ -137,9 +219,17 @@ pub fn spawn(
     let err_logs = logs.clone();
     let err_app = app.clone();
     let err_reader = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            err_logs.push(&err_app, LogKind::Stderr, &line);
+        let mut r = BufReader::new(stderr);
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            buf.clear();
+            match read_line_bounded(&mut r, &mut buf, MAX_STDERR_LINE).await {
+                Line::Eof => break,
+                Line::TooLong => {
+                    err_logs.push(&err_app, LogKind::Event, "a stderr line was too long and was dropped")
+                }
+                Line::Complete => err_logs.push(&err_app, LogKind::Stderr, &String::from_utf8_lossy(&buf)),
+            }
         }
     });
 
@@ -159,6 +249,7 @@ pub fn spawn(
         watch.exited.cancel();
         // Orphans left in the group go too.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        lock(&LIVE_GROUPS).retain(|g| *g != pid as i32);
         ::metrics::gauge!(metrics::CHILDREN).decrement(1.0);
         let status = match status {
             Ok(s) => s.to_string(),
@@ -360,11 +451,15 @@ impl SharedChild {
                 }
                 Some("notifications/cancelled") => match &c.request_id {
                     Some((key, span)) => {
-                        let pending = lock(&self.pending);
+                        let mut pending = lock(&self.pending);
                         let found = pending
                             .iter()
                             .find(|(_, p)| p.session_id == session.id && &p.key == key)
                             .map(|(n, _)| *n);
+                        // A cancelled request gets no response; forget it now.
+                        if let Some(n) = found {
+                            pending.remove(&n);
+                        }
                         drop(pending);
                         match found {
                             Some(n) => jsonrpc::splice(body, span.clone(), n.to_string().as_bytes()),
@@ -450,5 +545,26 @@ impl ChildEvents for SharedChild {
         for s in sessions {
             s.terminate(why);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_lines() {
+        let data: &[u8] = b"short\nthis line is far too long\nok\nlast-no-newline";
+        let mut r = BufReader::with_capacity(4, data);
+        let mut got = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            match read_line_bounded(&mut r, &mut buf, 10).await {
+                Line::Eof => break,
+                Line::TooLong => got.push("<too long>".to_string()),
+                Line::Complete => got.push(String::from_utf8(buf).unwrap()),
+            }
+        }
+        assert_eq!(got, vec!["short\n", "<too long>", "ok\n", "<too long>"]);
     }
 }
