@@ -2,8 +2,16 @@
 //!
 //! See ARCHITECTURE.md for the modules, the data path of a push and of an MCP request, and the invariants.
 
+pub mod commands;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod datadir;
+pub mod git;
+pub mod identity;
 pub mod init;
 pub mod names;
+pub mod output;
+pub mod ssh;
 pub mod store;
+pub mod up;
