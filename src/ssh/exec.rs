@@ -158,6 +158,7 @@ async fn git_service(
             git::push::may_push(who, record.as_ref())?;
             let guard = tokio::select! {
                 guard = daemon.locks.acquire(&app, &who.name, |holder| {
+                    tracing::info!("push to {app} by {}: queued behind {}", who.name, holder.describe());
                     let message = format!("catwalk: {app}: queued behind {}\n", holder.describe());
                     let write_stderr = write.make_writer_ext(Some(1));
                     tokio::spawn(async move {
@@ -171,7 +172,8 @@ async fn git_service(
             let branch = git::push::deploy_branch(daemon, record.as_ref());
             let repo = git::ensure_repo(&daemon.dir, &daemon.config, &app, &branch)
                 .map_err(|e| format!("preparing the repository of {app}: {e:#}"))?;
-            let ticket = daemon.pushes.register(app, who.clone(), guard);
+            let ticket = daemon.pushes.register(app.clone(), who.clone(), guard);
+            tracing::info!("push to {app} by {}: started (push {})", who.name, ticket.session.id);
             let cmd = git::command(
                 &daemon.config,
                 &daemon.dir,
@@ -181,6 +183,7 @@ async fn git_service(
             );
             let code = relay(cmd, input, write, daemon.pushes.abort.clone()).await;
             drop(ticket);
+            tracing::info!("push to {app} by {}: finished with status {code:?}", who.name);
             code
         }
     }
