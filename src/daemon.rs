@@ -12,8 +12,16 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{StoreAudit, StoreAuthenticator};
 use crate::config::Config;
 use crate::datadir::DataDir;
+use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewayConfig, RateLimit};
+use crate::names::AppName;
+use crate::pipeline::deploy::Deployer;
+use crate::pipeline::registry::Registries;
+use crate::pipeline::secrets::Keyring;
+use crate::runtime::install::Toolchain;
+use crate::runtime::routes::RouteTable;
 use crate::git::locks::{DeployLocks, PushRegistry};
 use crate::ssh::keys::KeyRing;
 use crate::store::{Role, Store};
@@ -31,11 +39,18 @@ pub struct Daemon {
     pub pushes: PushRegistry,
     /// Cancelled when shutdown starts: listeners stop accepting, new requests are refused.
     pub shutdown: CancellationToken,
+    /// The MCP gateway serving `/mcp/<app>`.
+    pub gateway: Arc<Gateway>,
+    /// Which backend serves each app right now.
+    pub routes: Arc<RouteTable>,
+    /// The deploy pipeline (pushes, rollbacks, restarts).
+    pub deployer: Arc<Deployer>,
 }
 
 impl Daemon {
-    /// Builds the state for `dir` with `config` (used by `serve` and by tests).
-    pub fn new(dir: DataDir, config: Config, store: Store) -> Daemon {
+    /// Builds the state for `dir` with `config`. Must run inside a tokio runtime (the audit writer
+    /// is a task).
+    pub fn new(dir: DataDir, config: Config, store: Store) -> Result<Daemon> {
         let role = Role::parse(&config.ssh.authorized_keys_role).unwrap_or(Role::Deployer);
         let keyring = Arc::new(KeyRing::new(
             store.clone(),
@@ -43,7 +58,43 @@ impl Daemon {
             role,
             dir.root(),
         ));
-        Daemon {
+        let identity = std::fs::read_to_string(dir.age_identity())
+            .with_context(|| format!("reading {} (run `catwalk init`)", dir.age_identity().display()))?;
+        let age = Keyring::from_identity_file(&identity)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.age_identity().display()))?;
+        let routes = Arc::new(RouteTable::default());
+        let logs = Arc::new(AppLogs::new(2000));
+        let public_url = config.public_url();
+        let gateway_cfg = GatewayConfig {
+            public_origin: Some(public_url.clone()),
+            max_body_bytes: config.gateway.body_limit,
+            session_grace: config.gateway.disconnect_grace,
+            session_idle_timeout: config.gateway.session_idle_timeout,
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::new(
+            gateway_cfg,
+            routes.clone(),
+            Some(Arc::new(StoreAuthenticator { store: store.clone() })),
+            Arc::new(StoreAudit::start(store.clone(), std::time::Duration::from_millis(200))),
+            logs,
+            Some(crate::gateway::metrics::install()),
+        );
+        let (host, port) = config.ssh_host_port();
+        let mut deployer = Deployer::new(
+            dir.clone(),
+            store.clone(),
+            age,
+            Toolchain::detect(dir.root().join("cache")),
+            Registries::default(),
+            gateway.clone(),
+            routes.clone(),
+            public_url,
+            format!("ssh -p {port} git@{host}"),
+        );
+        deployer.rate_limit = rate_limit(config.gateway.rate_limit_per_minute);
+        deployer.extra_origins = config.gateway.allowed_origins.clone();
+        Ok(Daemon {
             config,
             dir,
             store,
@@ -51,8 +102,54 @@ impl Daemon {
             locks: DeployLocks::default(),
             pushes: PushRegistry::default(),
             shutdown: CancellationToken::new(),
-        }
+            gateway,
+            routes,
+            deployer: Arc::new(deployer),
+        })
     }
+
+    /// Routes the apps declared in the config (`[apps.NAME]`) and creates their store records.
+    fn route_static_apps(&self) -> Result<()> {
+        for (name, app) in &self.config.apps {
+            let app_name = AppName::parse(name).map_err(|e| anyhow::anyhow!("[apps.{name}]: {e}"))?;
+            if self.store.app(name)?.is_none() {
+                self.store.create_app(&crate::store::AppRecord {
+                    name: name.clone(),
+                    created_at: crate::store::now(),
+                    created_by: "config".into(),
+                    owners: Vec::new(),
+                    deploy_branch: None,
+                    allowed_origins: Vec::new(),
+                })?;
+            }
+            let backend = match &app.url {
+                Some(url) => Backend::Http { url: url.clone(), headers: Vec::new() },
+                None => {
+                    let cwd = app.cwd.clone().unwrap_or_else(|| self.dir.app(&app_name).join("home"));
+                    std::fs::create_dir_all(&cwd).with_context(|| format!("creating {}", cwd.display()))?;
+                    Backend::Stdio { argv: app.command.clone(), env: app.env.clone(), cwd }
+                }
+            };
+            let mut allowed_origins = app.allowed_origins.clone();
+            allowed_origins.extend(self.config.gateway.allowed_origins.iter().cloned());
+            self.routes.set(
+                name,
+                AppRoute {
+                    backend,
+                    allowed_origins,
+                    shared: app.shared,
+                    rate_limit: rate_limit(self.config.gateway.rate_limit_per_minute),
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `rate_limit_per_minute` as the gateway's token bucket (bursts of up to a tenth of a minute's worth).
+fn rate_limit(per_minute: u32) -> Option<RateLimit> {
+    let burst = std::num::NonZeroU32::new((per_minute / 10).max(1))?;
+    (per_minute > 0).then(|| RateLimit { period: std::time::Duration::from_secs(60) / per_minute, burst })
 }
 
 /// Listen addresses given on the command line (they override the config).
@@ -86,7 +183,11 @@ pub async fn serve(dir: DataDir, options: ServeOptions, on_ready: Option<OnReady
     config.http.listen = http_listener.local_addr()?;
     let control = crate::control::server::bind(&dir.control_socket())?;
 
-    let daemon = Arc::new(Daemon::new(dir.clone(), config, store));
+    let daemon = Arc::new(Daemon::new(dir.clone(), config, store)?);
+    daemon.route_static_apps()?;
+    for problem in daemon.deployer.restore() {
+        tracing::error!("restoring live releases: {problem}");
+    }
     let _watcher = daemon.keyring.watch()?;
     let ssh_config = crate::ssh::russh_config(&daemon)?;
 
@@ -95,7 +196,10 @@ pub async fn serve(dir: DataDir, options: ServeOptions, on_ready: Option<OnReady
     tracing::info!("control socket at {}", dir.control_socket().display());
 
     let ssh_task = tokio::spawn(crate::ssh::serve(daemon.clone(), ssh_listener, ssh_config));
-    let http_task = tokio::spawn(serve_http(daemon.clone(), http_listener));
+    let http_task = {
+        let (gateway, stop) = (daemon.gateway.clone(), daemon.shutdown.clone());
+        tokio::spawn(async move { gateway.serve(http_listener, stop).await })
+    };
     let control_task = tokio::spawn(crate::control::server::serve(daemon.clone(), control));
 
     if let Some(on_ready) = on_ready {
@@ -139,36 +243,3 @@ async fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
-/// The HTTP listener. For now it answers `GET /healthz` only; the MCP gateway replaces this function.
-pub async fn serve_http(daemon: Arc<Daemon>, listener: TcpListener) {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::{Response, StatusCode};
-
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = daemon.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("http accept: {e}");
-                    continue;
-                }
-            },
-        };
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let (status, body) = match (req.method(), req.uri().path()) {
-                        (&hyper::Method::GET, "/healthz") => (StatusCode::OK, "ok\n"),
-                        _ => (StatusCode::NOT_FOUND, "not found\n"),
-                    };
-                    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                    *response.status_mut() = status;
-                    Ok::<_, std::convert::Infallible>(response)
-                });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-        });
-    }
-}

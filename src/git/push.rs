@@ -58,6 +58,20 @@ pub struct QuarantineEnv {
     pub alternate_object_directories: Option<String>,
 }
 
+impl QuarantineEnv {
+    /// The directories holding the pushed objects: the quarantine object directory (and the
+    /// repository's own, which the bare repository already reads).
+    pub fn object_dirs(&self) -> Vec<std::path::PathBuf> {
+        let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+        if let Some(dir) = &self.object_directory {
+            dirs.push(dir.into());
+        } else if let Some(dir) = &self.quarantine_path {
+            dirs.push(dir.into());
+        }
+        dirs
+    }
+}
+
 /// Everything the gate knows about one push.
 pub struct PushContext<'a> {
     pub daemon: &'a Daemon,
@@ -91,13 +105,10 @@ pub async fn pre_receive(ctx: &PushContext<'_>) -> Verdict {
             if !ctx.options.is_empty() {
                 progress.detail(format!("push options: {}", ctx.options.join(", ")));
             }
-            // ---- deploy pipeline seam ------------------------------------------------------------
             // The objects of `update.new` are readable through `ctx.quarantine`; the ref has not moved.
-            // The pipeline (analyse → validate/pin → secrets → deploy → health gate) runs here, streams its
-            // steps through `progress`, and turns any failure into `Verdict::Reject`.
-            // ---------------------------------------------------------------------------------------
+            // The pipeline streams its steps through `progress`; any failure becomes a rejection.
             match ensure_app(ctx) {
-                Ok(()) => Verdict::Accept,
+                Ok(()) => deploy(ctx, update).await,
                 Err(e) => Verdict::Reject(e),
             }
         }
@@ -179,6 +190,37 @@ fn check<'u>(ctx: &'u PushContext<'_>) -> Result<&'u RefUpdate, String> {
 }
 
 /// Creates the app record on the first accepted push, with the pusher as owner.
+/// Runs the deploy pipeline for an accepted update (see `pipeline::deploy`).
+async fn deploy(ctx: &PushContext<'_>, update: &RefUpdate) -> Verdict {
+    let progress = ctx.progress.clone();
+    let out: crate::pipeline::deploy::Output = std::sync::Arc::new(move |line: String| {
+        if let Some(rest) = line.strip_prefix("-----> ") {
+            progress.step(rest);
+        } else if let Some(rest) = line.strip_prefix("       ") {
+            progress.detail(rest);
+        } else {
+            progress.detail(line);
+        }
+    });
+    let option = |name: &str| ctx.options.iter().any(|o| o == name || o.strip_prefix(name) == Some("=true"));
+    let quarantine = ctx.quarantine.object_dirs();
+    let request = crate::pipeline::deploy::PushDeploy {
+        app: ctx.push.app.clone(),
+        commit: update.new.clone(),
+        pusher: ctx.push.pusher.name.clone(),
+        quarantine,
+        dry_run: option("dry-run"),
+        detach: option("async"),
+    };
+    match ctx.daemon.deployer.push(request, out).await {
+        Ok(crate::pipeline::deploy::Outcome::DryRun) => {
+            Verdict::Reject("dry run (-o dry-run): the push was validated; the ref was not updated".into())
+        }
+        Ok(_) => Verdict::Accept,
+        Err(e) => Verdict::Reject(e),
+    }
+}
+
 fn ensure_app(ctx: &PushContext<'_>) -> Result<(), String> {
     let store = &ctx.daemon.store;
     let app = &ctx.push.app;

@@ -29,17 +29,17 @@ pub struct Toolchain {
 
 impl Toolchain {
     /// Finds `node`, `npm` and the real `python3` (through pyenv-style shims) on PATH.
-    pub async fn detect(cache_dir: PathBuf) -> Toolchain {
+    pub fn detect(cache_dir: PathBuf) -> Toolchain {
         let which = |name: &str| {
             std::env::var_os("PATH")
                 .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
                 .unwrap_or_else(|| PathBuf::from(name))
         };
         let python_shim = which("python3");
-        let python = Command::new(&python_shim)
+        let python = std::process::Command::new(&python_shim)
             .args(["-c", "import sys; print(sys.executable)"])
+            .stdin(Stdio::null())
             .output()
-            .await
             .ok()
             .filter(|o| o.status.success())
             .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
@@ -178,6 +178,8 @@ pub async fn install_repository(
                 run(tools, src, &tools.npm, &args, progress).await?;
             }
         }
+        // A script with no requirements runs on the host's Python: no venv to build.
+        Language::Python if !src.join("requirements.txt").exists() && !src.join("pyproject.toml").exists() => {}
         Language::Python => {
             run(tools, src, &tools.python, &["-m".into(), "venv".into(), "venv".into()], progress).await?;
             let pip = src.join("venv/bin/pip");

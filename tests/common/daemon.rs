@@ -296,6 +296,17 @@ impl WorkTree {
         std::fs::create_dir_all(&path).unwrap();
         let wt = WorkTree { path };
         wt.git(&["init", "-q", "-b", "main"]);
+        // Every push deploys, so every work tree starts as a deployable app: the dependency-free stdio
+        // fixture server, run from the repository with the host's Python (no install step).
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stdio_fixture.py");
+        std::fs::copy(fixture, wt.path.join("server.py")).unwrap();
+        std::fs::write(
+            wt.path.join("catwalk.toml"),
+            "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"server.py\"]\n",
+        )
+        .unwrap();
+        wt.git(&["add", "server.py", "catwalk.toml"]);
+        wt.git(&["commit", "-q", "-m", "a deployable MCP server"]);
         wt
     }
 
