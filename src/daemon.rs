@@ -16,13 +16,13 @@ use crate::access::{StoreAudit, StoreAuthenticator};
 use crate::config::Config;
 use crate::datadir::DataDir;
 use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewayConfig, RateLimit};
+use crate::git::locks::{DeployLocks, PushRegistry};
 use crate::names::AppName;
 use crate::pipeline::deploy::Deployer;
 use crate::pipeline::registry::Registries;
 use crate::pipeline::secrets::Keyring;
 use crate::runtime::install::Toolchain;
 use crate::runtime::routes::RouteTable;
-use crate::git::locks::{DeployLocks, PushRegistry};
 use crate::ssh::keys::KeyRing;
 use crate::store::{Role, Store};
 
@@ -242,4 +242,3 @@ async fn wait_for_signal() -> Result<()> {
     }
     Ok(())
 }
-

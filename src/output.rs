@@ -42,6 +42,11 @@ impl Output {
         let _ = self.tx.send((Stream::Stderr, text.into()));
     }
 
+    /// Resolves when the reader went away (the client disconnected): followers stop then.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
     /// Writes one line to stdout.
     pub fn line(&self, text: impl AsRef<str>) {
         self.out(format!("{}\n", text.as_ref()));

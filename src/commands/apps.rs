@@ -44,8 +44,10 @@ fn app_json(ctx: &Ctx<'_>, app: &AppRecord) -> serde_json::Value {
     let daemon = ctx.daemon;
     let branch = git::push::deploy_branch(daemon, Some(app));
     let head = AppName::parse(&app.name).ok().and_then(|n| git::branch_head(&daemon.dir.repo(&n), &branch));
+    let live = daemon.store.live_release(&app.name).ok().flatten();
     json!({
         "name": app.name,
+        "live_release": live.as_ref().map(super::releases::release_json),
         "owners": app.owners,
         "created_at": app.created_at,
         "created_by": app.created_by,
@@ -126,6 +128,7 @@ async fn destroy(ctx: &Ctx<'_>, name: &str, confirm: &str) -> CmdResult {
             ctx.out.eline(format!("waiting: queued behind {}", holder.describe()))
         })
         .await;
+    daemon.deployer.destroy(&app).map_err(Failure::Error)?;
     daemon.store.destroy_app(app.as_str())?;
     for path in [daemon.dir.repo(&app), daemon.dir.app(&app)] {
         if path.exists() {
@@ -178,6 +181,20 @@ pub fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
             ));
         }
         None => out.line("last push:  none"),
+    }
+    match ctx.daemon.store.live_release(&record.name)? {
+        Some(r) => {
+            out.line(format!(
+                "live:       v{} ({}) {}",
+                r.version,
+                &r.commit[..r.commit.len().min(7)],
+                r.plan.describe()
+            ));
+            if let Some(i) = &r.introspection {
+                out.line(format!("serves:     {}", crate::pipeline::deploy::describe_introspection(i)));
+            }
+        }
+        None => out.line("live:       no release is live"),
     }
     out.line(format!("endpoint:   {}", value["endpoint"].as_str().unwrap_or_default()));
     Ok(())

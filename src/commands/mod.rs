@@ -6,6 +6,7 @@
 
 mod apps;
 mod keys;
+mod releases;
 mod render;
 mod tokens;
 
@@ -55,6 +56,30 @@ pub enum Cmd {
         app: String,
         #[arg(long)]
         json: bool,
+    },
+    /// List an app's releases (newest first) with their status, commit and source.
+    Releases {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier release live again (default: the one before the current), through the health gate.
+    Rollback {
+        app: String,
+        /// The release to return to, e.g. v2 (see `releases APP`).
+        version: Option<String>,
+    },
+    /// End an app's sessions so the next request starts fresh server processes.
+    Restart { app: String },
+    /// Show an app's server stderr and lifecycle events.
+    Logs {
+        app: String,
+        /// Keep printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent lines to print first.
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: usize,
     },
     /// Manage the SSH keys allowed in (admins only).
     Keys {
@@ -127,6 +152,10 @@ pub async fn run(daemon: &Daemon, who: &Identity, argv: &[String], input: &mut I
         }
         Cmd::Apps { action, json } => apps::run(&ctx, action, json).await,
         Cmd::Info { app, json } => apps::info(&ctx, &app, json),
+        Cmd::Releases { app, json } => releases::releases(&ctx, &app, json),
+        Cmd::Rollback { app, version } => releases::rollback(&ctx, &app, version.as_deref()).await,
+        Cmd::Restart { app } => releases::restart(&ctx, &app),
+        Cmd::Logs { app, follow, lines } => releases::logs(&ctx, &app, follow, lines).await,
         Cmd::Keys { action } => keys::run(&ctx, action, input).await,
         Cmd::Tokens { action } => tokens::run(&ctx, action),
         Cmd::Secrets { action: SecretsCmd::Pubkey } => match crate::init::age_recipient(&daemon.dir) {
@@ -228,6 +257,11 @@ mod tests {
             "tokens list hello",
             "tokens revoke hello abcd1234",
             "secrets pubkey",
+            "releases hello --json",
+            "rollback hello",
+            "rollback hello v2",
+            "restart hello",
+            "logs hello -f -n 5",
         ] {
             let r = parse(ok);
             assert!(

@@ -421,12 +421,7 @@ impl Deployer {
         };
         let mut allowed_origins = release.plan.allowed_origins.clone();
         allowed_origins.extend(self.extra_origins.iter().cloned());
-        Ok(AppRoute {
-            backend,
-            allowed_origins,
-            shared: release.plan.shared,
-            rate_limit: self.rate_limit,
-        })
+        Ok(AppRoute { backend, allowed_origins, shared: release.plan.shared, rate_limit: self.rate_limit })
     }
 
     /// Serves the new route on a private loopback gateway (same code as `/mcp/APP`) and probes it.

@@ -179,7 +179,8 @@ pub async fn install_repository(
             }
         }
         // A script with no requirements runs on the host's Python: no venv to build.
-        Language::Python if !src.join("requirements.txt").exists() && !src.join("pyproject.toml").exists() => {}
+        Language::Python
+            if !src.join("requirements.txt").exists() && !src.join("pyproject.toml").exists() => {}
         Language::Python => {
             run(tools, src, &tools.python, &["-m".into(), "venv".into(), "venv".into()], progress).await?;
             let pip = src.join("venv/bin/pip");
