@@ -46,7 +46,7 @@ enum Command {
         name: HookName,
     },
     /// Serve one stdio MCP server (or an HTTP upstream) over Streamable HTTP, without a daemon.
-    Bridge(catwalk::bridge::BridgeArgs),
+    Bridge(Box<catwalk::bridge::BridgeArgs>),
     /// A command of the daemon's grammar, run through the control socket.
     #[command(external_subcommand)]
     Remote(Vec<String>),
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
             };
             catwalk::control::client::run_hook(kind).map(exit_code)
         }
-        Some(Command::Bridge(args)) => run_bridge(args),
+        Some(Command::Bridge(args)) => run_bridge(*args),
         Some(Command::Remote(argv)) => {
             catwalk::control::client::run_command(&dir.control_socket(), argv).map(exit_code)
         }

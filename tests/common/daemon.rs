@@ -122,6 +122,15 @@ impl Daemon {
     }
 
     /// Waits for a daemon stderr line containing `needle` and returns it.
+    /// Kills the daemon with SIGKILL (no cleanup at all) and starts it again on the same data dir.
+    pub fn kill9_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
     pub fn wait_log(&self, needle: &str) -> String {
         self.wait_log_count(needle, 1)
     }
