@@ -187,7 +187,8 @@ async fn rejected_pushes_change_nothing() {
     assert_serves(&d, "app", &token, "v1").await;
 
     let other = age::x25519::Identity::generate().to_public().to_string();
-    let cases: Vec<(&str, Box<dyn Fn(&WorkTree)>, &str)> = vec![
+    type Change = Box<dyn Fn(&WorkTree)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
         (
             "shell metacharacters in a package name",
             Box::new(|wt| write(wt, "catwalk.toml", "[server]\npackage = \"npm:foo; rm -rf /\"\n")),
