@@ -124,19 +124,17 @@ pub async fn pre_receive(ctx: &PushContext<'_>) -> Verdict {
 
 /// Prints what was deployed and how to reach it.
 pub async fn post_receive(ctx: &PushContext<'_>) {
-    let daemon = ctx.daemon;
+    // The pipeline already printed the release, its endpoint and the token hint; close with the ref
+    // update and the whole push's duration.
     let app = &ctx.push.app;
-    let (host, port) = daemon.config.ssh_host_port();
-    let progress = &ctx.progress;
     for update in ctx.updates.iter().filter(|u| !u.is_delete()) {
-        progress.timed(format!(
-            "{app}: {} is live on {}",
+        ctx.progress.step(format!(
+            "{app}: {} now at {} (push took {:.1}s)",
+            branch_of(&update.refname),
             short_sha(&update.new),
-            branch_of(&update.refname)
+            ctx.push.started.elapsed().as_secs_f64()
         ));
     }
-    progress.step(format!("endpoint: {}/mcp/{app}", daemon.config.public_url()));
-    progress.detail(format!("access token: ssh -p {port} git@{host} tokens create {app}"));
 }
 
 /// The deploy branch of an app (its own setting, else the daemon's).
