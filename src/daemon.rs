@@ -85,14 +85,24 @@ impl Daemon {
             dir.clone(),
             store.clone(),
             age,
-            Toolchain::detect(dir.root().join("cache")),
-            Registries::default(),
+            Toolchain {
+                install_timeout: config.deploy.install_timeout,
+                registry_env: registry_env(&config.deploy),
+                ..Toolchain::detect(dir.root().join("cache"))
+            },
+            Registries {
+                npm: config.deploy.npm_registry.clone(),
+                pypi: config.deploy.pypi_registry.clone(),
+                cache_ttl: config.deploy.registry_cache_ttl,
+                ..Registries::default()
+            },
             gateway.clone(),
             routes.clone(),
             public_url,
             format!("ssh -p {port} git@{host}"),
         );
         deployer.rate_limit = rate_limit(config.gateway.rate_limit_per_minute);
+        deployer.health_timeout = config.deploy.health_timeout;
         deployer.extra_origins = config.gateway.allowed_origins.clone();
         Ok(Daemon {
             config,
@@ -144,6 +154,22 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Mirror settings for installs when `[deploy]` names registries other than the public ones.
+fn registry_env(deploy: &crate::config::DeployConfig) -> Vec<(String, String)> {
+    let defaults = crate::config::DeployConfig::default();
+    let mut env = Vec::new();
+    if deploy.npm_registry != defaults.npm_registry {
+        env.push(("npm_config_registry".to_string(), deploy.npm_registry.clone()));
+    }
+    if deploy.pypi_registry != defaults.pypi_registry {
+        env.push((
+            "PIP_INDEX_URL".to_string(),
+            format!("{}/simple", deploy.pypi_registry.trim_end_matches('/')),
+        ));
+    }
+    env
 }
 
 /// `rate_limit_per_minute` as the gateway's token bucket (bursts of up to a tenth of a minute's worth).

@@ -25,6 +25,9 @@ pub struct Toolchain {
     /// Shared download caches so that per-app installs do not refetch the same tarballs.
     pub cache_dir: PathBuf,
     pub install_timeout: Duration,
+    /// Registry mirrors for installs (`npm_config_registry`, `PIP_INDEX_URL`), set from `[deploy]`
+    /// when it names a non-default registry.
+    pub registry_env: Vec<(String, String)>,
 }
 
 impl Toolchain {
@@ -51,6 +54,7 @@ impl Toolchain {
             python,
             cache_dir,
             install_timeout: Duration::from_secs(600),
+            registry_env: Vec::new(),
         }
     }
 
@@ -352,6 +356,9 @@ async fn run(
         .kill_on_drop(true)
         .process_group(0);
     for (key, value) in host_network_env() {
+        cmd.env(key, value);
+    }
+    for (key, value) in &tools.registry_env {
         cmd.env(key, value);
     }
     let label = format!(
