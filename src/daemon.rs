@@ -172,9 +172,10 @@ fn registry_env(deploy: &crate::config::DeployConfig) -> Vec<(String, String)> {
     env
 }
 
-/// `rate_limit_per_minute` as the gateway's token bucket (bursts of up to a tenth of a minute's worth).
+/// `rate_limit_per_minute` as the gateway's token bucket: a minute's worth may come at once (an agent
+/// listing and calling tools in a burst), then the rate is held to the configured average.
 fn rate_limit(per_minute: u32) -> Option<RateLimit> {
-    let burst = std::num::NonZeroU32::new((per_minute / 10).max(1))?;
+    let burst = std::num::NonZeroU32::new(per_minute)?;
     (per_minute > 0).then(|| RateLimit { period: std::time::Duration::from_secs(60) / per_minute, burst })
 }
 
