@@ -12,3 +12,4 @@ pub mod names;
 pub mod pipeline;
 pub mod runtime;
 pub mod store;
+pub mod tls;
