@@ -68,6 +68,17 @@ pub struct BridgeArgs {
     /// Header sent to the upstream (NAME: VALUE), e.g. its credential; repeatable.
     #[arg(long = "upstream-header", value_name = "NAME: VALUE", requires = "upstream")]
     pub upstream_header: Vec<String>,
+    /// HTTPS options (boxed: they would make every `Command` value large).
+    #[command(flatten)]
+    pub tls: Box<BridgeTlsArgs>,
+    /// The stdio MCP server to run: CMD [ARGS...] after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `catwalk bridge` HTTPS flags: certificate files, or ACME.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BridgeTlsArgs {
     /// Serve HTTPS with this PEM certificate chain (leaf first); reloaded when the file changes.
     #[arg(long, value_name = "FILE", requires = "tls_key", help_heading = "HTTPS")]
     pub tls_cert: Option<PathBuf>,
@@ -102,9 +113,6 @@ pub struct BridgeArgs {
     /// Do not send Strict-Transport-Security.
     #[arg(long, help_heading = "HTTPS")]
     pub no_hsts: bool,
-    /// The stdio MCP server to run: CMD [ARGS...] after `--`.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
 }
 
 struct SingleApp(Arc<AppRoute>);
@@ -151,7 +159,7 @@ fn backend(args: &BridgeArgs) -> anyhow::Result<Backend> {
 }
 
 /// The `[http.tls]` equivalent of the HTTPS flags (`None`: plain HTTP).
-fn tls_config(args: &BridgeArgs) -> Option<TlsConfig> {
+fn tls_config(args: &BridgeTlsArgs) -> Option<TlsConfig> {
     let acme = (!args.acme_domain.is_empty()).then(|| AcmeConfig {
         domains: args.acme_domain.clone(),
         contact: args.acme_contact.clone(),
@@ -198,13 +206,13 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         max_sessions_per_app: args.max_sessions,
         ..GatewayConfig::default()
     };
-    let tls = match tls_config(&args) {
+    let tls = match tls_config(&args.tls) {
         Some(cfg) => {
             let cwd = std::env::current_dir().context("reading the current directory")?;
             let settings = cfg.resolve(&cwd).map_err(anyhow::Error::msg)?;
             Some(TlsRuntime::new(settings)?)
         }
-        None if args.redirect_listen.is_some() => {
+        None if args.tls.redirect_listen.is_some() => {
             bail!("--redirect-listen redirects to HTTPS: give --tls-cert/--tls-key or --acme-domain too")
         }
         None => None,

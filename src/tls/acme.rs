@@ -320,13 +320,13 @@ fn alpn_certificate(domain: &str, digest: &[u8]) -> anyhow::Result<Arc<Certified
         .with_context(|| format!("{domain} is not a valid certificate name"))?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).context("signing the TLS-ALPN-01 certificate")?;
-    let certified = CertifiedKey::from_der(
-        vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        &certs::provider(),
-    )
-    .context("loading the TLS-ALPN-01 certificate")?;
-    Ok(Arc::new(certified))
+    // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki, which refuses the
+    // critical acmeIdentifier extension. The key was generated right here for this certificate.
+    let signing_key = certs::provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .context("loading the TLS-ALPN-01 key")?;
+    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing_key)))
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -396,7 +396,7 @@ mod tests {
         let prod = cache_dir(&s(super::super::config::LETS_ENCRYPT_PRODUCTION));
         let staging = cache_dir(&s(super::super::config::LETS_ENCRYPT_STAGING));
         assert_ne!(prod, staging);
-        assert!(prod.starts_with("/c/acme-v02.api.letsencrypt.org-"), "{}", prod.display());
+        assert!(prod.to_string_lossy().starts_with("/c/acme-v02.api.letsencrypt.org-"), "{}", prod.display());
     }
 
     #[test]
