@@ -107,6 +107,10 @@ pub struct BridgeTlsArgs {
     /// PEM CA certificate that signed a private ACME server's HTTPS certificate (step-ca, Pebble).
     #[arg(long, value_name = "FILE", requires = "acme_domain", help_heading = "HTTPS")]
     pub acme_ca_bundle: Option<PathBuf>,
+    /// Renew the ACME certificate when this much validity is left (default: a third of its lifetime,
+    /// at most 30 days).
+    #[arg(long, value_name = "DURATION", requires = "acme_domain", help_heading = "HTTPS")]
+    pub acme_renew_before: Option<String>,
     /// Plain-HTTP listener that redirects to HTTPS (301) and answers ACME HTTP-01 challenges.
     #[arg(long, value_name = "ADDR:PORT", help_heading = "HTTPS")]
     pub redirect_listen: Option<SocketAddr>,
@@ -166,6 +170,7 @@ fn tls_config(args: &BridgeTlsArgs) -> Option<TlsConfig> {
         directory: args.acme_directory.clone(),
         cache_dir: args.acme_cache.clone(),
         ca_bundle: args.acme_ca_bundle.clone(),
+        renew_before: args.acme_renew_before.clone(),
     });
     if args.tls_cert.is_none() && acme.is_none() {
         return None;

@@ -226,3 +226,82 @@ async fn a_failed_validation_is_logged_and_retried() {
     assert!(failed.contains("failed") && failed.contains("retrying in"), "{failed}");
     assert!(failed.contains("HTTPS handshakes fail until a certificate is obtained"), "{failed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_is_renewed_and_the_renewal_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let https_port = deps::free_port();
+    let pebble = Pebble::start(dir.path(), https_port, deps::free_port());
+    // Pebble issues certificates valid for five calendar years (`time.AddDate(5, 0, 0)`): renewing that
+    // lifetime minus 3 s before expiry renews 3 s after each issuance.
+    let now = time::OffsetDateTime::now_utc();
+    let lifetime = now.replace_year(now.year() + 5).unwrap_or(now + time::Duration::days(1826)) - now;
+    let renew_before = format!("{}s", lifetime.whole_seconds() - 3);
+    let mut args = acme_args(&pebble, https_port, &dir.path().join("acme-cache"));
+    args.extend(["--acme-renew-before".to_string(), renew_before]);
+    let bridge = Bridge::start(&args);
+    let root = pebble.issuing_root().await;
+
+    let first = bridge.wait_line("ACME: certificate issued", Duration::from_secs(120));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let second = loop {
+        let issued: Vec<String> = bridge
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("ACME: certificate issued"))
+            .cloned()
+            .collect();
+        if issued.len() >= 2 {
+            break issued[1].clone();
+        }
+        assert!(Instant::now() < deadline, "no renewal within 120 s after: {first}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let serial = |line: &str| line.split("serial ").nth(1).unwrap().split(',').next().unwrap().to_string();
+    assert_ne!(serial(&first), serial(&second), "a renewal is a new certificate");
+    // New handshakes get a certificate issued after the first one (renewals keep coming every ~3 s, so
+    // compare against the first, not against one particular renewal).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leaf = healthz_trusting(&root, https_port).await;
+        if tls_support::serial_of(&leaf) != serial(&first) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the renewed certificate was never served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_gauge_is_on_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let https_port = deps::free_port();
+    let pebble = Pebble::start(dir.path(), https_port, deps::free_port());
+    let bridge = Bridge::start(&acme_args(&pebble, https_port, &dir.path().join("acme-cache")));
+    bridge.wait_line("ACME: certificate issued", Duration::from_secs(120));
+    let root = pebble.issuing_root().await;
+    let leaf = healthz_trusting(&root, https_port).await;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let expected = cert.validity().not_after.timestamp();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(root.as_bytes()).unwrap()])
+        .resolve(DOMAIN, format!("127.0.0.1:{https_port}").parse().unwrap())
+        .build()
+        .unwrap();
+    let text = client
+        .get(format!("https://{DOMAIN}:{https_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("catwalk_tls_cert_expiry_seconds "))
+        .unwrap_or_else(|| panic!("no catwalk_tls_cert_expiry_seconds in /metrics:\n{text}"));
+    let value: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(value as i64, expected, "{line}");
+}

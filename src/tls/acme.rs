@@ -29,11 +29,20 @@ use super::certs::{self, LoadedCert};
 use super::config::AcmeSettings;
 use super::resolver::CertStore;
 
-/// Renew when a third of the lifetime remains, and at the latest 30 days before expiry
-/// (Let's Encrypt's advice for 90-day certificates; short-lived certificates renew proportionally).
-pub fn renewal_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+/// When to renew: `renew_before` the expiry if configured and shorter than the lifetime; otherwise when a
+/// third of the lifetime remains, and at the latest 30 days before expiry (Let's Encrypt's advice for
+/// 90-day certificates; short-lived certificates renew proportionally). A `renew_before` at least as long
+/// as the lifetime is ignored: it would renew in a loop.
+pub fn renewal_time(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    renew_before: Option<Duration>,
+) -> SystemTime {
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    let margin = (lifetime / 3).min(Duration::from_secs(30 * 24 * 3600));
+    let margin = match renew_before {
+        Some(rb) if rb < lifetime => rb,
+        _ => (lifetime / 3).min(Duration::from_secs(30 * 24 * 3600)),
+    };
     not_after.checked_sub(margin).unwrap_or(not_before)
 }
 
@@ -104,7 +113,7 @@ pub fn spawn(
         loop {
             let wait = match store.info() {
                 Some(info) if names_cover(&info.names, &settings.domains) => {
-                    let at = renewal_time(info.not_before, info.not_after);
+                    let at = renewal_time(info.not_before, info.not_after, settings.renew_before);
                     at.duration_since(SystemTime::now()).unwrap_or_default()
                 }
                 _ => Duration::ZERO,
@@ -141,13 +150,27 @@ pub fn spawn(
                         loaded.info.names.join(", "),
                         loaded.info.serial,
                         certs::httpdate(loaded.info.not_after),
-                        certs::httpdate(renewal_time(loaded.info.not_before, loaded.info.not_after))
+                        certs::httpdate(renewal_time(
+                            loaded.info.not_before,
+                            loaded.info.not_after,
+                            settings.renew_before
+                        ))
                     );
+                    let lifetime =
+                        loaded.info.not_after.duration_since(loaded.info.not_before).unwrap_or_default();
+                    if let Some(rb) = settings.renew_before.filter(|rb| *rb >= lifetime) {
+                        tracing::warn!(
+                            "ACME: renew_before ({}) is not shorter than the certificate lifetime ({}); using the default",
+                            humantime::format_duration(rb),
+                            humantime::format_duration(lifetime)
+                        );
+                    }
                     store.set(loaded);
                     backoff = retry_backoff();
                 }
                 Err(e) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(3600));
+                    let delay =
+                        Duration::from_secs(backoff.next().unwrap_or(Duration::from_secs(3600)).as_secs());
                     let serving = match store.info() {
                         Some(i) => format!(
                             "the current certificate (valid until {}) keeps serving",
@@ -365,23 +388,30 @@ mod tests {
 
     #[test]
     fn ninety_day_certificates_renew_thirty_days_before_expiry() {
-        assert_eq!(renewal_time(at(0), at(90)), at(60));
+        assert_eq!(renewal_time(at(0), at(90), None), at(60));
     }
 
     #[test]
     fn short_lived_certificates_renew_with_a_third_left() {
-        assert_eq!(renewal_time(at(0), at(6)), at(4));
+        assert_eq!(renewal_time(at(0), at(6), None), at(4));
     }
 
     #[test]
     fn long_certificates_renew_at_most_thirty_days_early() {
         // Pebble issues five-year certificates.
-        assert_eq!(renewal_time(at(0), at(5 * 365)), at(5 * 365 - 30));
+        assert_eq!(renewal_time(at(0), at(5 * 365), None), at(5 * 365 - 30));
     }
 
     #[test]
     fn broken_validity_renews_at_once() {
-        assert_eq!(renewal_time(at(10), at(5)), at(5));
+        assert_eq!(renewal_time(at(10), at(5), None), at(5));
+    }
+
+    #[test]
+    fn configured_margin_applies_when_shorter_than_the_lifetime() {
+        assert_eq!(renewal_time(at(0), at(90), Some(Duration::from_secs(10 * DAY))), at(80));
+        // As long as the lifetime: ignored (it would renew in a loop), the default applies.
+        assert_eq!(renewal_time(at(0), at(90), Some(Duration::from_secs(90 * DAY))), at(60));
     }
 
     #[test]
@@ -392,6 +422,7 @@ mod tests {
             directory_url: url.into(),
             cache_dir: "/c".into(),
             ca_bundle: None,
+            renew_before: None,
         };
         let prod = cache_dir(&s(super::super::config::LETS_ENCRYPT_PRODUCTION));
         let staging = cache_dir(&s(super::super::config::LETS_ENCRYPT_STAGING));

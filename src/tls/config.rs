@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -58,6 +59,9 @@ pub struct AcmeConfig {
     /// directory (step-ca, Pebble). Not needed for Let's Encrypt.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
+    /// Renew when this much validity is left (`"30d"`). Default: a third of the lifetime, at most 30 days.
+    #[serde(default)]
+    pub renew_before: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -80,6 +84,8 @@ pub struct AcmeSettings {
     pub directory_url: String,
     pub cache_dir: PathBuf,
     pub ca_bundle: Option<PathBuf>,
+    /// `None`: a third of the lifetime, at most 30 days (see `acme::renewal_time`).
+    pub renew_before: Option<Duration>,
 }
 
 /// The validated TLS settings the runtime is started with.
@@ -130,6 +136,12 @@ impl AcmeConfig {
                 return Err(format!("[http.tls.acme] contact = {c:?}: expected an email address"));
             }
         };
+        let renew_before = match self.renew_before.as_deref() {
+            None => None,
+            Some(text) => Some(humantime::parse_duration(text).map_err(|e| {
+                format!("[http.tls.acme] renew_before = {text:?} is not a duration like \"30d\": {e}")
+            })?),
+        };
         let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { data_dir.join(p) };
         Ok(AcmeSettings {
             domains: self.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
@@ -137,6 +149,7 @@ impl AcmeConfig {
             directory_url,
             cache_dir: self.cache_dir.as_deref().map(abs).unwrap_or_else(|| data_dir.join("acme")),
             ca_bundle: self.ca_bundle.as_deref().map(abs),
+            renew_before,
         })
     }
 }
@@ -222,5 +235,10 @@ mod tests {
         assert!(parse("[acme]\ndomains = [\"*.x.com\"]\n").unwrap_err().contains("wildcard"));
         assert!(parse("cert=\"a\"\nkey=\"b\"\nhst = false\n").unwrap_err().contains("hst"));
         assert!(parse("[acme]\ndomains=[\"a.b\"]\ncontact=\"https://x\"\n").unwrap_err().contains("email"));
+        assert!(
+            parse("[acme]\ndomains=[\"a.b\"]\nrenew_before=\"soon\"\n")
+                .unwrap_err()
+                .contains("not a duration")
+        );
     }
 }

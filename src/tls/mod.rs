@@ -97,6 +97,8 @@ impl TlsRuntime {
     /// as the order is placed.
     pub fn start(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let store = self.inner.store.clone();
+        // `new` may have run before the metrics recorder was installed.
+        store.publish();
         match &self.inner.settings.source {
             CertSource::Files { cert, key } => reload::spawn(cert.clone(), key.clone(), store, shutdown),
             CertSource::Acme(acme) => {

@@ -37,6 +37,13 @@ impl CertStore {
         self.current.store(Some(Arc::new(cert)));
     }
 
+    /// Publish the expiry gauge again (after a metrics recorder was installed).
+    pub fn publish(&self) {
+        if let Some(c) = self.current.load().as_ref() {
+            ::metrics::gauge!(EXPIRY_GAUGE).set(c.info.expiry_unix() as f64);
+        }
+    }
+
     /// Facts about the certificate being served (`None` while ACME has not obtained one yet).
     pub fn info(&self) -> Option<CertInfo> {
         self.current.load().as_ref().map(|c| c.info.clone())
