@@ -298,11 +298,19 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
             async move { Ok::<_, std::convert::Infallible>(gw.handle(req, local).await) }
         })
     };
+    // As Gateway::serve does for plain HTTP: on shutdown end every session first (their SSE bodies end,
+    // so connections drain at once), then give the children their SIGTERM→SIGKILL grace.
+    let stopper = {
+        let (gw, shutdown) = (gw.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            let had_sessions = gw.session_count() > 0;
+            gw.stop_all();
+            had_sessions
+        })
+    };
     tls::serve_https(listener, tls, make_service, shutdown).await?;
-    // Gateway::serve does this for plain HTTP: stop every child (SIGTERM, then SIGKILL after the grace).
-    let had_sessions = gw.session_count() > 0;
-    gw.stop_all();
-    if had_sessions {
+    if stopper.await.unwrap_or(true) {
         tokio::time::sleep(GatewayConfig::default().kill_grace + Duration::from_millis(500)).await;
     }
     Ok(())

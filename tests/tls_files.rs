@@ -55,6 +55,22 @@ fn python_sdk_client_calls_a_tool_over_https() {
     cmd.env("SSL_CERT_FILE", "/dev/null").env_remove("SSL_CERT_DIR");
     let (ok, out, err) = deps::run_with_timeout("py_client", &mut cmd, Duration::from_secs(120));
     assert!(!ok, "a client without the test CA must fail\nstdout:\n{out}\nstderr:\n{err}");
+
+    // SIGTERM stops the HTTPS bridge cleanly (sessions ended, children stopped, exit status 0).
+    let mut bridge = bridge;
+    // SAFETY: kill(2) on the pid of the child this test started; no memory is touched.
+    unsafe {
+        libc::kill(bridge.guard.id() as i32, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = bridge.guard.child().try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bridge did not exit within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

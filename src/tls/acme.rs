@@ -352,7 +352,7 @@ fn alpn_certificate(domain: &str, digest: &[u8]) -> anyhow::Result<Arc<Certified
     Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing_key)))
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

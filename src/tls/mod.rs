@@ -71,6 +71,8 @@ impl TlsRuntime {
                         format!("[http.tls.acme] ca_bundle {}: cannot read it", ca.display())
                     })?;
                 }
+                // An unwritable cache would only show up after the CA issued a certificate: fail now.
+                acme::create_private_dir(&acme.cache_dir)?;
                 if let Some(cached) = acme::load_cached(acme) {
                     tracing::info!(
                         "ACME: serving the cached certificate for {} (serial {}, valid until {})",
