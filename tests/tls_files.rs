@@ -73,6 +73,22 @@ fn python_sdk_client_calls_a_tool_over_https() {
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
 
+#[test]
+fn typescript_sdk_client_calls_tools_over_https_with_sse() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_file = ca.write(dir.path());
+    let (cert, key) = install_leaf(dir.path(), &ca.leaf("first", &[], -1, 30));
+    let bridge = Bridge::start(&file_args(&cert, &key));
+    // `progress` streams notifications over SSE before the result: streaming works through TLS.
+    let mut cmd = std::process::Command::new(deps::node22());
+    cmd.arg(deps::ts_client()).args(["--url", &bridge.url, "--scenario", "basic,progress"]);
+    cmd.env("NODE_EXTRA_CA_CERTS", &ca_file);
+    let (ok, out, err) = deps::run_with_timeout("ts_client", &mut cmd, Duration::from_secs(120));
+    assert!(ok, "the TypeScript MCP client failed over HTTPS\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("\"progress\""), "unexpected client summary: {out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_hsts_and_redirect() {
     let dir = tempfile::tempdir().unwrap();
