@@ -5,12 +5,12 @@
 //!
 //! Use from a server (the daemon or `catwalk bridge`):
 //! ```ignore
-//! let tls = TlsRuntime::new(tls_config.resolve(data_dir)?)?;      // checks files / loads the ACME cache
+//! let tls = TlsRuntime::new(tls_config.resolve(data_dir).map_err(anyhow::Error::msg)?)?; // checks files / ACME cache
 //! let https = TcpListener::bind(addr).await?;                       // bind before start():
 //! let redirect = match tls.redirect_listen() { ... bind ... };      //   the CA may connect right away
 //! tls.start(shutdown.clone())?;                                     // file watcher or ACME task
 //! tokio::spawn(serve_redirect(redirect, tls.clone(), https_port, shutdown.clone()));
-//! serve_https(https, tls, |local| gateway.service(local), shutdown).await?;
+//! serve_https(https, tls, make_service /* see bridge.rs */, shutdown).await?;
 //! ```
 
 mod acme;

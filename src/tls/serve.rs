@@ -33,7 +33,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serve HTTPS on `listener` until `shutdown` is cancelled.
 ///
 /// `make_service(local_addr)` builds the request handler for a connection accepted on `local_addr`
-/// (the daemon passes `|local| gateway.service(local)`). HTTP/2 or HTTP/1.1 is chosen by ALPN; TLS 1.2
+/// (see `bridge.rs`: a `service_fn` calling `Gateway::handle(req, local)` on an owned `Arc<Gateway>`).
+/// HTTP/2 or HTTP/1.1 is chosen by ALPN; TLS 1.2
 /// and 1.3 only; `Strict-Transport-Security` is added to every response when `hsts` is on.
 /// ACME TLS-ALPN-01 validation connections are answered during the handshake and closed.
 /// On shutdown, open connections get [`DRAIN_TIMEOUT`] to finish.
@@ -45,7 +46,7 @@ pub async fn serve_https<F, S, B>(
 ) -> std::io::Result<()>
 where
     F: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: http_body::Body + Send + 'static,
