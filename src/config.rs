@@ -49,6 +49,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// The URL clients use to reach this daemon (printed after deploys, allowed as `Origin`).
     pub public_url: Option<String>,
+    /// `[http.tls]`: serve HTTPS (certificate files or ACME) instead of plain HTTP.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,7 +158,7 @@ impl Default for SshConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8080".parse().expect("static address"), public_url: None }
+        HttpConfig { listen: "127.0.0.1:8080".parse().expect("static address"), public_url: None, tls: None }
     }
 }
 
@@ -237,6 +239,10 @@ impl Config {
         {
             return Err(format!("http.public_url = {url:?}: must start with http:// or https://"));
         }
+        if let Some(tls) = &self.http.tls {
+            // Paths are resolved against the data dir when the daemon starts; here only the shape counts.
+            tls.resolve(Path::new("/"))?;
+        }
         for (name, app) in &self.apps {
             crate::names::AppName::parse(name).map_err(|e| format!("[apps.{name}]: {e}"))?;
             match (app.command.is_empty(), &app.url) {
@@ -248,10 +254,19 @@ impl Config {
         Ok(())
     }
 
-    /// The URL clients reach the gateway at: `http.public_url`, or derived from the listen address.
+    /// The URL clients reach the gateway at: `http.public_url`, or derived from the configuration:
+    /// `https://FIRST_ACME_DOMAIN[:PORT]` with ACME, `https://LISTEN` with certificate files,
+    /// `http://LISTEN` without TLS.
     pub fn public_url(&self) -> String {
-        match &self.http.public_url {
-            Some(url) => url.trim_end_matches('/').to_string(),
+        if let Some(url) = &self.http.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        match &self.http.tls {
+            Some(tls) => match tls.acme.as_ref().and_then(|a| a.domains.first()) {
+                Some(domain) if self.http.listen.port() == 443 => format!("https://{domain}"),
+                Some(domain) => format!("https://{domain}:{}", self.http.listen.port()),
+                None => format!("https://{}", self.http.listen),
+            },
             None => format!("http://{}", self.http.listen),
         }
     }
@@ -311,6 +326,22 @@ mod tests {
         assert!(err.to_string().contains("either `command` or `url`"), "{err}");
         let err = Config::parse("[apps.\"../x\"]\ncommand=[\"a\"]\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("not a valid app name"), "{err}");
+    }
+
+    #[test]
+    fn tls_section_is_checked_and_sets_the_public_url() {
+        let c = Config::parse(
+            // The README's three-line config for a public server.
+            "[http]\nlisten = \"0.0.0.0:443\"\ntls.acme.domains = [\"deploy.example.com\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.public_url(), "https://deploy.example.com");
+        let err = Config::parse("[http.tls]\ncert = \"c.pem\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("`key` is missing"), "{err}");
+        let err = Config::parse("[http.tls]\ncert = \"c\"\nkey = \"k\"\nhst = true\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("hst"), "{err}");
     }
 
     #[test]
