@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +13,7 @@ use crate::gateway::{
     self, AppDirectory, AppLogs, AppRoute, Authenticator, Backend, EnvTokenAuthenticator, Gateway,
     GatewayConfig, LogKind, Mount, NoAudit,
 };
-use crate::tls::{self, AcmeConfig, TlsConfig, TlsRuntime};
+use crate::tls::{AcmeConfig, TlsConfig, TlsRuntime};
 
 /// Environment variables a bridged server gets from the bridge's own environment by default.
 /// Everything else must be passed explicitly with --pass-env or --env.
@@ -275,43 +274,16 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let redirect = match tls.redirect_listen() {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
+        Some(a) => {
+            let r = tokio::net::TcpListener::bind(a)
                 .await
-                .with_context(|| format!("could not listen on {a} (--redirect-listen)"))?,
-        ),
+                .with_context(|| format!("could not listen on {a} (--redirect-listen)"))?;
+            eprintln!("redirecting http://{}/ to https", r.local_addr()?);
+            Some(r)
+        }
         None => None,
     };
-    // Both listeners are bound: the CA may validate as soon as the ACME task places its order.
-    tls.start(shutdown.clone())?;
-    if let Some(r) = redirect {
-        eprintln!("redirecting http://{}/ to https", r.local_addr()?);
-        tokio::spawn(tls::serve_redirect(r, tls.clone(), addr.port(), shutdown.clone()));
-    }
     eprintln!("listening on https://{addr}{}", args.path);
-    // A service per connection (`Gateway::service`'s return type borrows the `&Arc` it is called on).
-    let gw2 = gw.clone();
-    let make_service = move |local: SocketAddr| {
-        let gw = gw2.clone();
-        hyper::service::service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, local).await) }
-        })
-    };
-    // As Gateway::serve does for plain HTTP: on shutdown end every session first (their SSE bodies end,
-    // so connections drain at once), then give the children their SIGTERM→SIGKILL grace.
-    let stopper = {
-        let (gw, shutdown) = (gw.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            let had_sessions = gw.session_count() > 0;
-            gw.stop_all();
-            had_sessions
-        })
-    };
-    tls::serve_https(listener, tls, make_service, shutdown).await?;
-    if stopper.await.unwrap_or(true) {
-        tokio::time::sleep(GatewayConfig::default().kill_grace + Duration::from_millis(500)).await;
-    }
+    gw.serve_tls(listener, redirect, tls, shutdown).await?;
     Ok(())
 }

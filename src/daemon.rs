@@ -203,9 +203,23 @@ pub async fn serve(dir: DataDir, options: ServeOptions, on_ready: Option<OnReady
     let ssh_listener = TcpListener::bind(config.ssh.listen).await.with_context(|| {
         format!("binding the SSH listener on {} (ssh.listen / --ssh-listen)", config.ssh.listen)
     })?;
+    // TLS is checked before anything listens: a bad certificate file stops the start with its reason.
+    let tls = match &config.http.tls {
+        Some(cfg) => {
+            let settings = cfg.resolve(dir.root()).map_err(anyhow::Error::msg)?;
+            Some(crate::tls::TlsRuntime::new(settings)?)
+        }
+        None => None,
+    };
     let http_listener = TcpListener::bind(config.http.listen).await.with_context(|| {
         format!("binding the HTTP listener on {} (http.listen / --http-listen)", config.http.listen)
     })?;
+    let redirect_listener = match tls.as_ref().and_then(|t| t.redirect_listen()) {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("binding the HTTP redirect listener on {addr} (http.tls.redirect_listen)")
+        })?),
+        None => None,
+    };
     config.ssh.listen = ssh_listener.local_addr()?;
     config.http.listen = http_listener.local_addr()?;
     let control = crate::control::server::bind(&dir.control_socket())?;
@@ -220,12 +234,24 @@ pub async fn serve(dir: DataDir, options: ServeOptions, on_ready: Option<OnReady
 
     tracing::info!("ssh listening on {}", daemon.config.ssh.listen);
     tracing::info!("http listening on {}", daemon.config.http.listen);
+    tracing::info!("MCP endpoints at {}/mcp/APP", daemon.config.public_url());
+    if let Some(r) = &redirect_listener {
+        tracing::info!("http redirect listening on {}", r.local_addr()?);
+    }
     tracing::info!("control socket at {}", dir.control_socket().display());
 
     let ssh_task = tokio::spawn(crate::ssh::serve(daemon.clone(), ssh_listener, ssh_config));
     let http_task = {
         let (gateway, stop) = (daemon.gateway.clone(), daemon.shutdown.clone());
-        tokio::spawn(async move { gateway.serve(http_listener, stop).await })
+        tokio::spawn(async move {
+            let result = match tls {
+                Some(tls) => gateway.serve_tls(http_listener, redirect_listener, tls, stop).await,
+                None => gateway.serve(http_listener, stop).await.map_err(anyhow::Error::from),
+            };
+            if let Err(e) = result {
+                tracing::error!("the MCP endpoint stopped: {e:#}");
+            }
+        })
     };
     let control_task = tokio::spawn(crate::control::server::serve(daemon.clone(), control));
 

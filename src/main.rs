@@ -122,6 +122,7 @@ fn run_init(dir: &DataDir, admin_key: Option<&std::path::Path>) -> anyhow::Resul
 
 fn run_bridge(args: catwalk::bridge::BridgeArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CATWALK_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = tokio::runtime::Runtime::new()?;

@@ -71,7 +71,7 @@ pub async fn serve(
 }
 
 /// Reap sessions whose client went away or that idled out.
-async fn reaper(gw: std::sync::Weak<Gateway>, shutdown: CancellationToken) {
+pub(super) async fn reaper(gw: std::sync::Weak<Gateway>, shutdown: CancellationToken) {
     loop {
         let every = match gw.upgrade() {
             Some(g) => (g.cfg.session_grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),

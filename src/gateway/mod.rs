@@ -290,6 +290,46 @@ impl Gateway {
         http::serve(self, listener, shutdown).await
     }
 
+    /// Serve HTTPS on `listener` (and the plain redirect/HTTP-01 listener `redirect`, when given) until
+    /// `shutdown` is cancelled: the TLS twin of [`Gateway::serve`]. Starts the certificate watcher or
+    /// ACME task, reaps sessions of vanished clients, and on shutdown ends every session before draining.
+    pub async fn serve_tls(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        redirect: Option<tokio::net::TcpListener>,
+        tls: crate::tls::TlsRuntime,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        let https_port = listener.local_addr()?.port();
+        // Both listeners are bound: the CA may validate as soon as the ACME task places its order.
+        tls.start(shutdown.clone())?;
+        if let Some(r) = redirect {
+            tokio::spawn(crate::tls::serve_redirect(r, tls.clone(), https_port, shutdown.clone()));
+        }
+        tokio::spawn(http::reaper(Arc::downgrade(self), shutdown.clone()));
+        let gw = self.clone();
+        let make_service = move |local: SocketAddr| {
+            let gw = gw.clone();
+            hyper::service::service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, std::convert::Infallible>(gw.handle(req, local).await) }
+            })
+        };
+        // As `serve` does for plain HTTP: on shutdown end every session first (their SSE bodies end,
+        // so connections drain at once), then give the children their SIGTERM→SIGKILL grace.
+        let stopper = {
+            let (gw, shutdown) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                gw.stop_all();
+            })
+        };
+        crate::tls::serve_https(listener, tls, make_service, shutdown).await?;
+        let _ = stopper.await;
+        stdio::wait_all_stopped(self.cfg.kill_grace + Duration::from_millis(500)).await;
+        Ok(())
+    }
+
     fn end_session(&self, s: &Arc<session::Session>, why: &str) {
         if let Ok(mut m) = self.sessions.lock() {
             m.remove(&s.id);
