@@ -260,3 +260,66 @@ fn authorized_keys_file_is_reloaded_on_change() {
     d.wait_log("authorized_keys changed: 0 keys loaded");
     assert_eq!(d.ssh(&ops, "whoami", "").status.code(), Some(255));
 }
+
+#[test]
+fn up_initialises_registers_the_users_key_and_prints_how_to_push() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    let key = Key::generate(&home.join(".ssh"), "id_ed25519");
+    let dir = tmp.path().join("data");
+    let mut child = std::process::Command::new(daemon::catwalk_bin())
+        .args(["up", "--ssh-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--dir"])
+        .arg(&dir)
+        .env("HOME", &home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child.id());
+    let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut port = None;
+    for line in reader.lines() {
+        let line = line.unwrap();
+        lines.push(line.clone());
+        if line.contains("ssh -p ") && line.contains(" help") {
+            port = line.split("ssh -p ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
+            break;
+        }
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("registered") && all.contains("as admin key"), "{all}");
+    assert!(all.contains("git remote add catwalk ssh://git@127.0.0.1:"), "{all}");
+    let port = port.unwrap_or_else(|| panic!("no ssh hint in {all}"));
+    let out = daemon::run_with_stdin(
+        std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-i"])
+            .arg(&key.private)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+                &port,
+                "git@127.0.0.1",
+                "whoami",
+            ]),
+        "",
+    );
+    assert!(ok(&out).starts_with("admin (admin)"), "{}", stdout(&out));
+    drop(guard);
+    let _ = child.wait();
+}
+
+/// Sends SIGKILL to a pid on drop.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+    }
+}

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Daemon;
+use crate::git::locks::PushTicket;
 use crate::git::{self, Service};
 use crate::identity::Identity;
 use crate::names::AppName;
@@ -54,11 +55,15 @@ pub async fn run(req: Request, channel: Channel<Msg>) {
             gone.cancel();
         })
     };
-    let code = dispatch(&req, in_rx, &write, &gone).await;
+    let (code, ticket) = dispatch(&req, in_rx, &write, &gone).await;
     let _ = write.exit_status(code as u32).await;
     let _ = write.eof().await;
     let _ = write.close().await;
+    // A push counts as running until the client has its exit status (the client answers our close), so
+    // a graceful shutdown never cuts a finished push's last message.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), gone.cancelled()).await;
     pump.abort();
+    drop(ticket);
 }
 
 /// Writes `text` to the client's stderr.
@@ -68,11 +73,24 @@ async fn to_stderr(write: &Writer, text: &str) {
     let _ = w.flush().await;
 }
 
-async fn dispatch(
-    req: &Request,
+/// Runs the request; returns its exit code and, for a push, the ticket that keeps it registered.
+async fn dispatch<'r>(
+    req: &'r Request,
     input: mpsc::Receiver<Vec<u8>>,
     write: &Writer,
     gone: &CancellationToken,
+) -> (i32, Option<PushTicket<'r>>) {
+    let mut ticket = None;
+    let code = dispatch_inner(req, input, write, gone, &mut ticket).await;
+    (code, ticket)
+}
+
+async fn dispatch_inner<'r>(
+    req: &'r Request,
+    input: mpsc::Receiver<Vec<u8>>,
+    write: &Writer,
+    gone: &CancellationToken,
+    ticket: &mut Option<PushTicket<'r>>,
 ) -> i32 {
     let Ok(text) = std::str::from_utf8(&req.command) else {
         to_stderr(write, "catwalk: the command is not valid UTF-8\n").await;
@@ -91,7 +109,7 @@ async fn dispatch(
     }
     if let Some((service, args)) = Service::from_argv(&argv) {
         tracing::info!("ssh: {} runs {} {:?}", req.identity.name, service.git_subcommand(), args);
-        return match git_service(req, service, args, input, write, gone).await {
+        return match git_service(req, service, args, input, write, gone, ticket).await {
             Ok(code) => code,
             Err(message) => {
                 to_stderr(write, &format!("catwalk: {message}\n")).await;
@@ -124,13 +142,14 @@ async fn dispatch(
     code
 }
 
-async fn git_service(
-    req: &Request,
+async fn git_service<'r>(
+    req: &'r Request,
     service: Service,
     args: &[String],
     input: mpsc::Receiver<Vec<u8>>,
     write: &Writer,
     gone: &CancellationToken,
+    slot: &mut Option<PushTicket<'r>>,
 ) -> Result<i32, String> {
     let daemon = &req.daemon;
     let who = &req.identity;
@@ -182,8 +201,9 @@ async fn git_service(
                 &env(Some(ticket.session.id.clone())),
             );
             let code = relay(cmd, input, write, daemon.pushes.abort.clone()).await;
-            drop(ticket);
             tracing::info!("push to {app} by {}: finished with status {code:?}", who.name);
+            // Kept (with the deploy lock) until the client has the exit status.
+            *slot = Some(ticket);
             code
         }
     }
