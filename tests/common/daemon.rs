@@ -346,7 +346,7 @@ impl WorkTree {
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\n( while [ ! -e '{}' ]; do sleep 0.05; done; exec cat ) | exec ssh \"$@\"\n",
+                "#!/bin/sh\n( i=0; while [ ! -e '{}' ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done; exec cat ) | exec ssh \"$@\"\n",
                 gate.display()
             ),
         )
