@@ -19,6 +19,8 @@ pub struct Config {
     pub git: GitConfig,
     pub gateway: GatewayConfig,
     pub daemon: DaemonConfig,
+    /// Isolation of deployed servers and their installs (`[sandbox]`; see `runtime::sandbox`).
+    pub sandbox: crate::runtime::sandbox::SandboxPolicy,
     /// Statically declared apps served by the gateway, for servers the operator runs by hand
     /// (the way `mcp-proxy` names servers). Pushed apps live in the store instead.
     pub apps: std::collections::BTreeMap<String, StaticApp>,
@@ -198,6 +200,7 @@ impl Config {
         {
             return Err(format!("http.public_url = {url:?}: must start with http:// or https://"));
         }
+        self.sandbox.validate()?;
         for (name, app) in &self.apps {
             crate::names::AppName::parse(name).map_err(|e| format!("[apps.{name}]: {e}"))?;
             match (app.command.is_empty(), &app.url) {
@@ -215,6 +218,12 @@ impl Config {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => format!("http://{}", self.http.listen),
         }
+    }
+
+    /// The `[sandbox]` policy with the daemon's own ports (unreachable from servers in strict mode).
+    /// Call [`crate::runtime::sandbox::SandboxPolicy::activate`] on it once at start-up.
+    pub fn sandbox_policy(&self) -> crate::runtime::sandbox::SandboxPolicy {
+        self.sandbox.clone().with_protected_ports(&[self.ssh.listen.port(), self.http.listen.port()])
     }
 
     /// `host` and `port` for `ssh://git@HOST:PORT/APP` hints.
@@ -272,6 +281,23 @@ mod tests {
         assert!(err.to_string().contains("either `command` or `url`"), "{err}");
         let err = Config::parse("[apps.\"../x\"]\ncommand=[\"a\"]\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("not a valid app name"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_section_is_checked() {
+        let c = Config::parse(
+            "[sandbox]\nmode = \"strict\"\nmemory_max = \"512M\"\nnetwork = \"none\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.sandbox.memory_max, 512 << 20);
+        assert_eq!(c.sandbox_policy().runtime.protected_ports, vec![2222, 8080]);
+        let err = Config::parse("[sandbox]\nmemory = 5\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+        let err = Config::parse("[sandbox]\nmode = \"paranoid\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("paranoid"), "{err}");
+        let err = Config::parse("[sandbox]\ncpu_weight = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("cpu_weight"), "{err}");
     }
 
     #[test]

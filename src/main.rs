@@ -28,6 +28,9 @@ enum Command {
     },
     /// Serve one stdio MCP server (or an HTTP upstream) over Streamable HTTP, without a daemon.
     Bridge(catwalk::bridge::BridgeArgs),
+    /// Inside a server's sandbox: set limits and privileges, then execute the server (internal).
+    #[command(hide = true, name = "sandbox-exec")]
+    SandboxExec(catwalk::runtime::sandbox::ExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,8 @@ fn main() -> ExitCode {
     let dir = DataDir::new(&cli.dir);
     let result = match cli.command {
         Command::Init { admin_key } => run_init(&dir, admin_key.as_deref()),
+        // Single-threaded and before any logging set-up: credentials and Landlock apply per thread.
+        Command::SandboxExec(args) => Err(anyhow::anyhow!(catwalk::runtime::sandbox::exec(args))),
         Command::Bridge(args) => {
             init_logging("warn");
             block_on(async { catwalk::bridge::run(args).await.map(|()| ExitCode::SUCCESS) })

@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::pipeline::plan::{Entry, Language, Plan, Registry, Source};
+use crate::runtime::sandbox::{self, AppSandbox, SandboxPolicy};
 
 /// The language toolchains, resolved to absolute paths once at start-up.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Toolchain {
     /// Shared download caches so that per-app installs do not refetch the same tarballs.
     pub cache_dir: PathBuf,
     pub install_timeout: Duration,
+    /// How servers and install commands are isolated (activated; see `runtime::sandbox`).
+    pub sandbox: std::sync::Arc<SandboxPolicy>,
 }
 
 impl Toolchain {
@@ -45,13 +48,29 @@ impl Toolchain {
             .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
             .filter(|p| p.is_absolute())
             .unwrap_or(python_shim);
-        Toolchain {
+        let mut tools = Toolchain {
             node: which("node"),
             npm: which("npm"),
             python,
             cache_dir,
             install_timeout: Duration::from_secs(600),
-        }
+            sandbox: Default::default(),
+        };
+        // The default policy never refuses (standard mode); the daemon replaces it with the configured
+        // one through `set_sandbox`.
+        let _ = tools.set_sandbox(SandboxPolicy::default()).await;
+        tools
+    }
+
+    /// Probes and installs `policy` (plus this toolchain's directories). `Err` only in strict mode when
+    /// the sandbox is unavailable: the daemon must refuse to start with that message.
+    pub async fn set_sandbox(&mut self, policy: SandboxPolicy) -> Result<(), String> {
+        let policy = policy.with_toolchain(&[self.node.as_path(), self.npm.as_path(), self.python.as_path()]);
+        let active = tokio::task::spawn_blocking(move || policy.activate())
+            .await
+            .map_err(|e| format!("probing the sandbox: {e}"))??;
+        self.sandbox = std::sync::Arc::new(active);
+        Ok(())
     }
 
     /// The minimal PATH children get: the toolchains' directories and the system's.
@@ -332,8 +351,27 @@ async fn run(
     args: &[String],
     progress: Progress<'_>,
 ) -> Result<(), String> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+    // Installs run sandboxed too (npm/pip run package code: install scripts, sdist builds): network on,
+    // writable: only the install directory and the download cache.
+    let mut argv = vec![program.to_string_lossy().into_owned()];
+    argv.extend(args.iter().cloned());
+    // The operator's CA bundles and local wheel/mirror directories named in the host's env stay visible.
+    let readonly = host_network_env()
+        .into_iter()
+        .map(|(_, v)| PathBuf::from(v))
+        .filter(|p| p.is_absolute() && p.exists())
+        .collect();
+    let sb = AppSandbox {
+        identity: "install".into(),
+        home: cwd.to_path_buf(),
+        writable: vec![tools.cache_dir.clone()],
+        readonly,
+        cwd: cwd.to_path_buf(),
+        ..Default::default()
+    };
+    let argv = sandbox::wrap(&tools.sandbox, &sb, &argv)?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .current_dir(cwd)
         .env_clear()
         .env("PATH", tools.path_env())
