@@ -43,9 +43,19 @@ fn assert_not_leaked(what: &str, outcome: &serde_json::Value, canaries: &[&str])
     }
 }
 
+/// The uid the daemon's stand-in runs as in the user-namespace case (any unprivileged, unused uid).
+const DAEMON_UID: u32 = 4242;
+
 async fn hostile_attempts_are_contained(identity: Identity) {
     let data = FakeData::new();
-    let python = real_python();
+    // A non-root daemon cannot reach a toolchain under /root; it uses the system's Python.
+    let (python, daemon_uid) = match identity {
+        Identity::DropToUid => (real_python(), None),
+        Identity::UserNamespace => (PathBuf::from("/usr/bin/python3"), Some(DAEMON_UID)),
+    };
+    if let Some(uid) = daemon_uid {
+        data.chown(uid);
+    }
     let policy = policy(
         identity,
         |p| {
@@ -56,11 +66,12 @@ async fn hostile_attempts_are_contained(identity: Identity) {
     );
     let fixture = fixtures().join("hostile_server.py").to_string_lossy().into_owned();
     let py = python.to_string_lossy().into_owned();
-    let hostile =
-        sandboxed_bridge(&policy, &app_sandbox(&data, "hostile"), &[py.clone(), "-u".into(), fixture]);
+    let argv = [py.clone(), "-u".into(), fixture];
+    let hostile = sandboxed_bridge_as(&policy, &app_sandbox(&data, "hostile"), &argv, daemon_uid);
     // Another app on the same host, sandboxed the same way, serving the benign fixture.
     let benign = fixtures().join("stdio_fixture.py").to_string_lossy().into_owned();
-    let other = sandboxed_bridge(&policy, &app_sandbox(&data, "other"), &[py, "-u".into(), benign]);
+    let other =
+        sandboxed_bridge_as(&policy, &app_sandbox(&data, "other"), &[py, "-u".into(), benign], daemon_uid);
     let daemon_pid = hostile.pid();
     let other_pid = other.pid();
 
@@ -86,10 +97,13 @@ async fn hostile_attempts_are_contained(identity: Identity) {
         let outcome = s.attack("read_file", json!({"path": path})).await;
         assert_not_leaked(what, &outcome, &secrets);
     }
-    for dir in [root.clone(), root.join("apps"), root.join("apps/other")] {
+    // Only the path down to its own home exists (empty directories bwrap created); nothing else.
+    for (dir, visible) in [(root.clone(), json!(["apps"])), (root.join("apps"), json!(["hostile"]))] {
         let outcome = s.attack("list_dir", json!({"path": dir})).await;
-        assert_not_leaked(&format!("listing {}", dir.display()), &outcome, &["other", "age_identity"]);
+        assert_eq!(outcome["entries"], visible, "listing {}: {outcome}", dir.display());
     }
+    let outcome = s.attack("list_dir", json!({"path": root.join("apps/other")})).await;
+    assert_not_leaked("listing another app's directory", &outcome, &["secret.txt"]);
     if identity == Identity::DropToUid {
         // A real unprivileged uid: root-only system files in the visible /etc stay unreadable.
         let outcome = s.attack("read_file", json!({"path": "/etc/shadow"})).await;
@@ -120,7 +134,12 @@ async fn hostile_attempts_are_contained(identity: Identity) {
     assert!(mem["allocated_mb"].as_u64().unwrap() < MEMORY_MB, "{mem}");
     assert!(mem["error"].as_str().unwrap_or("").contains("MemoryError"), "{mem}");
 
-    let outside = [root.join("pwned"), data.home("other").join("pwned"), PathBuf::from("/usr/pwned")];
+    // The data dir's skeleton inside the sandbox lives on the sandbox's private tmpfs: whatever is
+    // written there (possible in the user-namespace case, where bwrap's directories belong to the
+    // sandbox user) never reaches the host.
+    let _ = s.attack("write_file", json!({"path": root.join("pwned")})).await;
+    assert!(!root.join("pwned").exists(), "a write reached the real data dir");
+    let outside = [data.home("other").join("pwned"), PathBuf::from("/usr/pwned")];
     for path in &outside {
         let outcome = s.attack("write_file", json!({"path": path})).await;
         assert_eq!(outcome["ok"], false, "wrote {}: {outcome}", path.display());
@@ -159,6 +178,7 @@ async fn hostile_server_is_contained_with_a_per_app_uid() {
     hostile_attempts_are_contained(Identity::DropToUid).await;
 }
 
+/// The daemon as an ordinary user (the systemd unit's case): the bridge runs as uid 4242.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_server_is_contained_in_a_user_namespace() {
     hostile_attempts_are_contained(Identity::UserNamespace).await;

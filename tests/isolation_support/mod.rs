@@ -29,6 +29,7 @@ impl FakeData {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().join("data");
         std::fs::create_dir_all(root.join("apps/other/home")).unwrap();
+        std::fs::create_dir_all(root.join("apps/hostile/home")).unwrap();
         std::fs::create_dir_all(root.join("repos")).unwrap();
         std::fs::write(root.join("age_identity.txt"), AGE_CANARY).unwrap();
         std::fs::write(root.join("ssh_host_ed25519_key"), HOST_KEY_CANARY).unwrap();
@@ -36,6 +37,17 @@ impl FakeData {
         std::fs::write(root.join("catwalk.toml"), "[daemon]\n").unwrap();
         std::fs::write(root.join("apps/other/home/secret.txt"), OTHER_APP_CANARY).unwrap();
         FakeData { tmp }
+    }
+
+    /// Hands the whole tree to `uid` (the data dir of a daemon running as that user).
+    pub fn chown(&self, uid: u32) {
+        let mut stack = vec![self.tmp.path().to_path_buf()];
+        while let Some(p) = stack.pop() {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(uid)).unwrap();
+            if p.is_dir() && !p.is_symlink() {
+                stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
     }
 
     pub fn root(&self) -> PathBuf {
@@ -104,9 +116,24 @@ impl Drop for Bridge {
 
 /// `catwalk bridge --listen 127.0.0.1:0 -- <wrap(argv)>`, with a canary in the bridge's environment.
 pub fn sandboxed_bridge(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Bridge {
+    sandboxed_bridge_as(policy, sb, argv, None)
+}
+
+/// Like [`sandboxed_bridge`], with the bridge (the daemon's stand-in) running as `uid` when given:
+/// a daemon that is not root, as under the systemd unit.
+pub fn sandboxed_bridge_as(
+    policy: &SandboxPolicy,
+    sb: &AppSandbox,
+    argv: &[String],
+    uid: Option<u32>,
+) -> Bridge {
     use std::os::unix::process::CommandExt;
     let wrapped = wrap(policy, sb, argv).expect("wrap");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_catwalk"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_catwalk"));
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let mut child = cmd
         .args(["bridge", "--listen", "127.0.0.1:0", "--"])
         .args(&wrapped)
         .env("CATWALK_ISOLATION_CANARY", ENV_CANARY)

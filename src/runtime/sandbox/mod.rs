@@ -401,38 +401,47 @@ pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<
             _ => {}
         }
     }
+    // Mount points in order: (path, is a tmpfs bwrap may create directories in).
+    let mut mounts: Vec<(PathBuf, bool)> = SYSTEM_DIRS.iter().map(|d| (PathBuf::from(d), false)).collect();
+    mounts.extend([(PathBuf::from("/proc"), false), (PathBuf::from("/dev"), false), ("/tmp".into(), true)]);
     push(&["--proc", "/proc", "--dev", "/dev"]);
     if policy.tmp_size > 0 {
         push(&["--size", &policy.tmp_size.to_string()]);
     }
-    push(&["--tmpfs", "/tmp"]);
+    push(&["--perms", "1777", "--tmpfs", "/tmp"]);
     for hidden in &sb.hidden {
         if !under_system_dir(hidden) {
             continue; // not visible anyway: only the paths bound below exist in the sandbox
         }
         let h = hidden.to_string_lossy();
         match std::fs::metadata(hidden) {
-            Ok(m) if m.is_dir() => push(&["--tmpfs", &h]),
-            Ok(_) => push(&["--ro-bind", "/dev/null", &h]),
+            Ok(m) if m.is_dir() => {
+                push(&["--tmpfs", &h]);
+                mounts.push((hidden.clone(), true));
+            }
+            Ok(_) => {
+                push(&["--ro-bind", "/dev/null", &h]);
+                mounts.push((hidden.clone(), false));
+            }
             Err(_) => {}
         }
     }
     let ro_extra = policy.runtime.toolchain_paths.iter().chain(&policy.extra_ro_paths);
-    for dir in ro_extra.filter(|p| !under_system_dir(p)) {
-        let d = dir.to_string_lossy();
-        push(&["--ro-bind-try", &d, &d]);
-    }
-    if !under_system_dir(&exe) {
-        let e = exe.to_string_lossy();
-        push(&["--ro-bind", &e, &e]);
-    }
-    for dir in sb.readonly.iter().filter(|p| !under_system_dir(p)) {
-        let d = dir.to_string_lossy();
+    let readonly = ro_extra.chain(std::iter::once(&exe)).chain(&sb.readonly);
+    for path in readonly.filter(|p| !under_system_dir(p) && p.exists()) {
+        let d = path.to_string_lossy();
         push(&["--ro-bind", &d, &d]);
+        mounts.push((path.clone(), false));
     }
     for dir in std::iter::once(&sb.home).chain(&sb.writable) {
         let d = dir.to_string_lossy();
         push(&["--bind", &d, &d]);
+        mounts.push((dir.clone(), false));
+    }
+    // bwrap creates missing parents of mount points with the modes of the host's directories (`/root` is
+    // 0700): open them up so the unprivileged uid can reach what was bound for it.
+    for dir in traversable_parents(&mounts) {
+        push(&["--chmod", "0755", &dir.to_string_lossy()]);
     }
     push(&["--chdir", &sb.cwd.to_string_lossy()]);
     push(&["--", &exe.to_string_lossy(), "sandbox-exec", "--no-new-privs"]);
@@ -463,6 +472,30 @@ pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<
     push(&["--"]);
     a.extend(argv.iter().cloned());
     Ok(a)
+}
+
+/// Parents of mount points that bwrap creates itself (on its root tmpfs or inside a tmpfs mount), which
+/// are therefore safe to chmod; parents inside bind mounts and the mount points themselves are left alone.
+fn traversable_parents(mounts: &[(PathBuf, bool)]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for (mount, _) in mounts {
+        for parent in mount.ancestors().skip(1) {
+            if parent == Path::new("/") || out.iter().any(|p| p == parent) {
+                continue;
+            }
+            let holder =
+                mounts.iter().filter(|(m, _)| parent.starts_with(m)).max_by_key(|(m, _)| m.as_os_str().len());
+            let created_by_bwrap = match holder {
+                None => true,
+                Some((m, tmpfs)) => *tmpfs && m != parent,
+            };
+            if created_by_bwrap {
+                out.push(parent.to_path_buf());
+            }
+        }
+    }
+    out.sort_by_key(|p| p.components().count());
+    out
 }
 
 /// `chown -R uid:uid dir` without following symlinks.

@@ -11,7 +11,7 @@ fn app(home: &Path) -> AppSandbox {
     AppSandbox {
         identity: "weather".into(),
         home: home.to_path_buf(),
-        readonly: vec![PathBuf::from("/srv/catwalk/installs/abc")],
+        readonly: vec![home.with_extension("install"), PathBuf::from("/nonexistent/skipped")],
         cwd: home.to_path_buf(),
         ..Default::default()
     }
@@ -41,7 +41,11 @@ fn inactive_policy_leaves_argv_alone() {
 #[test]
 fn user_namespace_argv_has_every_isolation_flag() {
     let home = tempfile::tempdir().unwrap();
-    let argv = wrap(&active(Identity::UserNamespace), &app(home.path()), &["/usr/bin/node".into()]).unwrap();
+    let install = home.path().with_extension("install");
+    std::fs::create_dir_all(&install).unwrap();
+    let argv = wrap(&active(Identity::UserNamespace), &app(home.path()), &["/usr/bin/node".into()]);
+    let _ = std::fs::remove_dir(&install);
+    let argv = argv.unwrap();
     assert_eq!(argv[0], "/usr/bin/bwrap");
     for flag in ["--unshare-pid", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]
     {
@@ -51,7 +55,9 @@ fn user_namespace_argv_has_every_isolation_flag() {
     assert_eq!(pairs(&argv, "--cap-drop"), ["ALL"]);
     assert_eq!(pairs(&argv, "--uid"), ["65534"], "inside uid");
     assert_eq!(pairs(&argv, "--proc"), ["/proc"]);
-    assert!(pairs(&argv, "--ro-bind").contains(&"/srv/catwalk/installs/abc".to_string()));
+    let ro = pairs(&argv, "--ro-bind");
+    assert!(ro.contains(&install.to_string_lossy().into_owned()), "{ro:?}");
+    assert!(!ro.contains(&"/nonexistent/skipped".to_string()), "missing paths are not bound: {ro:?}");
     assert!(pairs(&argv, "--bind").contains(&home.path().to_string_lossy().into_owned()));
     let split = argv.iter().position(|a| a == "sandbox-exec").unwrap();
     assert_eq!(argv[split - 1], "/opt/catwalk/bin/catwalk");
@@ -119,4 +125,24 @@ fn validation_rejects_nonsense() {
     let p = SandboxPolicy { extra_ro_paths: vec!["rel".into()], ..Default::default() };
     assert!(p.validate().unwrap_err().contains("absolute"));
     SandboxPolicy::default().validate().unwrap();
+}
+
+#[test]
+fn parents_created_by_bwrap_are_opened_but_not_bind_mounts() {
+    let mounts = vec![
+        (PathBuf::from("/etc"), false),
+        (PathBuf::from("/tmp"), true),
+        (PathBuf::from("/etc/catwalk"), true),
+        (PathBuf::from("/root/.pyenv/versions/3.11.7"), false),
+        (PathBuf::from("/tmp/x/data/apps/a/home"), false),
+        (PathBuf::from("/etc/catwalk/apps/b/home"), false),
+    ];
+    let got = traversable_parents(&mounts);
+    for want in ["/root", "/root/.pyenv", "/root/.pyenv/versions", "/tmp/x", "/tmp/x/data/apps/a"] {
+        assert!(got.contains(&PathBuf::from(want)), "{want} missing in {got:?}");
+    }
+    assert!(got.contains(&PathBuf::from("/etc/catwalk/apps/b")), "inside a tmpfs: {got:?}");
+    for not in ["/etc", "/tmp", "/etc/catwalk", "/"] {
+        assert!(!got.contains(&PathBuf::from(not)), "{not} is a mount point: {got:?}");
+    }
 }
