@@ -203,3 +203,32 @@ async fn network_none_leaves_only_loopback() {
     assert_eq!(outcome["ok"], false, "reached the host's loopback: {outcome}");
     assert_eq!(s.call("echo", json!({"text": "ok"})).await.1, "ok");
 }
+
+/// Strict mode: the daemon's own ports are unreachable (Landlock TCP rules); other ports still work.
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_mode_blocks_the_daemons_ports() {
+    let daemon_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blocked = daemon_port.local_addr().unwrap().port();
+    let allowed = api.local_addr().unwrap().port();
+    let data = FakeData::new();
+    let python = real_python();
+    let policy = policy(
+        Identity::current(),
+        |p| {
+            p.mode = catwalk::runtime::sandbox::SandboxMode::Strict;
+            *p = p.clone().with_protected_ports(&[blocked]);
+        },
+        &[&python],
+    );
+    let fixture = fixtures().join("hostile_server.py").to_string_lossy().into_owned();
+    let argv = [python.to_string_lossy().into_owned(), "-u".into(), fixture];
+    let bridge = sandboxed_bridge(&policy, &app_sandbox(&data, "strict"), &argv);
+    let mut s = Session::open(&bridge.url).await;
+    let outcome = s.attack("connect", json!({"host": "127.0.0.1", "port": blocked})).await;
+    assert_eq!(outcome["ok"], false, "reached the daemon's port: {outcome}");
+    assert!(outcome["error"].as_str().unwrap().contains("Permission denied"), "{outcome}");
+    let outcome = s.attack("connect", json!({"host": "127.0.0.1", "port": allowed})).await;
+    assert_eq!(outcome["ok"], true, "other ports must stay reachable: {outcome}");
+    assert_eq!(s.call("echo", json!({"text": "strict"})).await.1, "strict");
+}
