@@ -98,3 +98,42 @@ async fn sandboxed_pip_install_then_sandboxed_start() {
     let (is_error, text) = s.call("get_current_time", json!({"timezone": "UTC"})).await;
     assert!(!is_error && text.contains("UTC"), "{text}");
 }
+
+/// `npm install --prefix DIR PKG@VERSION` runs inside the sandbox too (as the shared install uid when the
+/// daemon is root: the files it wrote belong to that uid, not to root).
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxed_npm_install() {
+    use catwalk::pipeline::analyse::analyse;
+    use catwalk::pipeline::plan::Source;
+    use catwalk::pipeline::registry::{Registries, pin};
+    use catwalk::runtime::install::{Toolchain, install_package};
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::MetadataExt;
+
+    let data = FakeData::new();
+    let mut tools = Toolchain::detect(data.root().join("cache")).await;
+    let configured = catwalk::runtime::sandbox::SandboxPolicy::default()
+        .with_catwalk_exe(PathBuf::from(env!("CARGO_BIN_EXE_catwalk")));
+    tools.set_sandbox(configured).await.expect("set_sandbox");
+    assert!(tools.sandbox.is_active(), "sandbox not active: {:?}", tools.sandbox.warning());
+    let manifest = "[server]\npackage = \"npm:@modelcontextprotocol/server-everything\"\n";
+    let tree: BTreeMap<String, Vec<u8>> = [("catwalk.toml".to_string(), manifest.as_bytes().to_vec())].into();
+    let mut plan = analyse(&tree).unwrap();
+    if let Source::Package { registry, name, version } = &mut plan.source {
+        let p =
+            pin(&reqwest::Client::new(), &Registries::default(), None, *registry, name, version.as_deref())
+                .await
+                .expect("pinning server-everything on npm");
+        *version = Some(p.version);
+    }
+    let progress = |_l: String| {};
+    let installed = install_package(&tools, &data.root().join("installs"), &plan, &progress)
+        .await
+        .expect("sandboxed npm install");
+    let entry = PathBuf::from(&installed.command[0]);
+    assert!(entry.is_file(), "{entry:?}");
+    if Identity::current() == Identity::DropToUid {
+        let owner = std::fs::metadata(&entry).unwrap().uid();
+        assert_eq!(owner, tools.sandbox.uid_for("install"), "npm did not run as the sandbox's install uid");
+    }
+}
