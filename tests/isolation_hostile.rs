@@ -125,6 +125,9 @@ async fn hostile_attempts_are_contained(identity: Identity) {
         assert_eq!(outcome["ok"], false, "kill -9 {target} succeeded: {outcome}");
     }
 
+    let userns = s.attack("new_userns", json!({})).await;
+    assert_eq!(userns["ok"], false, "created a user namespace: {userns}");
+
     let bomb = s.attack("fork_bomb", json!({"max": 2000})).await;
     assert!(bomb["forked"].as_u64().unwrap() < MAX_PROCESSES, "fork bomb not contained: {bomb}");
     assert!(bomb["error"].as_str().unwrap_or("").contains("Resource temporarily unavailable"), "{bomb}");

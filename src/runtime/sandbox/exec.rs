@@ -3,8 +3,8 @@
 //! It runs as the first process of the sandbox's PID namespace (after bwrap's init) and, in this order:
 //! sets `no_new_privs` (setuid binaries cannot regain privileges), applies the strict mode's Landlock
 //! rules, drops to the app's uid with an empty capability bounding set (only when started as root),
-//! sets the resource limits (soft = hard, so the server cannot raise them again), and executes the
-//! command with the environment it was given. Single-threaded on purpose: Landlock and credentials
+//! sets the resource limits (soft = hard, so the server cannot raise them again), installs the seccomp
+//! filter against new user namespaces, and executes the command with the environment it was given. Single-threaded on purpose: Landlock and credentials
 //! apply per thread, and `exec` keeps them.
 
 use std::os::unix::process::CommandExt;
@@ -41,6 +41,9 @@ pub struct ExecArgs {
     /// Switch to this gid (with --uid).
     #[arg(long, requires = "uid")]
     pub gid: Option<u32>,
+    /// seccomp: creating user namespaces fails (EPERM; clone3 answers ENOSYS so libcs fall back to clone).
+    #[arg(long)]
+    pub no_userns: bool,
     /// Landlock: TCP connections to these ports fail (comma-separated).
     #[arg(long, value_name = "PORTS", value_delimiter = ',')]
     pub deny_tcp_connect: Vec<u16>,
@@ -110,7 +113,21 @@ fn prepare(args: &ExecArgs) -> Result<(), String> {
             }
         }
     }
+    if args.no_userns {
+        deny_user_namespaces()?;
+    }
     Ok(())
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn deny_user_namespaces() -> Result<(), String> {
+    super::seccomp::deny_user_namespaces()
+        .map_err(|e| format!("installing the seccomp filter against user namespaces: {e}"))
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn deny_user_namespaces() -> Result<(), String> {
+    Err("--no-userns: the seccomp filter is only built for x86_64 and aarch64".into())
 }
 
 /// Root → `uid`/`gid` for good: empty bounding set, no ambient caps, no supplementary groups, and a

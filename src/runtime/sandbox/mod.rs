@@ -7,8 +7,8 @@
 //! The data dir, other apps, the daemon's keys and its state store are simply not in that file system,
 //! and the daemon's processes are not in that PID namespace, so nothing can read or signal them.
 //!
-//! Inside, `catwalk sandbox-exec` (see [`exec`]) sets `no_new_privs`, the resource limits, the optional
-//! Landlock rules of the strict mode, and (when the daemon runs as root) drops to an unprivileged uid
+//! Inside, `catwalk sandbox-exec` (see [`exec`]) sets `no_new_privs`, the resource limits, a seccomp
+//! filter against new user namespaces, the optional Landlock rules of the strict mode, and (when the daemon runs as root) drops to an unprivileged uid
 //! with an empty capability bounding set before it executes the server:
 //!
 //! ```text
@@ -32,6 +32,8 @@ mod cgroup;
 mod exec;
 mod landlock;
 mod probe;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod seccomp;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -444,7 +446,7 @@ pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<
         push(&["--chmod", "0755", &dir.to_string_lossy()]);
     }
     push(&["--chdir", &sb.cwd.to_string_lossy()]);
-    push(&["--", &exe.to_string_lossy(), "sandbox-exec", "--no-new-privs"]);
+    push(&["--", &exe.to_string_lossy(), "sandbox-exec", "--no-new-privs", "--no-userns"]);
     for (flag, value) in [
         ("--nproc", policy.max_processes),
         ("--nofile", policy.max_open_files),
