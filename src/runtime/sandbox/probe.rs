@@ -74,7 +74,10 @@ pub fn probe(policy: &SandboxPolicy) -> SandboxSupport {
 }
 
 fn trial_run(policy: &SandboxPolicy, bwrap: &Path, identity: Identity, abi: u32) -> Result<(), String> {
-    let root = std::env::temp_dir().join(format!("catwalk-sandbox-probe-{}", std::process::id()));
+    // Unique per probe: several probes may run at once in one process (tests, a reload).
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let root = std::env::temp_dir().join(format!("catwalk-sandbox-probe-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let secret = root.join("secret");
     let home = root.join("home");
