@@ -17,6 +17,8 @@
 //!   --args JSON          tool arguments, default {"message":"hi"}
 //!   --label TEXT         name printed with the results
 //!   --json               also print a JSON result line
+//!   --stdio -- CMD ARGS  instead of HTTP: run CMD and measure its own stdio round trip, one request at a
+//!                        time (the baseline for QUALITY.md P2); must be the last option
 //! Exits non-zero when no session could be opened or every request failed; a slow result is not an error.
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -30,6 +32,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+
+#[path = "load/stdio.rs"]
+mod stdio;
 
 #[derive(Clone, Debug)]
 struct Options {
@@ -45,12 +50,15 @@ struct Options {
     args: Value,
     label: String,
     json: bool,
+    /// `--stdio -- CMD ARGS...`: measure the stdio server directly (no HTTP, one request at a time).
+    stdio: Vec<String>,
 }
 
 fn usage(msg: &str) -> anyhow::Error {
     anyhow!(
         "{msg}\nusage: load --url http://HOST:PORT/PATH [--token T] [--sessions 8] [--inflight 32] \
-         [--duration 10] [--warmup 1] [--tool echo] [--args '{{\"message\":\"hi\"}}'] [--label L] [--json]"
+         [--duration 10] [--warmup 1] [--tool echo] [--args '{{\"message\":\"hi\"}}'] [--label L] [--json]\n\
+         or:    load --stdio -- CMD ARGS... [same options; one request at a time, no HTTP]"
     )
 }
 
@@ -66,6 +74,7 @@ fn parse_options() -> Result<Options> {
     let mut args = env("ARGS").unwrap_or_else(|| r#"{"message":"hi"}"#.into());
     let mut label = env("LABEL").unwrap_or_default();
     let mut json_out = env("JSON").is_some();
+    let mut stdio: Vec<String> = Vec::new();
 
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -81,12 +90,22 @@ fn parse_options() -> Result<Options> {
             "--args" => args = val()?,
             "--label" => label = val()?,
             "--json" => json_out = true,
+            "--stdio" => {
+                stdio = it.by_ref().skip_while(|a| a == "--").collect();
+                if stdio.is_empty() {
+                    return Err(usage("--stdio needs a command: --stdio -- CMD ARGS..."));
+                }
+            }
             // `cargo bench` appends --bench to every bench binary's arguments.
             "--bench" => {}
             other => return Err(usage(&format!("unknown argument {other}"))),
         }
     }
-    let url = url.ok_or_else(|| usage("--url is required"))?;
+    if !stdio.is_empty() {
+        // The stdio baseline has no endpoint; a placeholder URL keeps the rest of the parsing uniform.
+        url = Some(url.unwrap_or_else(|| "http://127.0.0.1:9/".into()));
+    }
+    let url = url.ok_or_else(|| usage("--url (or --stdio -- CMD) is required"))?;
     let uri: hyper::Uri = url.parse().map_err(|e| usage(&format!("bad --url {url}: {e}")))?;
     if uri.scheme_str() != Some("http") {
         return Err(usage(&format!("--url {url}: only http:// is supported")));
@@ -113,6 +132,7 @@ fn parse_options() -> Result<Options> {
         args: serde_json::from_str(&args).map_err(|e| usage(&format!("--args is not JSON ({e}): {args}")))?,
         label,
         json: json_out,
+        stdio,
     };
     if opts.sessions == 0 || opts.inflight == 0 || opts.duration <= 0.0 {
         return Err(usage("--sessions, --inflight and --duration must be positive"));
@@ -375,13 +395,25 @@ async fn run(opts: Options) -> Result<bool> {
     for s in &sessions {
         close_session(&opts, s).await;
     }
+    let label = if opts.label.is_empty() { opts.authority.clone() } else { opts.label.clone() };
+    Ok(report(&opts, &label, all, errors, first_error, measured))
+}
+
+/// Prints the result line (and the JSON line with `--json`); true when at least one request succeeded.
+fn report(
+    opts: &Options,
+    label: &str,
+    mut all: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+    measured: f64,
+) -> bool {
     all.sort_unstable();
     let ok = all.len() as u64;
     let rps = ok as f64 / measured;
     let (p50, p99) = (percentile(&all, 50.0), percentile(&all, 99.0));
     let mean =
         if all.is_empty() { 0.0 } else { all.iter().map(|&v| v as f64).sum::<f64>() / all.len() as f64 };
-    let label = if opts.label.is_empty() { opts.authority.clone() } else { opts.label.clone() };
     println!(
         "{label}: {rps:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, mean {:.3} ms, {ok} ok, {errors} errors \
          ({} sessions x {} in flight, {measured:.1} s)",
@@ -401,7 +433,7 @@ async fn run(opts: Options) -> Result<bool> {
                 "sessions":opts.sessions,"inflight":opts.inflight,"seconds":measured,"first_error":first_error})
         );
     }
-    Ok(ok > 0)
+    ok > 0
 }
 
 fn main() {
@@ -419,7 +451,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    match rt.block_on(run(opts)) {
+    let outcome = if opts.stdio.is_empty() { rt.block_on(run(opts)) } else { rt.block_on(stdio::run(opts)) };
+    match outcome {
         Ok(true) => {}
         Ok(false) => {
             eprintln!("load: every request failed");

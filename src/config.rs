@@ -19,6 +19,7 @@ pub struct Config {
     pub git: GitConfig,
     pub gateway: GatewayConfig,
     pub daemon: DaemonConfig,
+    pub deploy: DeployConfig,
     /// Isolation of deployed servers and their installs (`[sandbox]`; see `runtime::sandbox`).
     pub sandbox: crate::runtime::sandbox::SandboxPolicy,
     /// Statically declared apps served by the gateway, for servers the operator runs by hand
@@ -88,6 +89,36 @@ pub struct DaemonConfig {
     /// How long a SIGTERM waits for running pushes to finish before exiting anyway.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// npm registry used to pin and install packages (a mirror may be set here).
+    pub npm_registry: String,
+    /// PyPI index used to pin packages (JSON API root).
+    pub pypi_registry: String,
+    /// How long registry answers are cached in the store.
+    #[serde(deserialize_with = "duration")]
+    pub registry_cache_ttl: Duration,
+    /// How long a new release may take to answer `initialize` and `tools/list`.
+    #[serde(deserialize_with = "duration")]
+    pub health_timeout: Duration,
+    /// How long an install (`npm install`, `pip install`, a source build) may take.
+    #[serde(deserialize_with = "duration")]
+    pub install_timeout: Duration,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            npm_registry: "https://registry.npmjs.org".into(),
+            pypi_registry: "https://pypi.org".into(),
+            registry_cache_ttl: Duration::from_secs(300),
+            health_timeout: Duration::from_secs(60),
+            install_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// An app the operator declares in the config instead of pushing it.
@@ -194,6 +225,14 @@ impl Config {
                 "git.deploy_branch = {:?} is not a valid branch name",
                 self.git.deploy_branch
             ));
+        }
+        for (key, url) in [
+            ("deploy.npm_registry", &self.deploy.npm_registry),
+            ("deploy.pypi_registry", &self.deploy.pypi_registry),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!("{key} = {url:?}: must be an http(s) URL"));
+            }
         }
         if let Some(url) = &self.http.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

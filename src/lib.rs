@@ -4,11 +4,19 @@
 
 pub mod access;
 pub mod bridge;
+pub mod commands;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod datadir;
 pub mod gateway;
+pub mod git;
+pub mod identity;
 pub mod init;
 pub mod names;
+pub mod output;
 pub mod pipeline;
 pub mod runtime;
+pub mod ssh;
 pub mod store;
+pub mod up;

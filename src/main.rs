@@ -1,21 +1,31 @@
-//! The `catwalk` binary: daemon (`serve`, `up`), setup (`init`), the standalone bridge, git hooks, and the
-//! local CLI that sends the shared command grammar to the running daemon.
+//! The `catwalk` binary: daemon (`serve`, `up`), setup (`init`), git hooks (`hook`), and the local CLI
+//! that sends any other command of the shared grammar to the running daemon (`catwalk --dir DIR apps`).
 
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use catwalk::control::HookKind;
+use catwalk::daemon::ServeOptions;
 use catwalk::datadir::DataDir;
 
 #[derive(Parser)]
-#[command(name = "catwalk", version, about = "git push an MCP server; serve it with access control")]
+#[command(
+    name = "catwalk",
+    version,
+    about = "git push an MCP server; serve it with access control",
+    disable_help_subcommand = true,
+    after_help = "Any other command (apps, keys, tokens, info, whoami, help, ...) is sent to the running daemon:\n  catwalk --dir DIR help"
+)]
 struct Cli {
     /// Data directory (also from CATWALK_DIR).
     #[arg(long, global = true, env = "CATWALK_DIR", default_value = "./catwalk-data")]
     dir: PathBuf,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -26,23 +36,65 @@ enum Command {
         #[arg(long)]
         admin_key: Option<PathBuf>,
     },
+    /// Run the daemon (SSH for git and commands, HTTP for MCP clients).
+    Serve(ServeArgs),
+    /// Initialise DIR if needed (your ~/.ssh key becomes the admin), then serve.
+    Up(ServeArgs),
+    /// Run a git hook (installed into every app repository; not for direct use).
+    Hook {
+        #[arg(value_enum)]
+        name: HookName,
+    },
     /// Serve one stdio MCP server (or an HTTP upstream) over Streamable HTTP, without a daemon.
-    Bridge(catwalk::bridge::BridgeArgs),
+    Bridge(Box<catwalk::bridge::BridgeArgs>),
     /// Inside a server's sandbox: set limits and privileges, then execute the server (internal).
     #[command(hide = true, name = "sandbox-exec")]
     SandboxExec(catwalk::runtime::sandbox::ExecArgs),
+    /// A command of the daemon's grammar, run through the control socket.
+    #[command(external_subcommand)]
+    Remote(Vec<String>),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// SSH listen address (overrides ssh.listen); port 0 picks a free port.
+    #[arg(long)]
+    ssh_listen: Option<SocketAddr>,
+    /// HTTP listen address (overrides http.listen); port 0 picks a free port.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HookName {
+    PreReceive,
+    PostReceive,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let dir = DataDir::new(&cli.dir);
     let result = match cli.command {
-        Command::Init { admin_key } => run_init(&dir, admin_key.as_deref()),
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            Ok(ExitCode::from(2))
+        }
+        Some(Command::Init { admin_key }) => run_init(&dir, admin_key.as_deref()),
+        Some(Command::Serve(args)) => run_serve(dir, args, false),
+        Some(Command::Up(args)) => run_serve(dir, args, true),
+        Some(Command::Hook { name }) => {
+            let kind = match name {
+                HookName::PreReceive => HookKind::PreReceive,
+                HookName::PostReceive => HookKind::PostReceive,
+            };
+            catwalk::control::client::run_hook(kind).map(exit_code)
+        }
+        Some(Command::Bridge(args)) => run_bridge(*args),
         // Single-threaded and before any logging set-up: credentials and Landlock apply per thread.
-        Command::SandboxExec(args) => Err(anyhow::anyhow!(catwalk::runtime::sandbox::exec(args))),
-        Command::Bridge(args) => {
-            init_logging("warn");
-            block_on(async { catwalk::bridge::run(args).await.map(|()| ExitCode::SUCCESS) })
+        Some(Command::SandboxExec(args)) => Err(anyhow::anyhow!(catwalk::runtime::sandbox::exec(args))),
+        Some(Command::Remote(argv)) => {
+            catwalk::control::client::run_command(&dir.control_socket(), argv).map(exit_code)
         }
     };
     match result {
@@ -54,17 +106,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides `default`.
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
-}
-
-fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Runtime::new()
-        .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?
-        .block_on(f)
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn run_init(dir: &DataDir, admin_key: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
@@ -79,5 +122,43 @@ fn run_init(dir: &DataDir, admin_key: Option<&std::path::Path>) -> anyhow::Resul
         println!("admin key: {admin}");
     }
     println!("age recipient for secrets: {}", catwalk::init::age_recipient(dir)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_bridge(args: catwalk::bridge::BridgeArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CATWALK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(catwalk::bridge::run(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_serve(dir: DataDir, args: ServeArgs, up: bool) -> anyhow::Result<ExitCode> {
+    let mut on_ready: Option<catwalk::daemon::OnReady> = None;
+    if up {
+        for note in catwalk::up::prepare(&dir)? {
+            println!("{note}");
+        }
+        on_ready = Some(Box::new(|daemon| {
+            for line in catwalk::up::hints(daemon) {
+                println!("{line}");
+            }
+        }));
+    }
+    let config = catwalk::config::Config::load(&dir.config())?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CATWALK_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.daemon.log))
+        .map_err(|e| anyhow::anyhow!("daemon.log = {:?} is not a log filter: {e}", config.daemon.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let options = ServeOptions { ssh_listen: args.ssh_listen, http_listen: args.http_listen };
+    runtime.block_on(catwalk::daemon::serve(dir, options, on_ready))?;
+    // Pending SSH sessions and blocking tasks must not delay the exit once shutdown is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
 }

@@ -70,10 +70,10 @@ async fn sandboxed_pip_install_then_sandboxed_start() {
     use std::collections::BTreeMap;
 
     let data = FakeData::new();
-    let mut tools = Toolchain::detect(data.root().join("cache")).await;
+    let mut tools = Toolchain::detect(data.root().join("cache"));
     let configured = catwalk::runtime::sandbox::SandboxPolicy::default()
         .with_catwalk_exe(PathBuf::from(env!("CARGO_BIN_EXE_catwalk")));
-    tools.set_sandbox(configured).await.expect("set_sandbox");
+    tools.set_sandbox(configured).expect("set_sandbox");
     assert!(tools.sandbox.is_active(), "sandbox not active: {:?}", tools.sandbox.warning());
 
     let manifest = "[server]\npackage = \"pypi:mcp-server-time\"\n";
@@ -111,10 +111,10 @@ async fn sandboxed_npm_install() {
     use std::os::unix::fs::MetadataExt;
 
     let data = FakeData::new();
-    let mut tools = Toolchain::detect(data.root().join("cache")).await;
+    let mut tools = Toolchain::detect(data.root().join("cache"));
     let configured = catwalk::runtime::sandbox::SandboxPolicy::default()
         .with_catwalk_exe(PathBuf::from(env!("CARGO_BIN_EXE_catwalk")));
-    tools.set_sandbox(configured).await.expect("set_sandbox");
+    tools.set_sandbox(configured).expect("set_sandbox");
     assert!(tools.sandbox.is_active(), "sandbox not active: {:?}", tools.sandbox.warning());
     let manifest = "[server]\npackage = \"npm:@modelcontextprotocol/server-everything\"\n";
     let tree: BTreeMap<String, Vec<u8>> = [("catwalk.toml".to_string(), manifest.as_bytes().to_vec())].into();

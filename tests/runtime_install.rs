@@ -21,7 +21,7 @@ async fn pinned_plan(manifest: &str) -> catwalk::pipeline::plan::Plan {
 #[tokio::test]
 async fn installs_a_pypi_package_once_and_reuses_it() {
     let dir = tempfile::tempdir().unwrap();
-    let tools = Toolchain::detect(dir.path().join("cache")).await;
+    let tools = Toolchain::detect(dir.path().join("cache"));
     let plan = pinned_plan("[server]\npackage = \"pypi:mcp-server-time\"\n").await;
     let lines = std::sync::Mutex::new(Vec::new());
     let progress = |l: String| lines.lock().unwrap().push(l);
@@ -36,7 +36,7 @@ async fn installs_a_pypi_package_once_and_reuses_it() {
 #[tokio::test]
 async fn installs_an_npm_package_without_lifecycle_scripts() {
     let dir = tempfile::tempdir().unwrap();
-    let tools = Toolchain::detect(dir.path().join("cache")).await;
+    let tools = Toolchain::detect(dir.path().join("cache"));
     let plan = pinned_plan("[server]\npackage = \"npm:@modelcontextprotocol/server-everything\"\n").await;
     let progress = |_l: String| {};
     let installed = install_package(&tools, &dir.path().join("installs"), &plan, &progress).await.unwrap();

@@ -407,11 +407,16 @@ fn from_package_json(text: &str, tree: &dyn Tree) -> Result<Option<Plan>, String
         },
     };
     let _ = tree;
-    Ok(Some(Plan {
-        manifest: "package.json".into(),
-        language: Language::Node,
+    Ok(Some(repository_plan("package.json", Language::Node, Entry::Command { argv })))
+}
+
+/// A plan for a repository source found through its own package manifest (no catwalk.toml).
+fn repository_plan(manifest: &str, language: Language, entry: Entry) -> Plan {
+    Plan {
+        manifest: manifest.into(),
+        language,
         source: Source::Repository,
-        entry: Entry::Command { argv },
+        entry,
         args: Vec::new(),
         transport: Transport::Stdio,
         env: Vec::new(),
@@ -419,7 +424,7 @@ fn from_package_json(text: &str, tree: &dyn Tree) -> Result<Option<Plan>, String
         install_scripts: false,
         runtime: None,
         allowed_origins: Vec::new(),
-    }))
+    }
 }
 
 /// `node dist/index.js --flag` → argv, for start scripts that need no shell.
@@ -450,19 +455,7 @@ fn from_pyproject(text: &str) -> Result<Option<Plan>, String> {
         .and_then(|s| s.as_table())
         .and_then(|s| s.keys().next().cloned())
         .ok_or("pyproject.toml: an MCP server needs a [project.scripts] entry (or add a catwalk.toml with `command`)")?;
-    Ok(Some(Plan {
-        manifest: "pyproject.toml".into(),
-        language: Language::Python,
-        source: Source::Repository,
-        entry: Entry::PackageBin { bin: Some(script) },
-        args: Vec::new(),
-        transport: Transport::Stdio,
-        env: Vec::new(),
-        shared: false,
-        install_scripts: false,
-        runtime: None,
-        allowed_origins: Vec::new(),
-    }))
+    Ok(Some(repository_plan("pyproject.toml", Language::Python, Entry::PackageBin { bin: Some(script) })))
 }
 
 // ---- final checks ------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ pub struct Deployer {
     pub health_timeout: Duration,
     /// Per-token rate limit applied to every deployed app.
     pub rate_limit: Option<crate::gateway::RateLimit>,
+    /// `Origin` values allowed for every app (besides the public URL and each app's own list).
+    pub extra_origins: Vec<String>,
     /// Deploys of one app run one at a time (pushes are also queued by the SSH layer; this covers
     /// rollbacks, restarts and detached deploys).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -114,6 +116,7 @@ impl Deployer {
             ssh_command,
             health_timeout: Duration::from_secs(60),
             rate_limit: None,
+            extra_origins: Vec::new(),
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -129,7 +132,10 @@ impl Deployer {
         let repo = self.dir.repo(&req.app);
         let quarantine: Vec<&Path> = req.quarantine.iter().map(PathBuf::as_path).collect();
         let tree = CommitTree::open(&repo, &quarantine, &req.commit)?;
-        let prepared = self.prepare(&req.app, &req.commit, &req.pusher, &tree, None, &out).await?;
+        let plan = analyse(&tree)?;
+        let secrets_file = tree.read(SECRETS_PATH);
+        let prepared =
+            self.prepare(&req.app, &req.commit, &req.pusher, plan, secrets_file, None, &out).await?;
         if req.dry_run {
             out("-----> dry run: the plan is valid; nothing was deployed and the ref was not updated".into());
             for line in plan_lines(&prepared.release.plan) {
@@ -171,22 +177,22 @@ impl Deployer {
     }
 
     /// Analysis, pinning and secrets: everything that can reject a push before anything runs.
+    /// `plan` comes from the commit's manifests (or the rolled-back release), `secrets_file` is the
+    /// commit's `.catwalk/secrets.age`. (Both are read before any await: git2 handles are not `Sync`.)
+    #[allow(clippy::too_many_arguments)]
     async fn prepare(
         &self,
         app: &AppName,
         commit: &str,
         pusher: &str,
-        tree: &dyn Tree,
+        mut plan: Plan,
+        secrets_file: Option<Vec<u8>>,
         rollback_of: Option<&ReleaseRecord>,
         out: &Output,
     ) -> Result<Prepared, String> {
         let started = Instant::now();
         let short = &commit[..commit.len().min(7)];
         let mut timings = Vec::new();
-        let mut plan = match rollback_of {
-            Some(r) => r.plan.clone(),
-            None => analyse(tree)?,
-        };
         if let Source::Package { registry, name, version } = &mut plan.source
             && rollback_of.is_none()
         {
@@ -202,7 +208,7 @@ impl Deployer {
         }
         timings.push(("analyse".to_string(), started.elapsed().as_millis() as u64));
 
-        let secrets = match tree.read(SECRETS_PATH) {
+        let secrets = match secrets_file {
             Some(bytes) => self.keyring.open(&bytes)?,
             None => Secrets::new(),
         };
@@ -427,12 +433,9 @@ impl Deployer {
                 );
             }
         };
-        Ok(AppRoute {
-            backend,
-            allowed_origins: release.plan.allowed_origins.clone(),
-            shared: release.plan.shared,
-            rate_limit: self.rate_limit,
-        })
+        let mut allowed_origins = release.plan.allowed_origins.clone();
+        allowed_origins.extend(self.extra_origins.iter().cloned());
+        Ok(AppRoute { backend, allowed_origins, shared: release.plan.shared, rate_limit: self.rate_limit })
     }
 
     /// Serves the new route on a private loopback gateway (same code as `/mcp/APP`) and probes it.
@@ -507,14 +510,14 @@ impl Deployer {
         }
         let target = target.clone();
         let repo = self.dir.repo(app);
-        let tree = CommitTree::open(&repo, &[], &target.commit)?;
+        let secrets_file = CommitTree::open(&repo, &[], &target.commit)?.read(SECRETS_PATH);
         out(format!(
             "-----> rolling back {app} to v{} ({})",
             target.version,
             &target.commit[..7.min(target.commit.len())]
         ));
-        let prepared = self.prepare(app, &target.commit, by, &tree, Some(&target), out).await?;
-        drop(tree);
+        let plan = target.plan.clone();
+        let prepared = self.prepare(app, &target.commit, by, plan, secrets_file, Some(&target), out).await?;
         self.store.put_release(&prepared.release).map_err(|e| e.to_string())?;
         let version = self.finish(app, prepared, out).await?;
         move_branch(&repo, branch, &target.commit)?;

@@ -26,23 +26,26 @@ pub struct Toolchain {
     /// Shared download caches so that per-app installs do not refetch the same tarballs.
     pub cache_dir: PathBuf,
     pub install_timeout: Duration,
+    /// Registry mirrors for installs (`npm_config_registry`, `PIP_INDEX_URL`), set from `[deploy]`
+    /// when it names a non-default registry.
+    pub registry_env: Vec<(String, String)>,
     /// How servers and install commands are isolated (activated; see `runtime::sandbox`).
     pub sandbox: std::sync::Arc<SandboxPolicy>,
 }
 
 impl Toolchain {
     /// Finds `node`, `npm` and the real `python3` (through pyenv-style shims) on PATH.
-    pub async fn detect(cache_dir: PathBuf) -> Toolchain {
+    pub fn detect(cache_dir: PathBuf) -> Toolchain {
         let which = |name: &str| {
             std::env::var_os("PATH")
                 .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
                 .unwrap_or_else(|| PathBuf::from(name))
         };
         let python_shim = which("python3");
-        let python = Command::new(&python_shim)
+        let python = std::process::Command::new(&python_shim)
             .args(["-c", "import sys; print(sys.executable)"])
+            .stdin(Stdio::null())
             .output()
-            .await
             .ok()
             .filter(|o| o.status.success())
             .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
@@ -54,22 +57,21 @@ impl Toolchain {
             python,
             cache_dir,
             install_timeout: Duration::from_secs(600),
+            registry_env: Vec::new(),
             sandbox: Default::default(),
         };
         // The default policy never refuses (standard mode); the daemon replaces it with the configured
         // one through `set_sandbox`.
-        let _ = tools.set_sandbox(SandboxPolicy::default()).await;
+        let _ = tools.set_sandbox(SandboxPolicy::default());
         tools
     }
 
-    /// Probes and installs `policy` (plus this toolchain's directories). `Err` only in strict mode when
-    /// the sandbox is unavailable: the daemon must refuse to start with that message.
-    pub async fn set_sandbox(&mut self, policy: SandboxPolicy) -> Result<(), String> {
+    /// Probes (runs one trial sandbox, tens of milliseconds, blocking) and installs `policy` plus this
+    /// toolchain's directories. `Err` only in strict mode when the sandbox is unavailable: the daemon must
+    /// refuse to start with that message.
+    pub fn set_sandbox(&mut self, policy: SandboxPolicy) -> Result<(), String> {
         let policy = policy.with_toolchain(&[self.node.as_path(), self.npm.as_path(), self.python.as_path()]);
-        let active = tokio::task::spawn_blocking(move || policy.activate())
-            .await
-            .map_err(|e| format!("probing the sandbox: {e}"))??;
-        self.sandbox = std::sync::Arc::new(active);
+        self.sandbox = std::sync::Arc::new(policy.activate()?);
         Ok(())
     }
 
@@ -197,6 +199,9 @@ pub async fn install_repository(
                 run(tools, src, &tools.npm, &args, progress).await?;
             }
         }
+        // A script with no requirements runs on the host's Python: no venv to build.
+        Language::Python
+            if !src.join("requirements.txt").exists() && !src.join("pyproject.toml").exists() => {}
         Language::Python => {
             run(tools, src, &tools.python, &["-m".into(), "venv".into(), "venv".into()], progress).await?;
             let pip = src.join("venv/bin/pip");
@@ -387,6 +392,9 @@ async fn run(
         .kill_on_drop(true)
         .process_group(0);
     for (key, value) in host_network_env() {
+        cmd.env(key, value);
+    }
+    for (key, value) in &tools.registry_env {
         cmd.env(key, value);
     }
     let label = format!(

@@ -196,6 +196,12 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         let pid = self.child.id() as i32;
+        // Once the leader has been reaped its pid (and so the group id) may already belong to an unrelated
+        // process, e.g. an MCP server another test's daemon just spawned as a group leader: signal the
+        // group only while the leader is still ours (alive, or a zombie not yet reaped).
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         // SAFETY: kill(2) with a negative pid signals the process group we created in `spawn`; it touches
         // no memory. Errors (group already gone) are expected and ignored.
         unsafe {

@@ -1,0 +1,201 @@
+//! `apps`, `apps create`, `apps destroy`, `info`.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::render::{table, time};
+use super::{CmdResult, Ctx, Failure};
+use crate::git;
+use crate::names::AppName;
+use crate::store::{AppRecord, now};
+
+#[derive(Subcommand, Debug)]
+pub enum AppsCmd {
+    /// List apps.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an empty app you own (a first `git push` does this too).
+    Create {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an app: its repository, its record and its tokens. Needs `--confirm NAME`.
+    Destroy {
+        name: String,
+        /// The app's name again, to confirm.
+        #[arg(long, required = true)]
+        confirm: String,
+    },
+}
+
+pub async fn run(ctx: &Ctx<'_>, action: Option<AppsCmd>, json: bool) -> CmdResult {
+    match action {
+        None => list(ctx, json),
+        Some(AppsCmd::List { json: j }) => list(ctx, json || j),
+        Some(AppsCmd::Create { name, json: j }) => create(ctx, &name, json || j),
+        Some(AppsCmd::Destroy { name, confirm }) => destroy(ctx, &name, &confirm).await,
+    }
+}
+
+fn app_json(ctx: &Ctx<'_>, app: &AppRecord) -> serde_json::Value {
+    let daemon = ctx.daemon;
+    let branch = git::push::deploy_branch(daemon, Some(app));
+    let head = AppName::parse(&app.name).ok().and_then(|n| git::branch_head(&daemon.dir.repo(&n), &branch));
+    let live = daemon.store.live_release(&app.name).ok().flatten();
+    json!({
+        "name": app.name,
+        "live_release": live.as_ref().map(super::releases::release_json),
+        "owners": app.owners,
+        "created_at": app.created_at,
+        "created_by": app.created_by,
+        "deploy_branch": branch,
+        "head": head,
+        "endpoint": format!("{}/mcp/{}", daemon.config.public_url(), app.name),
+    })
+}
+
+fn list(ctx: &Ctx<'_>, json: bool) -> CmdResult {
+    let apps: Vec<AppRecord> =
+        ctx.daemon.store.apps()?.into_iter().filter(|a| ctx.who.can_manage(a)).collect();
+    if json {
+        ctx.json(&json!(apps.iter().map(|a| app_json(ctx, a)).collect::<Vec<_>>()));
+        return Ok(());
+    }
+    if apps.is_empty() {
+        ctx.out.line(
+            "no apps yet; push one: git remote add catwalk ssh://git@HOST:PORT/NAME && git push catwalk main",
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| {
+            let v = app_json(ctx, a);
+            vec![
+                a.name.clone(),
+                v["head"].as_str().map(|h| h[..h.len().min(12)].to_string()).unwrap_or_else(|| "-".into()),
+                a.owners.join(","),
+                v["endpoint"].as_str().unwrap_or_default().to_string(),
+            ]
+        })
+        .collect();
+    ctx.out.out(table(&["NAME", "HEAD", "OWNERS", "ENDPOINT"], &rows));
+    Ok(())
+}
+
+fn create(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
+    let app = AppName::parse(name).map_err(|e| Failure::Error(e.to_string()))?;
+    let daemon = ctx.daemon;
+    let record = AppRecord {
+        name: app.to_string(),
+        created_at: now(),
+        created_by: ctx.who.name.clone(),
+        owners: vec![ctx.who.name.clone()],
+        deploy_branch: None,
+        allowed_origins: Vec::new(),
+    };
+    daemon.store.create_app(&record)?;
+    git::ensure_repo(&daemon.dir, &daemon.config, &app, &daemon.config.git.deploy_branch)
+        .map_err(|e| Failure::Error(format!("{e:#}")))?;
+    if json {
+        ctx.json(&app_json(ctx, &record));
+    } else {
+        let (host, port) = daemon.config.ssh_host_port();
+        ctx.out.line(format!("created app {app}"));
+        ctx.out.line(format!("  git remote add catwalk ssh://git@{host}:{port}/{app}"));
+        ctx.out.line(format!("  git push catwalk {}", daemon.config.git.deploy_branch));
+    }
+    Ok(())
+}
+
+async fn destroy(ctx: &Ctx<'_>, name: &str, confirm: &str) -> CmdResult {
+    let record = ctx.managed_app(name, "apps destroy")?;
+    if confirm != record.name {
+        return Err(Failure::Error(format!(
+            "--confirm {confirm:?} does not match; to destroy {0} run: apps destroy {0} --confirm {0}",
+            record.name
+        )));
+    }
+    let app = AppName::parse(&record.name).map_err(|e| Failure::Error(e.to_string()))?;
+    let daemon = ctx.daemon;
+    // Never pull a repository from under a running push: wait for it like a push would.
+    let _guard = daemon
+        .locks
+        .acquire(&app, &ctx.who.name, |holder| {
+            ctx.out.eline(format!("waiting: queued behind {}", holder.describe()))
+        })
+        .await;
+    daemon.deployer.destroy(&app).map_err(Failure::Error)?;
+    daemon.store.destroy_app(app.as_str())?;
+    for path in [daemon.dir.repo(&app), daemon.dir.app(&app)] {
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| Failure::Error(format!("removing {}: {e}", path.display())))?;
+        }
+    }
+    ctx.out.line(format!("destroyed app {app} (repository, record and tokens)"));
+    Ok(())
+}
+
+pub fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
+    let record = ctx.managed_app(name, "info")?;
+    let mut value = app_json(ctx, &record);
+    let app = AppName::parse(&record.name).map_err(|e| Failure::Error(e.to_string()))?;
+    let repo = ctx.daemon.dir.repo(&app);
+    let last = ctx.daemon.store.pushes(Some(&record.name), 1)?.into_iter().next();
+    value["repository"] = json!(repo.display().to_string());
+    value["last_push"] = match &last {
+        Some(p) => json!({
+            "key": p.key, "at": p.at, "ref": p.refname, "old": p.old, "new": p.new,
+            "options": p.options, "verdict": p.verdict,
+        }),
+        None => serde_json::Value::Null,
+    };
+    if json {
+        ctx.json(&value);
+        return Ok(());
+    }
+    let out = ctx.out;
+    out.line(format!("app:        {}", record.name));
+    out.line(format!("owners:     {}", record.owners.join(", ")));
+    out.line(format!("created:    {} by {}", time(record.created_at), record.created_by));
+    out.line(format!("repository: {}", repo.display()));
+    out.line(format!(
+        "head:       {} ({})",
+        value["head"].as_str().unwrap_or("(nothing pushed yet)"),
+        value["deploy_branch"].as_str().unwrap_or_default()
+    ));
+    match last {
+        Some(p) => {
+            let opts =
+                if p.options.is_empty() { String::new() } else { format!(" -o {}", p.options.join(" -o ")) };
+            out.line(format!(
+                "last push:  {} by {} at {}: {}{opts}",
+                &p.new[..p.new.len().min(12)],
+                p.key,
+                time(p.at),
+                p.verdict
+            ));
+        }
+        None => out.line("last push:  none"),
+    }
+    match ctx.daemon.store.live_release(&record.name)? {
+        Some(r) => {
+            out.line(format!(
+                "live:       v{} ({}) {}",
+                r.version,
+                &r.commit[..r.commit.len().min(7)],
+                r.plan.describe()
+            ));
+            if let Some(i) = &r.introspection {
+                out.line(format!("serves:     {}", crate::pipeline::deploy::describe_introspection(i)));
+            }
+        }
+        None => out.line("live:       no release is live"),
+    }
+    out.line(format!("endpoint:   {}", value["endpoint"].as_str().unwrap_or_default()));
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The one command grammar, served over SSH exec (`ssh -p PORT git@HOST apps`) and the local CLI
+//! (`catwalk --dir DIR apps`, through the control socket).
+//!
+//! Commands never see their transport: they get an [`Identity`], argv, an [`Input`] and an [`Output`],
+//! and return an exit code (0 ok, 1 failure or permission denied, 2 usage error).
+
+mod apps;
+mod keys;
+mod releases;
+mod render;
+mod tokens;
+
+use clap::{Parser, Subcommand};
+
+use crate::daemon::Daemon;
+use crate::identity::Identity;
+use crate::output::{Input, Output};
+
+/// Exit code of a usage error (unknown command, bad arguments), as with clap and most Unix tools.
+pub const USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "catwalk",
+    no_binary_name = true,
+    disable_version_flag = true,
+    about = "catwalk: git push an MCP server. Commands (run over ssh, or locally with `catwalk --dir DIR`):",
+    after_help = "Deploy: git remote add catwalk ssh://git@HOST:PORT/APP && git push catwalk main"
+)]
+pub struct Grammar {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Print catwalk's version.
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the key you are authenticated as and its role.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List apps (all for admins, your own for deployers); create or destroy one.
+    Apps {
+        #[command(subcommand)]
+        action: Option<apps::AppsCmd>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an app: repository, deployed sha, last push, owners, endpoint.
+    Info {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an app's releases (newest first) with their status, commit and source.
+    Releases {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier release live again (default: the one before the current), through the health gate.
+    Rollback {
+        app: String,
+        /// The release to return to, e.g. v2 (see `releases APP`).
+        version: Option<String>,
+    },
+    /// End an app's sessions so the next request starts fresh server processes.
+    Restart { app: String },
+    /// Show an app's server stderr and lifecycle events.
+    Logs {
+        app: String,
+        /// Keep printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent lines to print first.
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: usize,
+    },
+    /// Manage the SSH keys allowed in (admins only).
+    Keys {
+        #[command(subcommand)]
+        action: keys::KeysCmd,
+    },
+    /// Manage access tokens of an app's MCP endpoint (admins and the app's owners).
+    Tokens {
+        #[command(subcommand)]
+        action: tokens::TokensCmd,
+    },
+    /// The daemon's age recipient, to encrypt `.catwalk/secrets.age`.
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCmd {
+    /// Print the age recipient (public key) that pushed secrets must be encrypted to.
+    Pubkey,
+}
+
+/// Parses and runs one command line. Usage errors print the usage and return [`USAGE`].
+pub async fn run(daemon: &Daemon, who: &Identity, argv: &[String], input: &mut Input, out: &Output) -> i32 {
+    let grammar = match Grammar::try_parse_from(argv) {
+        Ok(g) => g,
+        Err(e) => {
+            let text = e.render().to_string();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                | clap::error::ErrorKind::DisplayVersion => {
+                    out.out(text);
+                    if e.kind() == clap::error::ErrorKind::DisplayHelp { 0 } else { USAGE }
+                }
+                _ => {
+                    out.err(text);
+                    USAGE
+                }
+            };
+        }
+    };
+    let ctx = Ctx { daemon, who, out };
+    let result = match grammar.command {
+        Cmd::Version { json } => {
+            let version = env!("CARGO_PKG_VERSION");
+            if json {
+                ctx.json(&serde_json::json!({ "version": version }));
+            } else {
+                out.line(format!("catwalk {version}"));
+            }
+            Ok(())
+        }
+        Cmd::Whoami { json } => {
+            if json {
+                ctx.json(&serde_json::json!({
+                    "name": who.name, "role": who.role.as_str(), "fingerprint": who.fingerprint,
+                }));
+            } else {
+                out.line(format!(
+                    "{} ({}){}",
+                    who.name,
+                    who.role.as_str(),
+                    who.fingerprint.as_deref().map(|f| format!(" {f}")).unwrap_or_default()
+                ));
+            }
+            Ok(())
+        }
+        Cmd::Apps { action, json } => apps::run(&ctx, action, json).await,
+        Cmd::Info { app, json } => apps::info(&ctx, &app, json),
+        Cmd::Releases { app, json } => releases::releases(&ctx, &app, json),
+        Cmd::Rollback { app, version } => releases::rollback(&ctx, &app, version.as_deref()).await,
+        Cmd::Restart { app } => releases::restart(&ctx, &app),
+        Cmd::Logs { app, follow, lines } => releases::logs(&ctx, &app, follow, lines).await,
+        Cmd::Keys { action } => keys::run(&ctx, action, input).await,
+        Cmd::Tokens { action } => tokens::run(&ctx, action),
+        Cmd::Secrets { action: SecretsCmd::Pubkey } => match crate::init::age_recipient(&daemon.dir) {
+            Ok(recipient) => {
+                out.line(recipient);
+                Ok(())
+            }
+            Err(e) => Err(Failure::Error(format!("{e:#}"))),
+        },
+    };
+    match result {
+        Ok(()) => 0,
+        Err(Failure::Error(message)) => {
+            out.eline(format!("catwalk: {message}"));
+            1
+        }
+        Err(Failure::Denied(message)) => {
+            out.eline(format!("catwalk: permission denied: {message}"));
+            1
+        }
+    }
+}
+
+/// Why a command failed; both exit 1, worded differently.
+pub enum Failure {
+    Error(String),
+    Denied(String),
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+/// What every command handler gets.
+pub struct Ctx<'a> {
+    pub daemon: &'a Daemon,
+    pub who: &'a Identity,
+    pub out: &'a Output,
+}
+
+impl Ctx<'_> {
+    /// Prints `value` as pretty JSON on stdout.
+    pub fn json(&self, value: &serde_json::Value) {
+        self.out.line(serde_json::to_string_pretty(value).expect("JSON values serialise"));
+    }
+
+    /// Refuses non-admins, naming the command and the role needed.
+    pub fn require_admin(&self, what: &str) -> CmdResult {
+        if self.who.is_admin() {
+            Ok(())
+        } else {
+            Err(Failure::Denied(format!("`{what}` needs the admin role (you are {})", self.who.describe())))
+        }
+    }
+
+    /// Loads `name` and checks that the caller manages it. Unknown and foreign apps get the same answer
+    /// for deployers, so app names of other tenants do not leak.
+    pub fn managed_app(&self, name: &str, what: &str) -> Result<crate::store::AppRecord, Failure> {
+        let app = crate::names::AppName::parse(name).map_err(|e| Failure::Error(e.to_string()))?;
+        match self.daemon.store.app(app.as_str())? {
+            Some(record) if self.who.can_manage(&record) => Ok(record),
+            Some(_) => Err(Failure::Denied(format!(
+                "`{what}` on app {app} needs the admin role or ownership of the app (you are {})",
+                self.who.describe()
+            ))),
+            None => Err(Failure::Error(format!("no app named {app} (see `apps`)"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Grammar, clap::Error> {
+        Grammar::try_parse_from(shell_words::split(s).unwrap())
+    }
+
+    #[test]
+    fn grammar_parses_the_documented_commands() {
+        for ok in [
+            "help",
+            "version",
+            "whoami --json",
+            "apps",
+            "apps --json",
+            "apps list --json",
+            "apps create hello",
+            "apps destroy hello --confirm hello",
+            "info hello --json",
+            "keys list --json",
+            "keys add bob --role deployer",
+            "keys remove bob",
+            "tokens create hello --name laptop --expires 30d --json",
+            "tokens list hello",
+            "tokens revoke hello abcd1234",
+            "secrets pubkey",
+            "releases hello --json",
+            "rollback hello",
+            "rollback hello v2",
+            "restart hello",
+            "logs hello -f -n 5",
+        ] {
+            let r = parse(ok);
+            assert!(
+                r.is_ok() || r.as_ref().unwrap_err().kind() == clap::error::ErrorKind::DisplayHelp,
+                "{ok}"
+            );
+        }
+        for bad in ["", "frobnicate", "apps destroy hello", "keys add bob", "tokens create", "apps --bogus"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Release commands: `releases APP`, `rollback APP [vN]`, `restart APP`, `logs APP [-f] [-n N]`.
+
+use serde_json::json;
+
+use super::render::{table, time};
+use super::{CmdResult, Ctx, Failure};
+use crate::gateway::{LogKind, LogLine};
+use crate::names::AppName;
+use crate::store::ReleaseRecord;
+
+fn app_name(ctx: &Ctx<'_>, name: &str, what: &str) -> Result<AppName, Failure> {
+    let record = ctx.managed_app(name, what)?;
+    AppName::parse(&record.name).map_err(|e| Failure::Error(e.to_string()))
+}
+
+/// The JSON form of a release (never secret values: names and digests only).
+pub fn release_json(r: &ReleaseRecord) -> serde_json::Value {
+    json!({
+        "version": r.version,
+        "commit": r.commit,
+        "status": r.status,
+        "created_at": r.created_at,
+        "pusher": r.pusher,
+        "source": r.plan.describe(),
+        "plan": r.plan,
+        "secrets": r.secrets.keys().collect::<Vec<_>>(),
+        "runtime": r.runtime,
+        "timings_ms": r.timings.iter().map(|(k, v)| json!({"step": k, "ms": v})).collect::<Vec<_>>(),
+        "introspection": r.introspection,
+        "error": r.error,
+        "rollback_of": r.rollback_of,
+    })
+}
+
+pub fn releases(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
+    let app = app_name(ctx, name, "releases")?;
+    let releases = ctx.daemon.store.releases(app.as_str())?;
+    if json {
+        ctx.json(&json!(releases.iter().map(release_json).collect::<Vec<_>>()));
+        return Ok(());
+    }
+    if releases.is_empty() {
+        ctx.out.line(format!("{app} has no releases yet: git push to deploy"));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = releases
+        .iter()
+        .map(|r| {
+            let status = match r.status {
+                crate::store::ReleaseStatus::Live => "live",
+                crate::store::ReleaseStatus::Deploying => "deploying",
+                crate::store::ReleaseStatus::Failed => "failed",
+                crate::store::ReleaseStatus::Superseded => "superseded",
+            };
+            let note = match (&r.error, r.rollback_of, &r.introspection) {
+                (Some(e), _, _) => e.lines().next().unwrap_or_default().chars().take(60).collect(),
+                (None, Some(v), _) => format!("rollback to v{v}"),
+                (None, None, Some(i)) => format!("{} tools", i.tools.len()),
+                _ => String::new(),
+            };
+            vec![
+                format!("v{}", r.version),
+                status.to_string(),
+                r.commit[..r.commit.len().min(7)].to_string(),
+                time(r.created_at),
+                r.pusher.clone(),
+                r.plan.describe(),
+                note,
+            ]
+        })
+        .collect();
+    ctx.out.out(table(&["release", "status", "commit", "created", "by", "source", "note"], &rows));
+    Ok(())
+}
+
+/// `v3` or `3`.
+fn parse_version(v: &str) -> Result<u32, Failure> {
+    v.strip_prefix('v')
+        .unwrap_or(v)
+        .parse()
+        .map_err(|_| Failure::Error(format!("{v:?} is not a release (use vN, e.g. v2; see `releases APP`)")))
+}
+
+pub async fn rollback(ctx: &Ctx<'_>, name: &str, version: Option<&str>) -> CmdResult {
+    let app = app_name(ctx, name, "rollback")?;
+    let version = version.map(parse_version).transpose()?;
+    let record =
+        ctx.daemon.store.app(app.as_str())?.ok_or_else(|| Failure::Error(format!("no app {app}")))?;
+    let branch = crate::git::push::deploy_branch(ctx.daemon, Some(&record));
+    // Serialised with pushes: a rollback moves the branch, so no push may be mid-flight.
+    let waiting = ctx.out.clone();
+    let _guard = ctx
+        .daemon
+        .locks
+        .acquire(&app, &ctx.who.name, |holder| {
+            waiting.line(format!("queued behind {}'s push", holder.pusher));
+        })
+        .await;
+    let out = ctx.out.clone();
+    let sink: crate::pipeline::deploy::Output = std::sync::Arc::new(move |line: String| out.line(line));
+    let version = ctx
+        .daemon
+        .deployer
+        .rollback(&app, version, &ctx.who.name, &branch, &sink)
+        .await
+        .map_err(Failure::Error)?;
+    ctx.out.line(format!("-----> {app} v{version} is live"));
+    Ok(())
+}
+
+pub fn restart(ctx: &Ctx<'_>, name: &str) -> CmdResult {
+    let app = app_name(ctx, name, "restart")?;
+    ctx.daemon.deployer.restart(&app).map_err(Failure::Error)?;
+    ctx.out.line(format!("{app}: sessions ended; the next request starts fresh processes"));
+    Ok(())
+}
+
+fn log_line(line: &LogLine) -> String {
+    let at = line.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let kind = match line.kind {
+        LogKind::Stderr => "stderr",
+        LogKind::Event => "event ",
+    };
+    format!("{} {kind} {}", time(at), line.text)
+}
+
+pub async fn logs(ctx: &Ctx<'_>, name: &str, follow: bool, lines: usize) -> CmdResult {
+    let app = app_name(ctx, name, "logs")?;
+    let logs = ctx.daemon.gateway.logs();
+    if !follow {
+        for line in logs.tail(app.as_str(), lines) {
+            ctx.out.line(log_line(&line));
+        }
+        return Ok(());
+    }
+    let (backlog, mut rx) = logs.subscribe(app.as_str(), lines);
+    for line in &backlog {
+        ctx.out.line(log_line(line));
+    }
+    loop {
+        tokio::select! {
+            _ = ctx.daemon.shutdown.cancelled() => return Ok(()),
+            _ = ctx.out.closed() => return Ok(()),
+            next = rx.recv() => match next {
+                Ok(line) => ctx.out.line(log_line(&line)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    ctx.out.line(format!("... {n} lines skipped (the reader was too slow)"));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+        }
+    }
+}

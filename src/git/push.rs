@@ -1,0 +1,291 @@
+//! The push gate: what catwalk decides between "objects received" and "ref updated".
+//!
+//! `git receive-pack` runs the `pre-receive` hook after the pushed objects are in the quarantine
+//! directory and before any ref moves; the hook asks the daemon ([`pre_receive`]) over the control socket
+//! and git updates the refs only if the answer is "accept". So whatever runs inside [`pre_receive`] runs
+//! while the previous ref (and so the previous release) is still in place, and can stream its steps to the
+//! pusher through [`Progress`]. That is where the deploy pipeline plugs in (see the marked step below):
+//! a pipeline failure becomes a rejection, and the ref on the server keeps naming the live release.
+//!
+//! [`post_receive`] runs after the refs moved and only prints the summary.
+
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::Daemon;
+use crate::git::locks::{PushSession, short_sha};
+use crate::identity::Identity;
+use crate::output::Progress;
+use crate::store::{AppRecord, PushRecord, now};
+
+/// One line of the hook's stdin: `old new refname`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefUpdate {
+    pub old: String,
+    pub new: String,
+    #[serde(rename = "ref")]
+    pub refname: String,
+}
+
+impl RefUpdate {
+    /// Parses `old new refname`.
+    pub fn parse(line: &str) -> Option<RefUpdate> {
+        let mut parts = line.split_whitespace();
+        let (old, new, refname) = (parts.next()?, parts.next()?, parts.next()?);
+        let is_sha = |s: &str| matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if parts.next().is_some() || !is_sha(old) || !is_sha(new) {
+            return None;
+        }
+        Some(RefUpdate { old: old.into(), new: new.into(), refname: refname.into() })
+    }
+
+    pub fn is_delete(&self) -> bool {
+        self.new.bytes().all(|b| b == b'0')
+    }
+
+    pub fn is_create(&self) -> bool {
+        self.old.bytes().all(|b| b == b'0')
+    }
+}
+
+/// The environment git gives the pre-receive hook to read the not-yet-accepted objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEnv {
+    /// `GIT_QUARANTINE_PATH`: the directory holding the pushed objects.
+    pub quarantine_path: Option<String>,
+    /// `GIT_OBJECT_DIRECTORY`.
+    pub object_directory: Option<String>,
+    /// `GIT_ALTERNATE_OBJECT_DIRECTORIES` (the repository's own objects).
+    pub alternate_object_directories: Option<String>,
+}
+
+impl QuarantineEnv {
+    /// The directories holding the pushed objects: the quarantine object directory (and the
+    /// repository's own, which the bare repository already reads).
+    pub fn object_dirs(&self) -> Vec<std::path::PathBuf> {
+        let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+        if let Some(dir) = &self.object_directory {
+            dirs.push(dir.into());
+        } else if let Some(dir) = &self.quarantine_path {
+            dirs.push(dir.into());
+        }
+        dirs
+    }
+}
+
+/// Everything the gate knows about one push.
+pub struct PushContext<'a> {
+    pub daemon: &'a Daemon,
+    pub push: &'a PushSession,
+    pub updates: Vec<RefUpdate>,
+    /// `git push -o key=value` options, in order.
+    pub options: Vec<String>,
+    pub quarantine: QuarantineEnv,
+    /// Streams lines to the pusher (they appear as `remote:` lines).
+    pub progress: Progress,
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Refused, with the reason shown to the pusher and recorded.
+    Reject(String),
+}
+
+/// Decides whether the push may update its refs; records every pushed ref with the verdict.
+pub async fn pre_receive(ctx: &PushContext<'_>) -> Verdict {
+    let app = &ctx.push.app;
+    let who = &ctx.push.pusher;
+    let progress = &ctx.progress;
+    let verdict = match check(ctx) {
+        Err(reason) => Verdict::Reject(reason),
+        Ok(update) => {
+            ctx.push.guard.set_sha(&update.new);
+            progress.step(format!("{app}: received {} from {}", short_sha(&update.new), who.name));
+            if !ctx.options.is_empty() {
+                progress.detail(format!("push options: {}", ctx.options.join(", ")));
+            }
+            // The objects of `update.new` are readable through `ctx.quarantine`; the ref has not moved.
+            // The pipeline streams its steps through `progress`; any failure becomes a rejection.
+            match ensure_app(ctx) {
+                Ok(()) => deploy(ctx, update).await,
+                Err(e) => Verdict::Reject(e),
+            }
+        }
+    };
+    if let Verdict::Reject(reason) = &verdict {
+        for line in reason.lines() {
+            progress.error(line);
+        }
+    }
+    record(ctx, &verdict);
+    verdict
+}
+
+/// Prints what was deployed and how to reach it.
+pub async fn post_receive(ctx: &PushContext<'_>) {
+    // The pipeline already printed the release, its endpoint and the token hint; close with the ref
+    // update and the whole push's duration.
+    let app = &ctx.push.app;
+    for update in ctx.updates.iter().filter(|u| !u.is_delete()) {
+        ctx.progress.step(format!(
+            "{app}: {} now at {} (push took {:.1}s)",
+            branch_of(&update.refname),
+            short_sha(&update.new),
+            ctx.push.started.elapsed().as_secs_f64()
+        ));
+    }
+}
+
+/// The deploy branch of an app (its own setting, else the daemon's).
+pub fn deploy_branch(daemon: &Daemon, app: Option<&AppRecord>) -> String {
+    app.and_then(|a| a.deploy_branch.clone()).unwrap_or_else(|| daemon.config.git.deploy_branch.clone())
+}
+
+/// Whether `who` may push to `app` (`None`: the app does not exist yet and would be created).
+pub fn may_push(who: &Identity, app: Option<&AppRecord>) -> Result<(), String> {
+    match app {
+        Some(record) if !who.can_manage(record) => Err(format!(
+            "key {} may not push to app {}: it belongs to {}. Ask an admin to add you as an owner, or push under another name.",
+            who.describe(),
+            record.name,
+            if record.owners.is_empty() { "the admins".to_string() } else { record.owners.join(", ") }
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The policy of this issue: one update, to the deploy branch, not a deletion, by a key with rights.
+fn check<'u>(ctx: &'u PushContext<'_>) -> Result<&'u RefUpdate, String> {
+    let daemon = ctx.daemon;
+    let app = &ctx.push.app;
+    let record = daemon.store.app(app.as_str()).map_err(|e| format!("cannot read app {app}: {e}"))?;
+    may_push(&ctx.push.pusher, record.as_ref())?;
+    let branch = deploy_branch(daemon, record.as_ref());
+    let deploy_ref = format!("refs/heads/{branch}");
+    let mut target = None;
+    for update in &ctx.updates {
+        if update.refname.starts_with("refs/tags/") {
+            return Err(format!(
+                "tags are not deployed ({}); push the branch instead: git push catwalk HEAD:{branch}",
+                update.refname
+            ));
+        }
+        if update.refname != deploy_ref {
+            return Err(format!(
+                "catwalk deploys only branch {branch} of {app}; {} was refused.\nPush your work to it with: git push catwalk HEAD:{branch}",
+                update.refname
+            ));
+        }
+        if update.is_delete() {
+            return Err(format!(
+                "deleting {branch}, the deploy branch of {app}, is refused; to remove the app run: apps destroy {app} --confirm {app}"
+            ));
+        }
+        target = Some(update);
+    }
+    target.ok_or_else(|| "the push updates no ref".to_string())
+}
+
+/// Creates the app record on the first accepted push, with the pusher as owner.
+/// Runs the deploy pipeline for an accepted update (see `pipeline::deploy`).
+async fn deploy(ctx: &PushContext<'_>, update: &RefUpdate) -> Verdict {
+    let progress = ctx.progress.clone();
+    let out: crate::pipeline::deploy::Output = std::sync::Arc::new(move |line: String| {
+        if let Some(rest) = line.strip_prefix("-----> ") {
+            progress.step(rest);
+        } else if let Some(rest) = line.strip_prefix("       ") {
+            progress.detail(rest);
+        } else {
+            progress.detail(line);
+        }
+    });
+    let option = |name: &str| ctx.options.iter().any(|o| o == name || o.strip_prefix(name) == Some("=true"));
+    let quarantine = ctx.quarantine.object_dirs();
+    let request = crate::pipeline::deploy::PushDeploy {
+        app: ctx.push.app.clone(),
+        commit: update.new.clone(),
+        pusher: ctx.push.pusher.name.clone(),
+        quarantine,
+        dry_run: option("dry-run"),
+        detach: option("async"),
+    };
+    match ctx.daemon.deployer.push(request, out).await {
+        Ok(crate::pipeline::deploy::Outcome::DryRun) => {
+            Verdict::Reject("dry run (-o dry-run): the push was validated; the ref was not updated".into())
+        }
+        Ok(_) => Verdict::Accept,
+        Err(e) => Verdict::Reject(e),
+    }
+}
+
+fn ensure_app(ctx: &PushContext<'_>) -> Result<(), String> {
+    let store = &ctx.daemon.store;
+    let app = &ctx.push.app;
+    match store.app(app.as_str()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let record = AppRecord {
+                name: app.to_string(),
+                created_at: now(),
+                created_by: ctx.push.pusher.name.clone(),
+                owners: vec![ctx.push.pusher.name.clone()],
+                deploy_branch: None,
+                allowed_origins: Vec::new(),
+            };
+            match store.create_app(&record) {
+                Ok(()) => {
+                    ctx.progress.step(format!("created app {app} (owner: {})", ctx.push.pusher.name));
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot create app {app}: {e}")),
+            }
+        }
+        Err(e) => Err(format!("cannot read app {app}: {e}")),
+    }
+}
+
+fn record(ctx: &PushContext<'_>, verdict: &Verdict) {
+    let verdict = match verdict {
+        Verdict::Accept => "accepted".to_string(),
+        Verdict::Reject(reason) => format!("rejected: {}", reason.lines().next().unwrap_or_default()),
+    };
+    for update in &ctx.updates {
+        let record = PushRecord {
+            seq: 0,
+            app: ctx.push.app.to_string(),
+            refname: update.refname.clone(),
+            old: update.old.clone(),
+            new: update.new.clone(),
+            key: ctx.push.pusher.name.clone(),
+            at: now(),
+            options: ctx.options.clone(),
+            verdict: verdict.clone(),
+        };
+        if let Err(e) = ctx.daemon.store.record_push(record) {
+            tracing::error!("recording a push of {}: {e}", ctx.push.app);
+        }
+    }
+}
+
+fn branch_of(refname: &str) -> &str {
+    refname.strip_prefix("refs/heads/").unwrap_or(refname)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The all-zero sha git uses for "no object" (creation or deletion).
+    const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
+
+    #[test]
+    fn parses_update_lines() {
+        let old = "a".repeat(40);
+        let u = RefUpdate::parse(&format!("{old} {ZERO_SHA} refs/heads/main")).unwrap();
+        assert!(u.is_delete() && !u.is_create());
+        assert!(RefUpdate::parse("x y refs/heads/main").is_none());
+        assert!(RefUpdate::parse(&format!("{old} {old}")).is_none());
+        assert!(RefUpdate::parse(&format!("{old} {old} refs/heads/main extra")).is_none());
+    }
+}

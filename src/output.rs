@@ -1,0 +1,135 @@
+//! Transport-independent input and output of a command or a push step.
+//!
+//! Commands and the push gate never see an SSH channel or a Unix socket: they write to an [`Output`]
+//! (stdout/stderr chunks sent down a channel) and read from an [`Input`]. The SSH layer turns output into
+//! channel data / extended data; the control socket turns it into JSON frames. That is what keeps "one
+//! grammar over SSH and the local CLI" true by construction.
+
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+/// Which of the two client streams a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A cheap, cloneable writer of stdout/stderr chunks. Writes after the reader went away are dropped:
+/// a client that hung up does not make a command fail half-way.
+#[derive(Clone, Debug)]
+pub struct Output {
+    tx: mpsc::UnboundedSender<(Stream, String)>,
+}
+
+/// The receiving end of an [`Output`].
+pub type OutputReceiver = mpsc::UnboundedReceiver<(Stream, String)>;
+
+impl Output {
+    pub fn channel() -> (Output, OutputReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Output { tx }, rx)
+    }
+
+    /// Writes `text` to stdout as is.
+    pub fn out(&self, text: impl Into<String>) {
+        let _ = self.tx.send((Stream::Stdout, text.into()));
+    }
+
+    /// Writes `text` to stderr as is.
+    pub fn err(&self, text: impl Into<String>) {
+        let _ = self.tx.send((Stream::Stderr, text.into()));
+    }
+
+    /// Resolves when the reader went away (the client disconnected): followers stop then.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Writes one line to stdout.
+    pub fn line(&self, text: impl AsRef<str>) {
+        self.out(format!("{}\n", text.as_ref()));
+    }
+
+    /// Writes one line to stderr.
+    pub fn eline(&self, text: impl AsRef<str>) {
+        self.err(format!("{}\n", text.as_ref()));
+    }
+}
+
+/// Progress lines of a push, in the `-----> step` style git users know from Heroku/Dokku, with the time
+/// since the push started so slow steps are visible to the pusher.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    out: Output,
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new(out: Output) -> Progress {
+        Progress { out, started: Instant::now() }
+    }
+
+    /// A headline: `-----> text`.
+    pub fn step(&self, text: impl AsRef<str>) {
+        self.out.line(format!("-----> {}", text.as_ref()));
+    }
+
+    /// A detail under the current step.
+    pub fn detail(&self, text: impl AsRef<str>) {
+        self.out.line(format!("       {}", text.as_ref()));
+    }
+
+    /// A headline with the elapsed time: `-----> text (0.12s)`.
+    pub fn timed(&self, text: impl AsRef<str>) {
+        let secs = self.started.elapsed().as_secs_f64();
+        self.out.line(format!("-----> {} ({secs:.2}s)", text.as_ref()));
+    }
+
+    /// A refusal, on its own marked line.
+    pub fn error(&self, text: impl AsRef<str>) {
+        self.out.line(format!(" !     {}", text.as_ref()));
+    }
+
+    pub fn output(&self) -> &Output {
+        &self.out
+    }
+}
+
+/// The standard input of a command, read only when a command needs it (`keys add`). Reading it lazily
+/// matters: `ssh host apps` from a terminal never sends EOF, so a command must not wait for stdin it does
+/// not use.
+pub struct Input {
+    rx: Option<mpsc::Receiver<Vec<u8>>>,
+    /// Asks the transport to start sending stdin (the control socket only sends it on request).
+    request: Option<oneshot::Sender<()>>,
+}
+
+impl Input {
+    /// An input fed by `rx` (closed = EOF); `request` fires on the first read.
+    pub fn new(rx: mpsc::Receiver<Vec<u8>>, request: Option<oneshot::Sender<()>>) -> Input {
+        Input { rx: Some(rx), request }
+    }
+
+    /// An input that is always empty.
+    pub fn empty() -> Input {
+        Input { rx: None, request: None }
+    }
+
+    /// Reads stdin to its end, refusing more than `limit` bytes.
+    pub async fn read_all(&mut self, limit: usize) -> Result<Vec<u8>, String> {
+        if let Some(request) = self.request.take() {
+            let _ = request.send(());
+        }
+        let Some(rx) = self.rx.as_mut() else { return Ok(Vec::new()) };
+        let mut buf = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            buf.extend_from_slice(&chunk);
+            if buf.len() > limit {
+                return Err(format!("standard input is larger than {limit} bytes"));
+            }
+        }
+        Ok(buf)
+    }
+}

@@ -1,0 +1,466 @@
+//! Push to deploy, end to end: real git over SSH into the real daemon, real registries, real MCP clients.
+//! Every rejection checks that the server's ref did not move and that the previous release still answers.
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/deps.rs"]
+mod deps;
+#[path = "common/mcp.rs"]
+mod mcp;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use daemon::{Daemon, WorkTree, ok, stderr, stdout};
+use mcp::Mcp;
+use serde_json::{Value, json};
+
+fn token(d: &Daemon, app: &str) -> String {
+    let out = d.ssh(&d.admin, &format!("tokens create {app} --name test --json"), "");
+    let v: Value = serde_json::from_str(&ok(&out)).expect("tokens create --json");
+    v["token"].as_str().unwrap().to_string()
+}
+
+fn endpoint(d: &Daemon, app: &str) -> String {
+    format!("http://{}/mcp/{app}", d.http_addr)
+}
+
+fn push(wt: &WorkTree, d: &Daemon, args: &[&str]) -> (bool, String) {
+    let out = wt.push(d, &d.admin, args);
+    (out.status.success(), format!("{}{}", stdout(&out), stderr(&out)))
+}
+
+fn releases(d: &Daemon, app: &str) -> Vec<Value> {
+    serde_json::from_str(&ok(&d.ssh(&d.admin, &format!("releases {app} --json"), ""))).unwrap()
+}
+
+/// The fixture app answers: initialize with a token, then `echo`.
+async fn assert_serves(d: &Daemon, app: &str, token: &str, text: &str) {
+    let mut c = Mcp::new(&endpoint(d, app), Some(token));
+    let init = c.initialize().await;
+    assert_eq!(init.status, 200, "initialize: {}", init.body);
+    assert_eq!(c.call_text("echo", json!({"text": text})).await, text);
+}
+
+fn write(wt: &WorkTree, file: &str, content: &str) {
+    let path = wt.path.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+/// Commits everything in the work tree; returns HEAD.
+fn commit_all(wt: &WorkTree, msg: &str) -> String {
+    wt.git(&["add", "-A"]);
+    wt.git(&["commit", "-q", "--allow-empty", "-m", msg]);
+    wt.git(&["rev-parse", "HEAD"])
+}
+
+fn age_encrypt(recipient: &str, plaintext: &str) -> Vec<u8> {
+    let mut child = Command::new(deps::age())
+        .args(["-r", recipient])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(plaintext.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+const FIXTURE_TOML: &str = "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"server.py\"]\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_story_time_tools_from_pypi() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "time-tools");
+    write(
+        &wt,
+        "catwalk.toml",
+        "[server]\npackage = \"pypi:mcp-server-time\"\nargs = [\"--local-timezone\", \"UTC\"]\n",
+    );
+    wt.git(&["rm", "-q", "server.py"]);
+    commit_all(&wt, "time tools");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("time-tools")]);
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(pushed, "{output}");
+    for expected in [
+        "analysing",
+        "catwalk.toml → PyPI package mcp-server-time",
+        "installing ... done in",
+        "healthy in",
+        "get_current_time",
+        &format!("live at http://{}/mcp/time-tools", d.http_addr),
+    ] {
+        assert!(output.contains(expected), "missing {expected:?} in:\n{output}");
+    }
+    let token = token(&d, "time-tools");
+    let (ok_run, out, err) = deps::run_with_timeout(
+        "py_client",
+        Command::new(deps::venv_python()).arg(deps::py_client()).args([
+            "--url",
+            &endpoint(&d, "time-tools"),
+            "--token",
+            &token,
+            "--scenario",
+            "time",
+        ]),
+        Duration::from_secs(120),
+    );
+    assert!(ok_run, "the Python SDK client failed:\n{out}\n{err}");
+    assert!(out.contains("\"timezone\": \"UTC\""), "{out}");
+    // No token, a wrong token and a query-string token are refused before any backend is touched.
+    let mut anon = Mcp::new(&endpoint(&d, "time-tools"), None);
+    assert_eq!(anon.initialize().await.status, 401);
+    let mut wrong = Mcp::new(&endpoint(&d, "time-tools"), Some("cw_0000"));
+    assert_eq!(wrong.initialize().await.status, 401);
+    let rel = releases(&d, "time-tools");
+    assert_eq!(rel[0]["status"], "live");
+    assert!(rel[0]["introspection"]["tools"].as_array().unwrap().iter().any(|t| t == "get_current_time"));
+    let info = ok(&d.ssh(&d.admin, "info time-tools", ""));
+    assert!(info.contains("live:       v1"), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn npm_package_pinned_in_the_manifest() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "everything");
+    let version = std::fs::read_to_string(
+        deps::node_modules().join("@modelcontextprotocol/server-everything/package.json"),
+    )
+    .map(|t| serde_json::from_str::<Value>(&t).unwrap()["version"].as_str().unwrap().to_string())
+    .unwrap();
+    write(
+        &wt,
+        "catwalk.toml",
+        &format!(
+            "[server]\npackage = \"npm:@modelcontextprotocol/server-everything@{version}\"\nargs = [\"stdio\"]\n"
+        ),
+    );
+    commit_all(&wt, "everything");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("everything")]);
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(pushed, "{output}");
+    assert!(
+        output.contains(&format!("npm package @modelcontextprotocol/server-everything {version}")),
+        "{output}"
+    );
+    assert!(output.contains("pinned by the manifest"), "{output}");
+    let token = token(&d, "everything");
+    let mut c = Mcp::new(&endpoint(&d, "everything"), Some(&token));
+    assert_eq!(c.initialize().await.status, 200);
+    assert!(c.call_text("echo", json!({"message": "hi"})).await.contains("hi"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repository_source_fastmcp_server() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "fast");
+    write(&wt, "requirements.txt", "mcp==1.30.0\n");
+    write(
+        &wt,
+        "server.py",
+        "from mcp.server.fastmcp import FastMCP\n\nmcp = FastMCP(\"fast\")\n\n\n@mcp.tool()\ndef shout(text: str) -> str:\n    \"\"\"Upper-cases text.\"\"\"\n    return text.upper()\n\n\nif __name__ == \"__main__\":\n    mcp.run()\n",
+    );
+    commit_all(&wt, "fastmcp");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("fast")]);
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(pushed, "{output}");
+    assert!(output.contains("Python server built from the repository"), "{output}");
+    assert!(output.contains("1 tool (shout)"), "{output}");
+    let token = token(&d, "fast");
+    let mut c = Mcp::new(&endpoint(&d, "fast"), Some(&token));
+    assert_eq!(c.initialize().await.status, 200);
+    assert_eq!(c.call_text("shout", json!({"text": "hi"})).await, "HI");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_pushes_change_nothing() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "app");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("app")]);
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(pushed, "{output}");
+    let live = wt.git(&["rev-parse", "HEAD"]);
+    let token = token(&d, "app");
+    assert_serves(&d, "app", &token, "v1").await;
+
+    let other = age::x25519::Identity::generate().to_public().to_string();
+    type Change = Box<dyn Fn(&WorkTree)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
+        (
+            "shell metacharacters in a package name",
+            Box::new(|wt| write(wt, "catwalk.toml", "[server]\npackage = \"npm:foo; rm -rf /\"\n")),
+            "is not a valid npm name",
+        ),
+        (
+            "path traversal in a package name",
+            Box::new(|wt| write(wt, "catwalk.toml", "[server]\npackage = \"npm:../x\"\n")),
+            "is not a valid npm name",
+        ),
+        (
+            "a package that does not exist",
+            Box::new(|wt| {
+                write(wt, "catwalk.toml", "[server]\npackage = \"npm:catwalk-no-such-package-3f2a1c0e\"\n")
+            }),
+            "was not found",
+        ),
+        (
+            "a denied env name",
+            Box::new(|wt| {
+                write(
+                    wt,
+                    "catwalk.toml",
+                    &format!("{FIXTURE_TOML}[env.NODE_OPTIONS]\nvalue = \"--require /tmp/x.js\"\n"),
+                )
+            }),
+            "NODE_OPTIONS",
+        ),
+        (
+            "a missing required secret",
+            Box::new(|wt| {
+                write(
+                    wt,
+                    "catwalk.toml",
+                    &format!("{FIXTURE_TOML}[env.API_TOKEN]\nrequired = true\nsecret = true\n"),
+                )
+            }),
+            "API_TOKEN",
+        ),
+        (
+            "secrets encrypted to another recipient",
+            Box::new(move |wt| {
+                std::fs::create_dir_all(wt.path.join(".catwalk")).unwrap();
+                std::fs::write(wt.path.join(".catwalk/secrets.age"), age_encrypt(&other, "API_TOKEN=x\n"))
+                    .unwrap();
+            }),
+            "not encrypted to this daemon",
+        ),
+        (
+            "a server that exits at start",
+            Box::new(|wt| {
+                write(
+                    wt,
+                    "boom.py",
+                    "import sys\nsys.stderr.write('boom: missing config\\n')\nsys.exit(3)\n",
+                );
+                write(
+                    wt,
+                    "catwalk.toml",
+                    "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"boom.py\"]\n",
+                );
+            }),
+            "failed its health check",
+        ),
+        (
+            "a repository catwalk cannot deploy",
+            Box::new(|wt| {
+                std::fs::remove_file(wt.path.join("catwalk.toml")).unwrap();
+            }),
+            "smallest catwalk.toml",
+        ),
+    ];
+    for (what, change, expected) in cases {
+        wt.git(&["reset", "-q", "--hard", &live]);
+        change(&wt);
+        commit_all(&wt, what);
+        let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+        assert!(!pushed, "{what}: the push was accepted:\n{output}");
+        assert!(output.contains(expected), "{what}: expected {expected:?} in:\n{output}");
+        assert_eq!(d.server_ref("app", "main").as_deref(), Some(live.as_str()), "{what}: the ref moved");
+        assert_serves(&d, "app", &token, what).await;
+    }
+    // The failing server's stderr was shown to the pusher.
+    let rel = releases(&d, "app");
+    assert_eq!(rel.iter().filter(|r| r["status"] == "live").count(), 1);
+    assert_eq!(rel.iter().find(|r| r["status"] == "live").unwrap()["commit"], live);
+
+    // A dry run validates and changes nothing.
+    wt.git(&["reset", "-q", "--hard", &live]);
+    write(&wt, "note.txt", "dry\n");
+    commit_all(&wt, "dry run");
+    let (pushed, output) = push(&wt, &d, &["-o", "dry-run", "catwalk", "main"]);
+    assert!(!pushed && output.contains("dry run"), "{output}");
+    assert_eq!(d.server_ref("app", "main").as_deref(), Some(live.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_gate_failure_prints_the_servers_stderr() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "boom");
+    write(
+        &wt,
+        "boom.py",
+        "import sys\nsys.stderr.write('boom: missing config file /etc/boom.conf\\n')\nsys.exit(3)\n",
+    );
+    write(&wt, "catwalk.toml", "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"boom.py\"]\n");
+    commit_all(&wt, "boom");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("boom")]);
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(!pushed);
+    assert!(output.contains("boom: missing config file /etc/boom.conf"), "{output}");
+    assert_eq!(d.server_ref("boom", "main"), None, "a first push that fails creates no branch");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_the_server_and_nowhere_else() {
+    let d = Daemon::start();
+    let canary = format!("catwalk-canary-{}", std::process::id() as u64 * 7919 + 1234567);
+    let recipient = ok(&d.ssh(&d.admin, "secrets pubkey", "")).trim().to_string();
+    let wt = WorkTree::new(d.tmp.path(), "secret");
+    std::fs::create_dir_all(wt.path.join(".catwalk")).unwrap();
+    std::fs::write(
+        wt.path.join(".catwalk/secrets.age"),
+        age_encrypt(&recipient, &format!("API_TOKEN={canary}\nOTHER='two words'\n")),
+    )
+    .unwrap();
+    write(&wt, "catwalk.toml", &format!("{FIXTURE_TOML}[env.API_TOKEN]\nrequired = true\nsecret = true\n"));
+    commit_all(&wt, "secrets");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("secret")]);
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(pushed, "{output}");
+    assert!(output.contains("secrets: API_TOKEN, OTHER"), "{output}");
+    let token = token(&d, "secret");
+    let mut c = Mcp::new(&endpoint(&d, "secret"), Some(&token));
+    assert_eq!(c.initialize().await.status, 200);
+    let env = c.call_text("env", json!({})).await;
+    assert!(env.contains(&canary), "the server gets its secret");
+    // Nowhere else: push output, daemon log, every file of the data dir, process command lines.
+    assert!(!output.contains(&canary), "push output leaks the secret");
+    assert!(!d.log_text().contains(&canary), "the daemon log leaks the secret");
+    for entry in walk(&d.dir) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+            "{} contains the secret",
+            entry.display()
+        );
+    }
+    let ps = String::from_utf8(Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout).unwrap();
+    assert!(!ps.contains(&canary), "a command line contains the secret");
+    let rel = ok(&d.ssh(&d.admin, "releases secret --json", ""));
+    assert!(!rel.contains(&canary) && rel.contains("API_TOKEN"), "{rel}");
+    // Changing one secret is reported as changed, the other as unchanged.
+    std::fs::write(
+        wt.path.join(".catwalk/secrets.age"),
+        age_encrypt(&recipient, &format!("API_TOKEN={canary}-2\nOTHER='two words'\n")),
+    )
+    .unwrap();
+    commit_all(&wt, "rotate");
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(pushed, "{output}");
+    assert!(output.contains("API_TOKEN (changed)") && output.contains("OTHER (unchanged)"), "{output}");
+}
+
+async fn flavour(d: &Daemon, token: &str) -> String {
+    let mut c = Mcp::new(&endpoint(d, "roll"), Some(token));
+    assert_eq!(c.initialize().await.status, 200);
+    let env: Value = serde_json::from_str(&c.call_text("env", json!({})).await).unwrap();
+    env["FLAVOUR"].as_str().unwrap().to_string()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_symlink() {
+                continue;
+            }
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else if p.extension().is_none_or(|x| x != "sock") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_restart_and_async_pushes() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "roll");
+    write(&wt, "catwalk.toml", &format!("{FIXTURE_TOML}[env.FLAVOUR]\nvalue = \"one\"\n"));
+    let v1 = commit_all(&wt, "one");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("roll")]);
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    write(&wt, "catwalk.toml", &format!("{FIXTURE_TOML}[env.FLAVOUR]\nvalue = \"two\"\n"));
+    let v2 = commit_all(&wt, "two");
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    let token = token(&d, "roll");
+    assert_eq!(flavour(&d, &token).await, "two");
+    let out = ok(&d.ssh(&d.admin, "rollback roll", ""));
+    assert!(out.contains("rolling back roll to v1") && out.contains("v3 is live"), "{out}");
+    assert_eq!(flavour(&d, &token).await, "one");
+    assert_eq!(
+        d.server_ref("roll", "main").as_deref(),
+        Some(v1.as_str()),
+        "the ref follows the live release"
+    );
+    let rel = releases(&d, "roll");
+    assert_eq!(rel[0]["version"], 3);
+    assert_eq!(rel[0]["rollback_of"], 1);
+    // Roll forward again by number, through the local CLI this time.
+    let out = d.local(&["rollback", "roll", "v2"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(flavour(&d, &token).await, "two");
+    assert_eq!(d.server_ref("roll", "main").as_deref(), Some(v2.as_str()));
+    let bad = d.ssh(&d.admin, "rollback roll v99", "");
+    assert!(!bad.status.success() && stderr(&bad).contains("no release v99"));
+    assert!(ok(&d.ssh(&d.admin, "restart roll", "")).contains("sessions ended"));
+    assert_eq!(flavour(&d, &token).await, "two");
+
+    // -o async returns once validated; the release goes live in the background.
+    write(&wt, "catwalk.toml", &format!("{FIXTURE_TOML}[env.FLAVOUR]\nvalue = \"three\"\n"));
+    commit_all(&wt, "three");
+    let (pushed, output) = push(&wt, &d, &["-o", "async", "catwalk", "main"]);
+    assert!(pushed && output.contains("async"), "{output}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flavour(&d, &token).await != "three" {
+        assert!(Instant::now() < deadline, "the async release never went live");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = ok(&d.ssh(&d.admin, "logs roll -n 50", ""));
+    assert!(logs.contains("is live"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_mid_deploy_then_restart() {
+    let mut d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "crash");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("crash")]);
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    let live = wt.git(&["rev-parse", "HEAD"]);
+    let token = token(&d, "crash");
+    // The next release's server takes forever to start: the daemon is killed during its health gate.
+    write(&wt, "slow.py", "import time\ntime.sleep(600)\n");
+    write(&wt, "catwalk.toml", "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"slow.py\"]\n");
+    commit_all(&wt, "slow");
+    let mut pusher = d.git(&d.admin, &wt.path).args(["push", "catwalk", "main"]).spawn().unwrap();
+    // Wait until v2 is installed and in its health gate, then kill the daemon.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rel = releases(&d, "crash");
+        if rel[0]["version"] == 2
+            && rel[0]["timings_ms"].as_array().unwrap().iter().any(|t| t["step"] == "install")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v2 never reached its health gate: {rel:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill9_and_restart();
+    let _ = pusher.wait();
+    assert_eq!(
+        d.server_ref("crash", "main").as_deref(),
+        Some(live.as_str()),
+        "the ref still names the live release"
+    );
+    let rel = releases(&d, "crash");
+    assert_eq!(rel[0]["status"], "failed", "{rel:?}");
+    assert!(rel[0]["error"].as_str().unwrap().contains("interrupted"));
+    assert_eq!(rel[1]["status"], "live");
+    assert_serves(&d, "crash", &token, "after the crash").await;
+}
