@@ -259,10 +259,16 @@ impl Config {
         }
     }
 
-    /// The `[sandbox]` policy with the daemon's own ports (unreachable from servers in strict mode).
+    /// The `[sandbox]` policy with the daemon's own ports (unreachable from servers in strict mode) and
+    /// its `authorized_keys_file` (masked when it lives under `/etc`).
     /// Call [`crate::runtime::sandbox::SandboxPolicy::activate`] on it once at start-up.
     pub fn sandbox_policy(&self) -> crate::runtime::sandbox::SandboxPolicy {
-        self.sandbox.clone().with_protected_ports(&[self.ssh.listen.port(), self.http.listen.port()])
+        let hidden: Vec<PathBuf> =
+            self.ssh.authorized_keys_file.iter().filter(|p| p.is_absolute()).cloned().collect();
+        self.sandbox
+            .clone()
+            .with_protected_ports(&[self.ssh.listen.port(), self.http.listen.port()])
+            .with_hidden(&hidden)
     }
 
     /// `host` and `port` for `ssh://git@HOST:PORT/APP` hints.

@@ -120,6 +120,9 @@ pub struct Runtime {
     pub protected_ports: Vec<u16>,
     /// The daemon's delegated cgroup v2 directory, when there is one (apps get `app-<identity>` in it).
     pub cgroup_parent: Option<PathBuf>,
+    /// Catwalk-owned paths masked in every sandbox when they lie under a visible system directory
+    /// (an `authorized_keys_file` in `/etc/catwalk`, a data dir in `/etc`); see [`AppSandbox::hidden`].
+    pub hidden_paths: Vec<PathBuf>,
 }
 
 /// Whether servers are sandboxed, and if not, why.
@@ -220,6 +223,12 @@ impl SandboxPolicy {
     /// The daemon's own TCP ports, unreachable from servers in strict mode.
     pub fn with_protected_ports(mut self, ports: &[u16]) -> Self {
         self.runtime.protected_ports = ports.iter().copied().filter(|p| *p != 0).collect();
+        self
+    }
+
+    /// Masks these catwalk-owned paths in every sandbox (when they are under a visible system directory).
+    pub fn with_hidden(mut self, paths: &[PathBuf]) -> Self {
+        self.runtime.hidden_paths.extend(paths.iter().cloned());
         self
     }
 
@@ -411,7 +420,7 @@ pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<
         push(&["--size", &policy.tmp_size.to_string()]);
     }
     push(&["--perms", "1777", "--tmpfs", "/tmp"]);
-    for hidden in &sb.hidden {
+    for hidden in policy.runtime.hidden_paths.iter().chain(&sb.hidden) {
         if !under_system_dir(hidden) {
             continue; // not visible anyway: only the paths bound below exist in the sandbox
         }

@@ -100,8 +100,12 @@ fn catwalk_paths_under_etc_are_masked() {
     let home = tempfile::tempdir().unwrap();
     let mut sb = app(home.path());
     sb.hidden = vec![PathBuf::from("/etc"), PathBuf::from("/etc/hostname"), PathBuf::from("/var/lib/x")];
-    let argv = wrap(&active(Identity::UserNamespace), &sb, &["/bin/true".into()]).unwrap();
+    let policy = active(Identity::UserNamespace).with_hidden(&[PathBuf::from("/etc/passwd")]);
+    let argv = wrap(&policy, &sb, &["/bin/true".into()]).unwrap();
     assert!(pairs(&argv, "--tmpfs").contains(&"/etc".to_string()));
+    let policy_masked =
+        argv.windows(3).any(|w| w[0] == "--ro-bind" && w[1] == "/dev/null" && w[2] == "/etc/passwd");
+    assert!(policy_masked, "{argv:?}");
     let masked =
         argv.windows(3).any(|w| w[0] == "--ro-bind" && w[1] == "/dev/null" && w[2] == "/etc/hostname");
     assert!(masked, "{argv:?}");
