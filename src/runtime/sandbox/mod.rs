@@ -93,7 +93,7 @@ pub struct SandboxPolicy {
     /// Size of the private `/tmp` tmpfs, bytes.
     #[serde(deserialize_with = "size")]
     pub tmp_size: u64,
-    /// Default network access (an app may still ask for `none`).
+    /// Network access of every sandboxed server (installs always get the host's network).
     pub network: Network,
     /// Extra host directories made visible read-only (toolchains installed somewhere unusual).
     pub extra_ro_paths: Vec<PathBuf>,
