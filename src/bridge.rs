@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
@@ -12,6 +14,7 @@ use crate::gateway::{
     self, AppDirectory, AppLogs, AppRoute, Authenticator, Backend, EnvTokenAuthenticator, Gateway,
     GatewayConfig, LogKind, Mount, NoAudit,
 };
+use crate::tls::{self, AcmeConfig, TlsConfig, TlsRuntime};
 
 /// Environment variables a bridged server gets from the bridge's own environment by default.
 /// Everything else must be passed explicitly with --pass-env or --env.
@@ -65,9 +68,55 @@ pub struct BridgeArgs {
     /// Header sent to the upstream (NAME: VALUE), e.g. its credential; repeatable.
     #[arg(long = "upstream-header", value_name = "NAME: VALUE", requires = "upstream")]
     pub upstream_header: Vec<String>,
+    /// HTTPS options (boxed: they would make every `Command` value large).
+    #[command(flatten)]
+    pub tls: Box<BridgeTlsArgs>,
     /// The stdio MCP server to run: CMD [ARGS...] after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `catwalk bridge` HTTPS flags: certificate files, or ACME.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BridgeTlsArgs {
+    /// Serve HTTPS with this PEM certificate chain (leaf first); reloaded when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key", help_heading = "HTTPS")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", help_heading = "HTTPS")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate for this DNS name from an ACME CA (Let's Encrypt by default),
+    /// validated with TLS-ALPN-01 on --listen, or HTTP-01 on --redirect-listen; repeatable.
+    #[arg(
+        long = "acme-domain",
+        value_name = "DOMAIN",
+        conflicts_with = "tls_cert",
+        requires = "acme_cache",
+        help_heading = "HTTPS"
+    )]
+    pub acme_domain: Vec<String>,
+    /// ACME directory: "production" (Let's Encrypt, default), "staging", or an https:// URL.
+    #[arg(long, value_name = "URL", requires = "acme_domain", help_heading = "HTTPS")]
+    pub acme_directory: Option<String>,
+    /// Contact email for the ACME account.
+    #[arg(long, value_name = "EMAIL", requires = "acme_domain", help_heading = "HTTPS")]
+    pub acme_contact: Option<String>,
+    /// Directory keeping the ACME account key and certificates (created 0700).
+    #[arg(long, value_name = "DIR", requires = "acme_domain", help_heading = "HTTPS")]
+    pub acme_cache: Option<PathBuf>,
+    /// PEM CA certificate that signed a private ACME server's HTTPS certificate (step-ca, Pebble).
+    #[arg(long, value_name = "FILE", requires = "acme_domain", help_heading = "HTTPS")]
+    pub acme_ca_bundle: Option<PathBuf>,
+    /// Renew the ACME certificate when this much validity is left (default: a third of its lifetime,
+    /// at most 30 days).
+    #[arg(long, value_name = "DURATION", requires = "acme_domain", help_heading = "HTTPS")]
+    pub acme_renew_before: Option<String>,
+    /// Plain-HTTP listener that redirects to HTTPS (301) and answers ACME HTTP-01 challenges.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "HTTPS")]
+    pub redirect_listen: Option<SocketAddr>,
+    /// Do not send Strict-Transport-Security.
+    #[arg(long, help_heading = "HTTPS")]
+    pub no_hsts: bool,
 }
 
 struct SingleApp(Arc<AppRoute>);
@@ -113,6 +162,28 @@ fn backend(args: &BridgeArgs) -> anyhow::Result<Backend> {
     Ok(Backend::Stdio { argv: args.command.clone(), env, cwd })
 }
 
+/// The `[http.tls]` equivalent of the HTTPS flags (`None`: plain HTTP).
+fn tls_config(args: &BridgeTlsArgs) -> Option<TlsConfig> {
+    let acme = (!args.acme_domain.is_empty()).then(|| AcmeConfig {
+        domains: args.acme_domain.clone(),
+        contact: args.acme_contact.clone(),
+        directory: args.acme_directory.clone(),
+        cache_dir: args.acme_cache.clone(),
+        ca_bundle: args.acme_ca_bundle.clone(),
+        renew_before: args.acme_renew_before.clone(),
+    });
+    if args.tls_cert.is_none() && acme.is_none() {
+        return None;
+    }
+    Some(TlsConfig {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        acme,
+        redirect_listen: args.redirect_listen,
+        hsts: !args.no_hsts,
+    })
+}
+
 /// Run the bridge until SIGINT/SIGTERM.
 pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
     if !args.path.starts_with('/') {
@@ -139,6 +210,17 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         keepalive_interval: args.keepalive.into(),
         max_sessions_per_app: args.max_sessions,
         ..GatewayConfig::default()
+    };
+    let tls = match tls_config(&args.tls) {
+        Some(cfg) => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            let settings = cfg.resolve(&cwd).map_err(anyhow::Error::msg)?;
+            Some(TlsRuntime::new(settings)?)
+        }
+        None if args.tls.redirect_listen.is_some() => {
+            bail!("--redirect-listen redirects to HTTPS: give --tls-cert/--tls-key or --acme-domain too")
+        }
+        None => None,
     };
     let logs = Arc::new(AppLogs::new(2000));
     // The server's stderr and lifecycle events go to the bridge's stderr.
@@ -169,7 +251,6 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    eprintln!("listening on http://{addr}{}", args.path);
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -187,7 +268,50 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         }
         stop.cancel();
     });
-    // serve() stops every child (SIGTERM, then SIGKILL of its process group) before returning.
-    gw.serve(listener, shutdown).await?;
+    let Some(tls) = tls else {
+        eprintln!("listening on http://{addr}{}", args.path);
+        // serve() stops every child (SIGTERM, then SIGKILL of its process group) before returning.
+        gw.serve(listener, shutdown).await?;
+        return Ok(());
+    };
+    let redirect = match tls.redirect_listen() {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("could not listen on {a} (--redirect-listen)"))?,
+        ),
+        None => None,
+    };
+    // Both listeners are bound: the CA may validate as soon as the ACME task places its order.
+    tls.start(shutdown.clone())?;
+    if let Some(r) = redirect {
+        eprintln!("redirecting http://{}/ to https", r.local_addr()?);
+        tokio::spawn(tls::serve_redirect(r, tls.clone(), addr.port(), shutdown.clone()));
+    }
+    eprintln!("listening on https://{addr}{}", args.path);
+    // A service per connection (`Gateway::service`'s return type borrows the `&Arc` it is called on).
+    let gw2 = gw.clone();
+    let make_service = move |local: SocketAddr| {
+        let gw = gw2.clone();
+        hyper::service::service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, local).await) }
+        })
+    };
+    // As Gateway::serve does for plain HTTP: on shutdown end every session first (their SSE bodies end,
+    // so connections drain at once), then give the children their SIGTERM→SIGKILL grace.
+    let stopper = {
+        let (gw, shutdown) = (gw.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            let had_sessions = gw.session_count() > 0;
+            gw.stop_all();
+            had_sessions
+        })
+    };
+    tls::serve_https(listener, tls, make_service, shutdown).await?;
+    if stopper.await.unwrap_or(true) {
+        tokio::time::sleep(GatewayConfig::default().kill_grace + Duration::from_millis(500)).await;
+    }
     Ok(())
 }

@@ -51,6 +51,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// The URL clients use to reach this daemon (printed after deploys, allowed as `Origin`).
     pub public_url: Option<String>,
+    /// `[http.tls]`: serve HTTPS (certificate files or ACME) instead of plain HTTP.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,7 +160,7 @@ impl Default for SshConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8080".parse().expect("static address"), public_url: None }
+        HttpConfig { listen: "127.0.0.1:8080".parse().expect("static address"), public_url: None, tls: None }
     }
 }
 
@@ -240,6 +242,10 @@ impl Config {
             return Err(format!("http.public_url = {url:?}: must start with http:// or https://"));
         }
         self.sandbox.validate()?;
+        if let Some(tls) = &self.http.tls {
+            // Paths are resolved against the data dir when the daemon starts; here only the shape counts.
+            tls.resolve(Path::new("/"))?;
+        }
         for (name, app) in &self.apps {
             crate::names::AppName::parse(name).map_err(|e| format!("[apps.{name}]: {e}"))?;
             match (app.command.is_empty(), &app.url) {
@@ -251,20 +257,40 @@ impl Config {
         Ok(())
     }
 
-    /// The URL clients reach the gateway at: `http.public_url`, or derived from the listen address.
+    /// The URL clients reach the gateway at: `http.public_url`, or derived from the configuration:
+    /// `https://FIRST_ACME_DOMAIN[:PORT]` with ACME, `https://LISTEN` with certificate files,
+    /// `http://LISTEN` without TLS.
     pub fn public_url(&self) -> String {
-        match &self.http.public_url {
-            Some(url) => url.trim_end_matches('/').to_string(),
+        if let Some(url) = &self.http.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        match &self.http.tls {
+            Some(tls) => match tls.acme.as_ref().and_then(|a| a.domains.first()) {
+                Some(domain) if self.http.listen.port() == 443 => format!("https://{domain}"),
+                Some(domain) => format!("https://{domain}:{}", self.http.listen.port()),
+                None => format!("https://{}", self.http.listen),
+            },
             None => format!("http://{}", self.http.listen),
         }
     }
 
     /// The `[sandbox]` policy with the daemon's own ports (unreachable from servers in strict mode) and
-    /// its `authorized_keys_file` (masked when it lives under `/etc`).
+    /// the catwalk-owned files outside the data dir (`authorized_keys_file`, the TLS key's directory, the
+    /// ACME cache), masked in every sandbox when they live under a visible directory such as `/etc`.
     /// Call [`crate::runtime::sandbox::SandboxPolicy::activate`] on it once at start-up.
     pub fn sandbox_policy(&self) -> crate::runtime::sandbox::SandboxPolicy {
-        let hidden: Vec<PathBuf> =
-            self.ssh.authorized_keys_file.iter().filter(|p| p.is_absolute()).cloned().collect();
+        let mut hidden: Vec<PathBuf> = self.ssh.authorized_keys_file.iter().cloned().collect();
+        if let Some(tls) = &self.http.tls {
+            // The TLS private key's directory (and, for certbot's symlinks, the real one) and the ACME cache.
+            if let Some(key) = &tls.key {
+                hidden.extend(key.parent().map(Path::to_path_buf));
+                if let Ok(real) = std::fs::canonicalize(key) {
+                    hidden.extend(real.parent().map(Path::to_path_buf));
+                }
+            }
+            hidden.extend(tls.acme.iter().filter_map(|a| a.cache_dir.clone()));
+        }
+        hidden.retain(|p| p.is_absolute());
         self.sandbox
             .clone()
             .with_protected_ports(&[self.ssh.listen.port(), self.http.listen.port()])
@@ -337,12 +363,36 @@ mod tests {
         .unwrap();
         assert_eq!(c.sandbox.memory_max, 512 << 20);
         assert_eq!(c.sandbox_policy().runtime.protected_ports, vec![2222, 8080]);
+        let c = Config::parse(
+            "[ssh]\nauthorized_keys_file = \"/etc/catwalk/keys\"\n[http.tls]\ncert = \"/etc/tls/c.pem\"\nkey = \"/etc/tls/private/k.pem\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let hidden = c.sandbox_policy().runtime.hidden_paths;
+        assert!(hidden.contains(&PathBuf::from("/etc/catwalk/keys")), "{hidden:?}");
+        assert!(hidden.contains(&PathBuf::from("/etc/tls/private")), "{hidden:?}");
         let err = Config::parse("[sandbox]\nmemory = 5\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("memory"), "{err}");
         let err = Config::parse("[sandbox]\nmode = \"paranoid\"\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("paranoid"), "{err}");
         let err = Config::parse("[sandbox]\ncpu_weight = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("cpu_weight"), "{err}");
+    }
+
+    #[test]
+    fn tls_section_is_checked_and_sets_the_public_url() {
+        let c = Config::parse(
+            // The README's three-line config for a public server.
+            "[http]\nlisten = \"0.0.0.0:443\"\ntls.acme.domains = [\"deploy.example.com\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.public_url(), "https://deploy.example.com");
+        let err = Config::parse("[http.tls]\ncert = \"c.pem\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("`key` is missing"), "{err}");
+        let err = Config::parse("[http.tls]\ncert = \"c\"\nkey = \"k\"\nhst = true\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("hst"), "{err}");
     }
 
     #[test]

@@ -19,4 +19,5 @@ pub mod pipeline;
 pub mod runtime;
 pub mod ssh;
 pub mod store;
+pub mod tls;
 pub mod up;
