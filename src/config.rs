@@ -20,6 +20,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub daemon: DaemonConfig,
     pub deploy: DeployConfig,
+    /// Isolation of deployed servers and their installs (`[sandbox]`; see `runtime::sandbox`).
+    pub sandbox: crate::runtime::sandbox::SandboxPolicy,
     /// Statically declared apps served by the gateway, for servers the operator runs by hand
     /// (the way `mcp-proxy` names servers). Pushed apps live in the store instead.
     pub apps: std::collections::BTreeMap<String, StaticApp>,
@@ -239,6 +241,7 @@ impl Config {
         {
             return Err(format!("http.public_url = {url:?}: must start with http:// or https://"));
         }
+        self.sandbox.validate()?;
         if let Some(tls) = &self.http.tls {
             // Paths are resolved against the data dir when the daemon starts; here only the shape counts.
             tls.resolve(Path::new("/"))?;
@@ -269,6 +272,29 @@ impl Config {
             },
             None => format!("http://{}", self.http.listen),
         }
+    }
+
+    /// The `[sandbox]` policy with the daemon's own ports (unreachable from servers in strict mode) and
+    /// the catwalk-owned files outside the data dir (`authorized_keys_file`, the TLS key's directory, the
+    /// ACME cache), masked in every sandbox when they live under a visible directory such as `/etc`.
+    /// Call [`crate::runtime::sandbox::SandboxPolicy::activate`] on it once at start-up.
+    pub fn sandbox_policy(&self) -> crate::runtime::sandbox::SandboxPolicy {
+        let mut hidden: Vec<PathBuf> = self.ssh.authorized_keys_file.iter().cloned().collect();
+        if let Some(tls) = &self.http.tls {
+            // The TLS private key's directory (and, for certbot's symlinks, the real one) and the ACME cache.
+            if let Some(key) = &tls.key {
+                hidden.extend(key.parent().map(Path::to_path_buf));
+                if let Ok(real) = std::fs::canonicalize(key) {
+                    hidden.extend(real.parent().map(Path::to_path_buf));
+                }
+            }
+            hidden.extend(tls.acme.iter().filter_map(|a| a.cache_dir.clone()));
+        }
+        hidden.retain(|p| p.is_absolute());
+        self.sandbox
+            .clone()
+            .with_protected_ports(&[self.ssh.listen.port(), self.http.listen.port()])
+            .with_hidden(&hidden)
     }
 
     /// `host` and `port` for `ssh://git@HOST:PORT/APP` hints.
@@ -326,6 +352,31 @@ mod tests {
         assert!(err.to_string().contains("either `command` or `url`"), "{err}");
         let err = Config::parse("[apps.\"../x\"]\ncommand=[\"a\"]\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("not a valid app name"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_section_is_checked() {
+        let c = Config::parse(
+            "[sandbox]\nmode = \"strict\"\nmemory_max = \"512M\"\nnetwork = \"none\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.sandbox.memory_max, 512 << 20);
+        assert_eq!(c.sandbox_policy().runtime.protected_ports, vec![2222, 8080]);
+        let c = Config::parse(
+            "[ssh]\nauthorized_keys_file = \"/etc/catwalk/keys\"\n[http.tls]\ncert = \"/etc/tls/c.pem\"\nkey = \"/etc/tls/private/k.pem\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let hidden = c.sandbox_policy().runtime.hidden_paths;
+        assert!(hidden.contains(&PathBuf::from("/etc/catwalk/keys")), "{hidden:?}");
+        assert!(hidden.contains(&PathBuf::from("/etc/tls/private")), "{hidden:?}");
+        let err = Config::parse("[sandbox]\nmemory = 5\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+        let err = Config::parse("[sandbox]\nmode = \"paranoid\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("paranoid"), "{err}");
+        let err = Config::parse("[sandbox]\ncpu_weight = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("cpu_weight"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,9 @@ enum Command {
     },
     /// Serve one stdio MCP server (or an HTTP upstream) over Streamable HTTP, without a daemon.
     Bridge(Box<catwalk::bridge::BridgeArgs>),
+    /// Inside a server's sandbox: set limits and privileges, then execute the server (internal).
+    #[command(hide = true, name = "sandbox-exec")]
+    SandboxExec(catwalk::runtime::sandbox::ExecArgs),
     /// A command of the daemon's grammar, run through the control socket.
     #[command(external_subcommand)]
     Remote(Vec<String>),
@@ -88,6 +91,8 @@ fn main() -> ExitCode {
             catwalk::control::client::run_hook(kind).map(exit_code)
         }
         Some(Command::Bridge(args)) => run_bridge(*args),
+        // Single-threaded and before any logging set-up: credentials and Landlock apply per thread.
+        Some(Command::SandboxExec(args)) => Err(anyhow::anyhow!(catwalk::runtime::sandbox::exec(args))),
         Some(Command::Remote(argv)) => {
             catwalk::control::client::run_command(&dir.control_socket(), argv).map(exit_code)
         }

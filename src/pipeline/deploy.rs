@@ -22,6 +22,7 @@ use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewayConfig, LogKind
 use crate::names::AppName;
 use crate::runtime::install::{self, Installed, Toolchain};
 use crate::runtime::routes::RouteTable;
+use crate::runtime::sandbox::{self, AppSandbox};
 use crate::store::{Introspection, ReleaseRecord, ReleaseStatus, Store, now};
 
 /// Where push output goes: one call per line (the hook turns them into `remote:` lines).
@@ -313,6 +314,9 @@ impl Deployer {
         secrets: &Secrets,
         out: &Output,
     ) -> Result<AppRoute, String> {
+        if let Some(warning) = self.tools.sandbox.warning() {
+            out(format!("-----> {warning}"));
+        }
         let started = Instant::now();
         let progress_out = out.clone();
         let progress = move |line: String| progress_out(format!("       {line}"));
@@ -392,7 +396,8 @@ impl Deployer {
         env.insert("PATH".into(), self.tools.path_env());
         env.insert("HOME".into(), home.to_string_lossy().into_owned());
         env.insert("LANG".into(), "C.UTF-8".into());
-        env.insert("TMPDIR".into(), std::env::temp_dir().to_string_lossy().into_owned());
+        let tmp = if self.tools.sandbox.is_active() { "/tmp".into() } else { std::env::temp_dir() };
+        env.insert("TMPDIR".into(), tmp.to_string_lossy().into_owned());
         for (k, v) in install::host_network_env() {
             env.insert(k.to_string(), v.to_string_lossy().into_owned());
         }
@@ -408,8 +413,17 @@ impl Deployer {
         argv.extend(release.plan.args.iter().cloned());
         let cwd = match release.plan.source {
             Source::Repository => installed.dir.clone(),
-            Source::Package { .. } => home,
+            Source::Package { .. } => home.clone(),
         };
+        let visible = AppSandbox {
+            identity: app.to_string(),
+            home,
+            readonly: vec![installed.dir.clone()],
+            cwd: cwd.clone(),
+            hidden: vec![self.dir.root().to_path_buf()],
+            ..Default::default()
+        };
+        let argv = sandbox::wrap(&self.tools.sandbox, &visible, &argv)?;
         let backend = match &release.plan.transport {
             Transport::Stdio => Backend::Stdio { argv, env, cwd },
             Transport::Http { .. } => {

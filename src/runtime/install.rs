@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::pipeline::plan::{Entry, Language, Plan, Registry, Source};
+use crate::runtime::sandbox::{self, AppSandbox, SandboxPolicy};
 
 /// The language toolchains, resolved to absolute paths once at start-up.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct Toolchain {
     /// Registry mirrors for installs (`npm_config_registry`, `PIP_INDEX_URL`), set from `[deploy]`
     /// when it names a non-default registry.
     pub registry_env: Vec<(String, String)>,
+    /// How servers and install commands are isolated (activated; see `runtime::sandbox`).
+    pub sandbox: std::sync::Arc<SandboxPolicy>,
 }
 
 impl Toolchain {
@@ -48,14 +51,28 @@ impl Toolchain {
             .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
             .filter(|p| p.is_absolute())
             .unwrap_or(python_shim);
-        Toolchain {
+        let mut tools = Toolchain {
             node: which("node"),
             npm: which("npm"),
             python,
             cache_dir,
             install_timeout: Duration::from_secs(600),
             registry_env: Vec::new(),
-        }
+            sandbox: Default::default(),
+        };
+        // The default policy never refuses (standard mode); the daemon replaces it with the configured
+        // one through `set_sandbox`.
+        let _ = tools.set_sandbox(SandboxPolicy::default());
+        tools
+    }
+
+    /// Probes (runs one trial sandbox, tens of milliseconds, blocking) and installs `policy` plus this
+    /// toolchain's directories. `Err` only in strict mode when the sandbox is unavailable: the daemon must
+    /// refuse to start with that message.
+    pub fn set_sandbox(&mut self, policy: SandboxPolicy) -> Result<(), String> {
+        let policy = policy.with_toolchain(&[self.node.as_path(), self.npm.as_path(), self.python.as_path()]);
+        self.sandbox = std::sync::Arc::new(policy.activate()?);
+        Ok(())
     }
 
     /// The minimal PATH children get: the toolchains' directories and the system's.
@@ -339,8 +356,27 @@ async fn run(
     args: &[String],
     progress: Progress<'_>,
 ) -> Result<(), String> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+    // Installs run sandboxed too (npm/pip run package code: install scripts, sdist builds): network on,
+    // writable: only the install directory and the download cache.
+    let mut argv = vec![program.to_string_lossy().into_owned()];
+    argv.extend(args.iter().cloned());
+    // The operator's CA bundles and local wheel/mirror directories named in the host's env stay visible.
+    let readonly = host_network_env()
+        .into_iter()
+        .map(|(_, v)| PathBuf::from(v))
+        .filter(|p| p.is_absolute() && p.exists())
+        .collect();
+    let sb = AppSandbox {
+        identity: "install".into(),
+        home: cwd.to_path_buf(),
+        writable: vec![tools.cache_dir.clone()],
+        readonly,
+        cwd: cwd.to_path_buf(),
+        ..Default::default()
+    };
+    let argv = sandbox::wrap(&tools.sandbox, &sb, &argv)?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .current_dir(cwd)
         .env_clear()
         .env("PATH", tools.path_env())

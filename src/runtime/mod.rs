@@ -3,3 +3,4 @@
 
 pub mod install;
 pub mod routes;
+pub mod sandbox;
