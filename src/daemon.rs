@@ -81,15 +81,18 @@ impl Daemon {
             Some(crate::gateway::metrics::install()),
         );
         let (host, port) = config.ssh_host_port();
+        let mut tools = Toolchain {
+            install_timeout: config.deploy.install_timeout,
+            registry_env: registry_env(&config.deploy),
+            ..Toolchain::detect(dir.root().join("cache"))
+        };
+        // `[sandbox]`: strict mode without a working sandbox refuses to start here.
+        tools.set_sandbox(config.sandbox_policy()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut deployer = Deployer::new(
             dir.clone(),
             store.clone(),
             age,
-            Toolchain {
-                install_timeout: config.deploy.install_timeout,
-                registry_env: registry_env(&config.deploy),
-                ..Toolchain::detect(dir.root().join("cache"))
-            },
+            tools,
             Registries {
                 npm: config.deploy.npm_registry.clone(),
                 pypi: config.deploy.pypi_registry.clone(),

@@ -77,3 +77,11 @@ async fn a_pushed_hostile_server_is_contained() {
     assert_eq!(v.initialize().await.status, 200);
     assert_eq!(v.call_text("echo", json!({"text": "victim ok"})).await, "victim ok");
 }
+
+/// The daemon applies `[sandbox]` from its config; without a sandbox every push says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_push_warns_when_servers_run_unsandboxed() {
+    let d = Daemon::start_with_config("[sandbox]\nmode = \"off\"\n");
+    let output = deploy(&d, "plain", false);
+    assert!(output.contains("WARNING: servers run without a sandbox: [sandbox] mode = \"off\""), "{output}");
+}
