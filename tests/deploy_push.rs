@@ -40,6 +40,7 @@ async fn assert_serves(d: &Daemon, app: &str, token: &str, text: &str) {
     let init = c.initialize().await;
     assert_eq!(init.status, 200, "initialize: {}", init.body);
     assert_eq!(c.call_text("echo", json!({"text": text})).await, text);
+    c.close().await;
 }
 
 fn write(wt: &WorkTree, file: &str, content: &str) {
@@ -357,6 +358,7 @@ async fn flavour(d: &Daemon, token: &str) -> String {
     let mut c = Mcp::new(&endpoint(d, "roll"), Some(token));
     assert_eq!(c.initialize().await.status, 200);
     let env: Value = serde_json::from_str(&c.call_text("env", json!({})).await).unwrap();
+    c.close().await;
     env["FLAVOUR"].as_str().unwrap().to_string()
 }
 
@@ -420,7 +422,7 @@ async fn rollback_restart_and_async_pushes() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while flavour(&d, &token).await != "three" {
         assert!(Instant::now() < deadline, "the async release never went live");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let logs = ok(&d.ssh(&d.admin, "logs roll -n 50", ""));
     assert!(logs.contains("is live"), "{logs}");

@@ -57,31 +57,51 @@ impl Pebble {
         std::fs::write(dir.join("pebble.crt"), &leaf.cert_pem).unwrap();
         std::fs::write(dir.join("pebble.key"), &leaf.key_pem).unwrap();
 
-        let dns_port = free_udp_port();
-        let dns_mgmt = deps::free_port();
-        let mut cmd = Command::new(dns_bin);
-        cmd.args([
-            "-dns01",
-            &format!("127.0.0.1:{dns_port}"),
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-        ])
-        .args([
-            "-management",
-            &format!("127.0.0.1:{dns_mgmt}"),
-            "-defaultIPv4",
-            "127.0.0.1",
-            "-defaultIPv6",
-            "",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let dns = ChildGuard::spawn("pebble-challtestsrv", &mut cmd);
-        wait_tcp(format!("127.0.0.1:{dns_port}").parse().unwrap(), "pebble-challtestsrv DNS");
+        // A port free for UDP may be taken for TCP (the DNS server needs both), or be grabbed by a
+        // concurrent test before the server binds it: try a few fresh ports before giving up.
+        let mut started = None;
+        for _attempt in 0..5 {
+            let dns_port = free_udp_port();
+            let dns_mgmt = deps::free_port();
+            let mut cmd = Command::new(&dns_bin);
+            cmd.args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{dns_mgmt}"),
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            let mut dns = ChildGuard::spawn("pebble-challtestsrv", &mut cmd);
+            let addr: SocketAddr = format!("127.0.0.1:{dns_port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let listening = loop {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    break true;
+                }
+                if Instant::now() > deadline || matches!(dns.child().try_wait(), Ok(Some(_))) {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if listening {
+                started = Some((dns, dns_port));
+                break;
+            }
+        }
+        let (dns, dns_port) = started.expect("pebble-challtestsrv did not start on any of 5 fresh ports");
 
         let (listen, mgmt) = (deps::free_port(), deps::free_port());
         let config = serde_json::json!({"pebble": {

@@ -121,6 +121,8 @@ struct DeploySection {
     install_scripts: bool,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    /// `"default"` (the host's network) or `"none"`.
+    network: Option<String>,
 }
 
 fn default_transport() -> String {
@@ -182,6 +184,13 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
             value: e.value,
         })
         .collect();
+    let no_network = match manifest.deploy.network.as_deref() {
+        None | Some("default") => false,
+        Some("none") => true,
+        Some(other) => {
+            return Err(format!("catwalk.toml: deploy.network {other:?}: use \"default\" or \"none\""));
+        }
+    };
     Ok(Plan {
         manifest: "catwalk.toml".into(),
         language,
@@ -194,6 +203,7 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
         install_scripts: manifest.deploy.install_scripts,
         runtime: manifest.deploy.runtime,
         allowed_origins: manifest.deploy.allowed_origins,
+        no_network,
     })
 }
 
@@ -363,6 +373,7 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
         install_scripts: false,
         runtime: None,
         allowed_origins: Vec::new(),
+        no_network: false,
     })
 }
 
@@ -424,6 +435,7 @@ fn repository_plan(manifest: &str, language: Language, entry: Entry) -> Plan {
         install_scripts: false,
         runtime: None,
         allowed_origins: Vec::new(),
+        no_network: false,
     }
 }
 

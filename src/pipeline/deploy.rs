@@ -421,8 +421,12 @@ impl Deployer {
             readonly: vec![installed.dir.clone()],
             cwd: cwd.clone(),
             hidden: vec![self.dir.root().to_path_buf()],
+            network: release.plan.no_network.then_some(sandbox::Network::None),
             ..Default::default()
         };
+        if release.plan.no_network && !self.tools.sandbox.is_active() {
+            return Err("deploy.network = \"none\" needs the server sandbox, which is not active on this host (see `[sandbox]`)".into());
+        }
         let argv = sandbox::wrap(&self.tools.sandbox, &visible, &argv)?;
         let backend = match &release.plan.transport {
             Transport::Stdio => Backend::Stdio { argv, env, cwd },

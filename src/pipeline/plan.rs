@@ -111,6 +111,9 @@ pub struct Plan {
     /// Extra `Origin` values the app allows.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// `network = "none"`: the server gets no network at all (only a private loopback).
+    #[serde(default)]
+    pub no_network: bool,
 }
 
 impl Plan {

@@ -97,6 +97,17 @@ impl Mcp {
         answer
     }
 
+    /// DELETE the session (its server process stops).
+    pub async fn close(&mut self) {
+        if let Some(s) = self.session.take() {
+            let mut req = self.client.delete(&self.url).header("mcp-session-id", s);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let _ = req.send().await;
+        }
+    }
+
     /// tools/call NAME ARGS → the text of the first content item.
     pub async fn call_text(&mut self, name: &str, args: Value) -> String {
         let answer = self.request("tools/call", json!({"name": name, "arguments": args})).await;

@@ -122,3 +122,11 @@ fn empty_repository_shows_minimal_manifest() {
     let err = analyse(&tree(&[("README.md", "hi")])).unwrap_err();
     assert!(err.contains("[server]") && err.contains("package ="), "{err}");
 }
+
+#[test]
+fn network_none_is_a_deploy_option() {
+    let t = tree(&[("catwalk.toml", "[server]\npackage = \"npm:x\"\n[deploy]\nnetwork = \"none\"\n")]);
+    assert!(analyse(&t).unwrap().no_network);
+    let t = tree(&[("catwalk.toml", "[server]\npackage = \"npm:x\"\n[deploy]\nnetwork = \"internet\"\n")]);
+    assert!(analyse(&t).unwrap_err().contains("deploy.network"));
+}
