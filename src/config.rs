@@ -19,6 +19,8 @@ pub struct Config {
     pub git: GitConfig,
     pub gateway: GatewayConfig,
     pub daemon: DaemonConfig,
+    /// Where releases run: `local` (default) or `fly` (`[runtime.fly]`).
+    pub runtime: RuntimeConfig,
     /// Statically declared apps served by the gateway, for servers the operator runs by hand
     /// (the way `mcp-proxy` names servers). Pushed apps live in the store instead.
     pub apps: std::collections::BTreeMap<String, StaticApp>,
@@ -86,6 +88,23 @@ pub struct DaemonConfig {
     /// How long a SIGTERM waits for running pushes to finish before exiting anyway.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Runtime of apps that do not choose one: `local` or `fly`.
+    pub default: String,
+    /// Let an app's own `catwalk.toml` choose its runtime (`runtime = "fly"` / `"local"`).
+    pub allow_app_choice: bool,
+    /// Fly.io Machines settings; required when any app may run on `fly`.
+    pub fly: Option<crate::runtime::fly::FlyConfig>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { default: "local".into(), allow_app_choice: true, fly: None }
+    }
 }
 
 /// An app the operator declares in the config instead of pushing it.
@@ -193,6 +212,15 @@ impl Config {
                 self.git.deploy_branch
             ));
         }
+        match self.runtime.default.as_str() {
+            "local" => {}
+            "fly" if self.runtime.fly.is_some() => {}
+            "fly" => return Err("runtime.default = \"fly\" needs a [runtime.fly] section".into()),
+            other => return Err(format!("runtime.default = {other:?}: expected \"local\" or \"fly\"")),
+        }
+        if let Some(fly) = &self.runtime.fly {
+            fly.validate()?;
+        }
         if let Some(url) = &self.http.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -272,6 +300,23 @@ mod tests {
         assert!(err.to_string().contains("either `command` or `url`"), "{err}");
         let err = Config::parse("[apps.\"../x\"]\ncommand=[\"a\"]\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("not a valid app name"), "{err}");
+    }
+
+    #[test]
+    fn runtime_fly_section() {
+        let c = Config::parse(
+            "[runtime]\ndefault = \"fly\"\n[runtime.fly]\norg = \"acme\"\nnetwork = \"flycast\"\nstart_timeout = \"90s\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let fly = c.runtime.fly.unwrap();
+        assert_eq!(fly.org, "acme");
+        assert_eq!(fly.network, crate::runtime::fly::Network::Flycast);
+        assert_eq!(fly.start_timeout, Duration::from_secs(90));
+        let err = Config::parse("[runtime]\ndefault = \"fly\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("[runtime.fly]"), "{err}");
+        let err = Config::parse("[runtime.fly]\nnetwrk = \"6pn\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("netwrk"), "{err}");
     }
 
     #[test]

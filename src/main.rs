@@ -28,6 +28,9 @@ enum Command {
     },
     /// Serve one stdio MCP server (or an HTTP upstream) over Streamable HTTP, without a daemon.
     Bridge(catwalk::bridge::BridgeArgs),
+    /// Inside the Fly runner image: install the plan in CATWALK_PLAN, then bridge it.
+    #[command(hide = true)]
+    Runner(catwalk::runtime::fly::runner::RunnerArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,10 @@ fn main() -> ExitCode {
         Command::Bridge(args) => {
             init_logging("warn");
             block_on(async { catwalk::bridge::run(args).await.map(|()| ExitCode::SUCCESS) })
+        }
+        Command::Runner(args) => {
+            init_logging("warn");
+            block_on(async { catwalk::runtime::fly::runner::run(args).await.map(|()| ExitCode::SUCCESS) })
         }
     };
     match result {
