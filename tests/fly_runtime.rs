@@ -14,7 +14,7 @@ use std::time::Duration;
 use catwalk::gateway::{AppDirectory, AppLogs, AppRoute, Gateway, GatewayConfig, Mount, NoAudit};
 use catwalk::pipeline::plan::{Entry, EnvSpec, Language, Plan, Registry, Source, Transport};
 use catwalk::pipeline::secrets::{Secrets, parse_dotenv};
-use catwalk::runtime::fly::{FlyConfig, FlyRuntime};
+use catwalk::runtime::fly::{FlyConfig, FlyRuntime, Network};
 use catwalk::store::{ReleaseRecord, ReleaseStatus};
 use fly_fake::{FakeFly, FakeImage};
 use serde_json::{Value, json};
@@ -504,4 +504,37 @@ async fn app_name_taken_and_bad_token_are_explained() {
     let rt = FlyRuntime::new(cfg, [1u8; 32]).unwrap();
     let err = rt.deploy(&release("x", 1), &secrets(), None, &out).await.unwrap_err();
     assert!(err.contains("401") && err.contains("token"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flycast_pins_the_instance_and_autostarts() {
+    let env = setup(|c| c.network = Network::Flycast).await;
+    let v1 = deploy_live(&env, "fc", 1, None).await;
+    let catwalk::gateway::Backend::Http { url, headers } = &v1.route.backend else { panic!("http route") };
+    assert!(url.ends_with("/flycast/cw-fc/mcp"), "{url}");
+    assert!(headers.iter().any(|(k, v)| k == "fly-force-instance-id" && v == &v1.machine.id), "{headers:?}");
+    let create = env
+        .fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/machines"))
+        .unwrap();
+    let body: Value = serde_json::from_str(&create.body).unwrap();
+    assert_eq!(body["config"]["services"][0]["autostop"], "stop");
+    assert_eq!(body["config"]["services"][0]["autostart"], true);
+    assert!(env.fake.requests().iter().any(|r| r.path.ends_with(&format!("{}/uncordon", v1.machine.id))));
+    let (gw, stop) = gateway_for(v1.route.clone()).await;
+    assert_eq!(
+        text_of(&call_tool(&gw, None, "echo", json!({"text": "via flycast"})).await.unwrap()),
+        "via flycast"
+    );
+    // Scaled to zero, the next request starts the machine through fly-proxy (autostart).
+    env.rt.scale_to_zero("fc").await.unwrap();
+    assert_eq!(env.machines("fc")[0].1, "stopped");
+    assert_eq!(text_of(&call_tool(&gw, None, "echo", json!({"text": "woke"})).await.unwrap()), "woke");
+    stop.cancel();
+    // Blue/green over Flycast: the old machine is cordoned before it is retired.
+    let v2 = deploy_live(&env, "fc", 2, Some(1)).await;
+    assert!(env.fake.requests().iter().any(|r| r.path.ends_with(&format!("{}/cordon", v1.machine.id))));
+    assert_eq!(env.machines("fc").iter().map(|m| m.0.clone()).collect::<Vec<_>>(), vec![v2.machine.id]);
 }

@@ -743,10 +743,13 @@ async fn app_api(
                 }
                 ("POST", ["cordon"]) => {
                     m.cordoned = true;
+                    m.skip_service_registration = true;
                     reply(200, json!({"ok": true}), rid)
                 }
                 ("POST", ["uncordon"]) => {
+                    // Registers the machine's services with fly-proxy (flyctl's blue/green step).
                     m.cordoned = false;
+                    m.skip_service_registration = false;
                     reply(200, json!({"ok": true}), rid)
                 }
                 _ => err(404, "no such machine route", rid),

@@ -10,9 +10,11 @@
 //!    restart-looping (exit events), and run the MCP health gate through the URL and credential the
 //!    proxy will use.
 //!
+//! 6. over Flycast, uncordon the new machine so fly-proxy routes to it (flyctl's blue/green does the same).
+//!
 //! Any failure destroys the new machine and leaves the old one serving. On success the caller switches
-//! its route to [`Staged::route`], then calls [`FlyRuntime::commit`] (register the new machine's services,
-//! stop and destroy the old machines) — or [`FlyRuntime::abort`] if it could not switch.
+//! its route to [`Staged::route`], then calls [`FlyRuntime::commit`] (cordon, stop and destroy the old
+//! machines) — or [`FlyRuntime::abort`] if it could not switch.
 
 use std::time::{Duration, Instant};
 
@@ -119,7 +121,15 @@ impl FlyRuntime {
             "-----> fly: app {fly_app}, secrets version {secrets_version}, machine {} ({}) created",
             machine.id, machine.region
         ));
-        match self.gate(app, &fly_app, &machine, out, started).await {
+        let gated = match self.gate(app, &fly_app, &machine, out, started).await {
+            // Over Flycast the machine joins fly-proxy only now, healthy and before the route switches
+            // (requests are pinned with fly-force-instance-id, so nothing reaches it before the switch).
+            Ok(g) if self.cfg.network == Network::Flycast => {
+                self.client.uncordon(&fly_app, &machine.id).await.map(|()| g).map_err(String::from)
+            }
+            other => other,
+        };
+        match gated {
             Ok((machine, route, introspection)) => Ok(Staged {
                 app: app.to_string(),
                 fly_app,
@@ -198,8 +208,8 @@ impl FlyRuntime {
         Ok(())
     }
 
-    /// Makes the staged release the live one: registers the new machine with fly-proxy (Flycast),
-    /// then stops and destroys the old machines. Call after switching the route.
+    /// Makes the staged release the live one: stops and destroys the old machines (cordoned first over
+    /// Flycast). Call after switching the route.
     pub async fn commit(&self, staged: &Staged, out: Progress<'_>) -> Result<(), String> {
         self.live.lock().expect("live map").insert(
             staged.app.clone(),
@@ -209,29 +219,12 @@ impl FlyRuntime {
                 release: staged.release,
             },
         );
-        if self.cfg.network == Network::Flycast {
-            // Created with skip_service_registration; an update without it registers the services.
-            let req = MachineRequest {
-                config: staged.machine.config.clone(),
-                min_secrets_version: Some(staged.secrets_version),
-                ..Default::default()
-            };
-            let lease = self
-                .client
-                .acquire_lease(
-                    &staged.fly_app,
-                    &staged.machine.id,
-                    Duration::from_secs(60),
-                    "catwalk: register",
-                )
-                .await?;
-            let result =
-                self.client.update_machine(&staged.fly_app, &staged.machine.id, &req, Some(&lease)).await;
-            let _ = self.client.release_lease(&staged.fly_app, &staged.machine.id, &lease).await;
-            result?;
-        }
         let mut problems = Vec::new();
         for id in &staged.old_machines {
+            if self.cfg.network == Network::Flycast {
+                // fly-proxy stops sending new connections to it; pinned sessions moved with the route.
+                let _ = self.client.cordon(&staged.fly_app, id).await;
+            }
             match self.retire(&staged.fly_app, id).await {
                 Ok(()) => out(format!("-----> fly: old machine {} stopped and destroyed", short(id))),
                 Err(e) => problems.push(format!("machine {}: {e}", short(id))),
