@@ -20,6 +20,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub daemon: DaemonConfig,
     pub deploy: DeployConfig,
+    /// Where releases run: `local` (default) or `fly` (`[runtime.fly]`).
+    pub runtime: RuntimeConfig,
     /// Isolation of deployed servers and their installs (`[sandbox]`; see `runtime::sandbox`).
     pub sandbox: crate::runtime::sandbox::SandboxPolicy,
     /// Statically declared apps served by the gateway, for servers the operator runs by hand
@@ -120,6 +122,23 @@ impl Default for DeployConfig {
             health_timeout: Duration::from_secs(60),
             install_timeout: Duration::from_secs(600),
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Runtime of apps that do not choose one: `local` or `fly`.
+    pub default: String,
+    /// Let an app's own `catwalk.toml` choose its runtime (`runtime = "fly"` / `"local"`).
+    pub allow_app_choice: bool,
+    /// Fly.io Machines settings; required when any app may run on `fly`.
+    pub fly: Option<crate::runtime::fly::FlyConfig>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { default: "local".into(), allow_app_choice: true, fly: None }
     }
 }
 
@@ -235,6 +254,15 @@ impl Config {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(format!("{key} = {url:?}: must be an http(s) URL"));
             }
+        }
+        match self.runtime.default.as_str() {
+            "local" => {}
+            "fly" if self.runtime.fly.is_some() => {}
+            "fly" => return Err("runtime.default = \"fly\" needs a [runtime.fly] section".into()),
+            other => return Err(format!("runtime.default = {other:?}: expected \"local\" or \"fly\"")),
+        }
+        if let Some(fly) = &self.runtime.fly {
+            fly.validate()?;
         }
         if let Some(url) = &self.http.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -393,6 +421,23 @@ mod tests {
         let err = Config::parse("[http.tls]\ncert = \"c\"\nkey = \"k\"\nhst = true\n", Path::new("x.toml"))
             .unwrap_err();
         assert!(err.to_string().contains("hst"), "{err}");
+    }
+
+    #[test]
+    fn runtime_fly_section() {
+        let c = Config::parse(
+            "[runtime]\ndefault = \"fly\"\n[runtime.fly]\norg = \"acme\"\nnetwork = \"flycast\"\nstart_timeout = \"90s\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let fly = c.runtime.fly.unwrap();
+        assert_eq!(fly.org, "acme");
+        assert_eq!(fly.network, crate::runtime::fly::Network::Flycast);
+        assert_eq!(fly.start_timeout, Duration::from_secs(90));
+        let err = Config::parse("[runtime]\ndefault = \"fly\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("[runtime.fly]"), "{err}");
+        let err = Config::parse("[runtime.fly]\nnetwrk = \"6pn\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("netwrk"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,9 @@ enum Command {
     },
     /// Serve one stdio MCP server (or an HTTP upstream) over Streamable HTTP, without a daemon.
     Bridge(Box<catwalk::bridge::BridgeArgs>),
+    /// Inside the Fly runner image: install the plan in CATWALK_PLAN, then bridge it.
+    #[command(hide = true)]
+    Runner(catwalk::runtime::fly::runner::RunnerArgs),
     /// Inside a server's sandbox: set limits and privileges, then execute the server (internal).
     #[command(hide = true, name = "sandbox-exec")]
     SandboxExec(catwalk::runtime::sandbox::ExecArgs),
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             catwalk::control::client::run_hook(kind).map(exit_code)
         }
         Some(Command::Bridge(args)) => run_bridge(*args),
+        Some(Command::Runner(args)) => run_runner(args),
         // Single-threaded and before any logging set-up: credentials and Landlock apply per thread.
         Some(Command::SandboxExec(args)) => Err(anyhow::anyhow!(catwalk::runtime::sandbox::exec(args))),
         Some(Command::Remote(argv)) => {
@@ -132,6 +136,15 @@ fn run_bridge(args: catwalk::bridge::BridgeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(catwalk::bridge::run(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_runner(args: catwalk::runtime::fly::runner::RunnerArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CATWALK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(catwalk::runtime::fly::runner::run(args))?;
     Ok(ExitCode::SUCCESS)
 }
 

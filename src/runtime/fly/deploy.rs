@@ -1,0 +1,320 @@
+//! Blue/green deploys on Fly Machines.
+//!
+//! [`FlyRuntime::deploy`] stages a release without touching what serves now:
+//! 1. ensure the Fly app (`app_prefix` + name, in the configured org, on its own 6PN network);
+//! 2. clean up machines an interrupted deploy left behind (found by metadata: not the live release);
+//! 3. set the app's secrets (the release's plus the bridge credential; removed ones unset) → version N;
+//! 4. create the new machine with `min_secrets_version = N` and `skip_service_registration` (fly-proxy
+//!    does not route to it yet), idempotently (launch ULID + unique name);
+//! 5. wait for `started` (the `/wait` 408 loop), wait for the bridge to answer, check it is not
+//!    restart-looping (exit events), and run the MCP health gate through the URL and credential the
+//!    proxy will use.
+//!
+//! 6. over Flycast, uncordon the new machine so fly-proxy routes to it (flyctl's blue/green does the same).
+//!
+//! Any failure destroys the new machine and leaves the old one serving. On success the caller switches
+//! its route to [`Staged::route`], then calls [`FlyRuntime::commit`] (cordon, stop and destroy the old
+//! machines) — or [`FlyRuntime::abort`] if it could not switch.
+
+use std::time::{Duration, Instant};
+
+use super::machine::{machine_config, new_launch_id};
+use super::types::{Machine, MachineRequest, SecretsUpdate};
+use super::{BRIDGE_TOKEN_SECRET, FlyRuntime, LiveMachine, META_APP, META_LAUNCH, META_RELEASE, Network};
+use crate::gateway::AppRoute;
+use crate::pipeline::health;
+use crate::pipeline::secrets::Secrets;
+use crate::store::{Introspection, ReleaseRecord};
+
+/// Progress lines for the pusher (`-----> fly: ...`).
+pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
+
+/// A release running on a new machine that passed its health gate, not yet serving.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub app: String,
+    pub fly_app: String,
+    pub release: u32,
+    pub launch: String,
+    pub machine: Machine,
+    /// The route the gateway should switch to.
+    pub route: AppRoute,
+    pub introspection: Introspection,
+    /// Machines of the previous release, retired by [`FlyRuntime::commit`].
+    pub old_machines: Vec<String>,
+    pub secrets_version: u64,
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(8)]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+impl FlyRuntime {
+    /// Stages `release` on a new machine (see the module docs). `live_release` is the version that
+    /// serves now (its machines are kept until [`FlyRuntime::commit`]); machines of any other release
+    /// are leftovers of interrupted deploys and are destroyed first.
+    pub async fn deploy(
+        &self,
+        release: &ReleaseRecord,
+        secrets: &Secrets,
+        live_release: Option<u32>,
+        out: Progress<'_>,
+    ) -> Result<Staged, String> {
+        if secrets.contains_key(BRIDGE_TOKEN_SECRET) {
+            return Err(format!("{BRIDGE_TOKEN_SECRET} is reserved by catwalk; rename that secret"));
+        }
+        let app = release.app.as_str();
+        let fly_app = self.fly_app(app);
+        self.ensure_app(&fly_app).await?;
+
+        // Leftovers of interrupted deploys (daemon killed mid-deploy, failed cleanup).
+        let machines = self.client.list_by_metadata(&fly_app, &[(META_APP, app)]).await?;
+        let live = live_release.map(|v| v.to_string());
+        let (old, leftovers): (Vec<_>, Vec<_>) =
+            machines.into_iter().partition(|m| live.is_some() && m.meta(META_RELEASE) == live.as_deref());
+        for m in &leftovers {
+            self.retire(&fly_app, &m.id).await?;
+            out(format!(
+                "-----> fly: removed machine {} left by an interrupted deploy (release v{})",
+                short(&m.id),
+                m.meta(META_RELEASE).unwrap_or("?")
+            ));
+        }
+
+        // Secrets: the release's values plus the bridge credential; names no longer used are unset.
+        let mut update = SecretsUpdate::default();
+        for (k, v) in secrets {
+            update.values.insert(k.clone(), Some(v.expose().to_string()));
+        }
+        update.values.insert(BRIDGE_TOKEN_SECRET.into(), Some(self.bridge_token(app)));
+        for name in self.client.secret_names(&fly_app).await? {
+            update.values.entry(name).or_insert(None);
+        }
+        let secrets_version = self.client.set_secrets(&fly_app, &update).await?;
+
+        let launch = new_launch_id();
+        let config = machine_config(&self.cfg, release, secrets, &launch)?;
+        let req = MachineRequest {
+            config,
+            name: Some(format!("{fly_app}-v{}-{}", release.version, launch.to_ascii_lowercase())),
+            region: Some(self.cfg.region.clone()),
+            min_secrets_version: Some(secrets_version),
+            skip_service_registration: true,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let machine = self.client.create_machine_idempotent(&fly_app, &req, META_LAUNCH).await.map_err(|e| {
+            let mut msg = e.to_string();
+            if matches!(e.status(), Some(412 | 500)) && e.message.contains("capacity") {
+                msg.push_str(&format!(
+                    "; region {} has no capacity for this guest size right now: retry, or change [runtime.fly] region/guest",
+                    self.cfg.region
+                ));
+            }
+            msg
+        })?;
+        out(format!(
+            "-----> fly: app {fly_app}, secrets version {secrets_version}, machine {} ({}) created",
+            machine.id, machine.region
+        ));
+        let gated = match self.gate(app, &fly_app, &machine, out, started).await {
+            // Over Flycast the machine joins fly-proxy only now, healthy and before the route switches
+            // (requests are pinned with fly-force-instance-id, so nothing reaches it before the switch).
+            Ok(g) if self.cfg.network == Network::Flycast => {
+                self.client.uncordon(&fly_app, &machine.id).await.map(|()| g).map_err(String::from)
+            }
+            other => other,
+        };
+        match gated {
+            Ok((machine, route, introspection)) => Ok(Staged {
+                app: app.to_string(),
+                fly_app,
+                release: release.version,
+                launch,
+                machine,
+                route,
+                introspection,
+                old_machines: old.into_iter().map(|m| m.id).collect(),
+                secrets_version,
+            }),
+            Err(e) => {
+                match self.retire(&fly_app, &machine.id).await {
+                    Ok(()) => {
+                        out(format!("-----> fly: machine {} destroyed (release failed)", short(&machine.id)))
+                    }
+                    Err(c) => out(format!(
+                        "-----> fly: could not destroy machine {} ({c}); the next deploy removes it",
+                        short(&machine.id)
+                    )),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Started → answering → not looping → MCP healthy.
+    async fn gate(
+        &self,
+        app: &str,
+        fly_app: &str,
+        machine: &Machine,
+        out: Progress<'_>,
+        started: Instant,
+    ) -> Result<(Machine, AppRoute, Introspection), String> {
+        let deadline = Instant::now() + self.cfg.start_timeout;
+        self.client.wait_state(fly_app, &machine.id, Some(&machine.instance_id), "started", deadline).await?;
+        let machine = self.client.get_machine(fly_app, &machine.id).await?;
+        let route = self.route(app, &machine);
+        // Until commit the machine is not registered with fly-proxy (skip_service_registration), so
+        // the gate always goes over 6PN, straight to the machine's bridge, with the proxy's credential.
+        let direct = self.direct_route(app, &machine);
+        self.wait_http(&direct, fly_app, &machine.id, Instant::now() + self.cfg.boot_timeout).await?;
+        let boot = started.elapsed();
+        self.smoke(fly_app, &machine.id).await?;
+        let Backend { url, token } = backend_of(&direct);
+        let t = Instant::now();
+        let intro = health::probe(&url, Some(&token), self.cfg.health_timeout)
+            .await
+            .map_err(|e| format!("machine {} failed the MCP health check: {e}", short(&machine.id)))?;
+        // A server that answered once and then crashed is restart-looping: check again.
+        self.smoke(fly_app, &machine.id).await?;
+        out(format!(
+            "-----> fly: machine started in {}, MCP healthy in {}: {} tool{}",
+            secs(boot),
+            secs(t.elapsed()),
+            intro.tools.len(),
+            if intro.tools.len() == 1 { "" } else { "s" }
+        ));
+        Ok((machine, route, intro))
+    }
+
+    /// Fails when the machine is not `started` or its events show its process exiting.
+    async fn smoke(&self, fly_app: &str, id: &str) -> Result<(), String> {
+        let m = self.client.get_machine(fly_app, id).await?;
+        let events = self.client.events(fly_app, id, 20).await?;
+        let exits = events.iter().filter(|e| e.is_crash()).count();
+        if m.state != "started" || exits > 0 {
+            return Err(format!(
+                "machine {} is not running steadily (state {}){}",
+                short(id),
+                m.state,
+                self.exit_summary(fly_app, id).await
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes the staged release the live one: stops and destroys the old machines (cordoned first over
+    /// Flycast). Call after switching the route.
+    pub async fn commit(&self, staged: &Staged, out: Progress<'_>) -> Result<(), String> {
+        self.live.lock().expect("live map").insert(
+            staged.app.clone(),
+            LiveMachine {
+                fly_app: staged.fly_app.clone(),
+                machine_id: staged.machine.id.clone(),
+                release: staged.release,
+            },
+        );
+        let mut problems = Vec::new();
+        for id in &staged.old_machines {
+            if self.cfg.network == Network::Flycast {
+                // fly-proxy stops sending new connections to it; pinned sessions moved with the route.
+                let _ = self.client.cordon(&staged.fly_app, id).await;
+            }
+            match self.retire(&staged.fly_app, id).await {
+                Ok(()) => out(format!("-----> fly: old machine {} stopped and destroyed", short(id))),
+                Err(e) => problems.push(format!("machine {}: {e}", short(id))),
+            }
+        }
+        // Machines of this launch other than the staged one (a create retried after a lost answer).
+        let strays =
+            self.client.list_by_metadata(&staged.fly_app, &[(META_LAUNCH, staged.launch.as_str())]).await?;
+        for m in strays.into_iter().filter(|m| m.id != staged.machine.id) {
+            if let Err(e) = self.retire(&staged.fly_app, &m.id).await {
+                problems.push(format!("machine {}: {e}", short(&m.id)));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the new release serves, but retiring old machines failed (the next deploy retries): {}",
+                problems.join("; ")
+            ))
+        }
+    }
+
+    /// Gives up a staged release (the caller could not switch to it): destroys its machine.
+    pub async fn abort(&self, staged: &Staged, out: Progress<'_>) -> Result<(), String> {
+        self.retire(&staged.fly_app, &staged.machine.id).await?;
+        out(format!("-----> fly: machine {} destroyed (release not switched)", short(&staged.machine.id)));
+        Ok(())
+    }
+
+    /// Stops (gracefully, under a lease) and destroys one machine. A machine already gone is fine.
+    async fn retire(&self, fly_app: &str, id: &str) -> Result<(), String> {
+        let lease =
+            match self.client.acquire_lease(fly_app, id, Duration::from_secs(60), "catwalk: retire").await {
+                Ok(l) => Some(l),
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            };
+        let nonce = lease.as_deref();
+        if self.client.stop_machine(fly_app, id, Some(Duration::from_secs(10)), nonce).await.is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let _ = self.client.wait_state(fly_app, id, None, "stopped", deadline).await;
+        }
+        let result = self.client.destroy_machine(fly_app, id, nonce).await;
+        if result.is_err()
+            && let Some(n) = nonce
+        {
+            let _ = self.client.release_lease(fly_app, id, n).await;
+        }
+        result.map_err(String::from)
+    }
+
+    /// Creates the Fly app on its own network unless it exists.
+    async fn ensure_app(&self, fly_app: &str) -> Result<(), String> {
+        if self.client.get_app(fly_app).await?.is_some() {
+            return Ok(());
+        }
+        match self.client.create_app(fly_app, &self.cfg.org, Some(fly_app)).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.status(), Some(409 | 422)) => {
+                // Created meanwhile by us (a retried request), or the name belongs to someone else.
+                match self.client.get_app(fly_app).await {
+                    Ok(Some(_)) => Ok(()),
+                    _ => Err(format!(
+                        "the Fly app name {fly_app} is taken by another organization ({e}); choose another [runtime.fly] app_prefix"
+                    )),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+struct Backend {
+    url: String,
+    token: String,
+}
+
+/// URL and bridge token of a route built by [`FlyRuntime::route`].
+fn backend_of(route: &AppRoute) -> Backend {
+    match &route.backend {
+        crate::gateway::Backend::Http { url, headers } => Backend {
+            url: url.clone(),
+            token: headers
+                .iter()
+                .find(|(k, _)| k == "authorization")
+                .and_then(|(_, v)| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_string(),
+        },
+        crate::gateway::Backend::Stdio { .. } => Backend { url: String::new(), token: String::new() },
+    }
+}

@@ -1,0 +1,499 @@
+//! The Fly.io Machines runtime: each catwalk app becomes one Fly app (`app_prefix` + name) whose
+//! machine runs the runner image (`catwalk runner`: install the pinned package at boot, then the
+//! bridge), and the daemon's gateway proxies `/mcp/APP` to it over 6PN or Flycast.
+//!
+//! - [`client`]: the Machines API client (auth, rate limits, retries, idempotent creates, `/wait` loop, leases);
+//! - [`types`]: the API's serde types, checked against the OpenAPI spec;
+//! - [`machine`]: the machine config built from a release (never holding a secret value);
+//! - [`deploy`]: blue/green: stage the new machine, gate it, then retire the old one ([`FlyRuntime::deploy`],
+//!   [`FlyRuntime::commit`], [`FlyRuntime::abort`]);
+//! - [`runner`]: `catwalk runner`, the image's entry point.
+//!
+//! Isolation: every Fly app gets its own 6PN network (named like the app), and every machine's bridge
+//! requires a per-app credential that only the daemon holds (a Fly secret derived from the daemon's key),
+//! so neither another tenant's machine nor anything else on Fly's network can call a tenant's server.
+
+pub mod client;
+pub mod deploy;
+pub mod machine;
+pub mod runner;
+pub mod types;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Deserializer};
+use sha2::Sha256;
+
+pub use client::{FlyClient, FlyError, RetryPolicy};
+pub use deploy::Staged;
+
+use crate::gateway::{AppRoute, Backend};
+
+/// Name of the Fly secret holding the bridge credential (and of the machine's env var).
+pub const BRIDGE_TOKEN_SECRET: &str = "CATWALK_BRIDGE_TOKEN";
+/// Machine env var holding the release plan (JSON; plans never contain secret values).
+pub const PLAN_ENV: &str = "CATWALK_PLAN";
+/// Metadata keys on every machine catwalk creates.
+pub const META_APP: &str = "catwalk_app";
+pub const META_RELEASE: &str = "catwalk_release";
+pub const META_LAUNCH: &str = "catwalk_launch";
+
+/// How the daemon reaches machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Network {
+    /// Directly over the private network: `http://<machine>.vm.<app>.internal:PORT/mcp`.
+    /// Scale to zero is catwalk's job ([`FlyRuntime::scale_to_zero`] / [`FlyRuntime::ensure_started`]).
+    #[serde(rename = "6pn")]
+    SixPn,
+    /// Through fly-proxy: `http://<app>.flycast/mcp`, sessions pinned with `fly-force-instance-id`;
+    /// fly-proxy stops idle machines and starts them on the next request (autostop/autostart).
+    #[serde(rename = "flycast")]
+    Flycast,
+}
+
+/// Guest size of a machine.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestConfig {
+    /// `shared` or `performance`.
+    pub cpu_kind: String,
+    pub cpus: u32,
+    pub memory_mb: u32,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        GuestConfig { cpu_kind: "shared".into(), cpus: 1, memory_mb: 512 }
+    }
+}
+
+/// `[runtime.fly]` of the daemon's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlyConfig {
+    /// Machines API base URL (tests point it at the fake).
+    pub api_url: String,
+    /// File holding the Fly API token; when absent, `FLY_API_TOKEN` is read.
+    pub token_file: Option<PathBuf>,
+    /// Fly organization slug the apps are created in.
+    pub org: String,
+    pub region: String,
+    /// Fly app name = prefix + catwalk app name (Fly app names are global: pick a distinctive prefix).
+    pub app_prefix: String,
+    /// The runner image (see the Dockerfile).
+    pub image: String,
+    pub network: Network,
+    pub guest: GuestConfig,
+    /// Port the bridge listens on inside the machine.
+    pub internal_port: u16,
+    /// Address of a machine over 6PN; `{machine_id}`, `{app}` (Fly app), `{private_ip}`, `{port}`, `{path}`.
+    pub machine_url_template: String,
+    /// Address of an app over Flycast; same placeholders.
+    pub flycast_url_template: String,
+    /// Flycast only: let fly-proxy stop idle machines (and start them on demand).
+    pub autostop: bool,
+    /// How long a machine may take to reach `started`.
+    #[serde(deserialize_with = "duration")]
+    pub start_timeout: Duration,
+    /// How long a started machine may take to install its package and answer HTTP.
+    #[serde(deserialize_with = "duration")]
+    pub boot_timeout: Duration,
+    /// How long the MCP health gate may take once the bridge answers.
+    #[serde(deserialize_with = "duration")]
+    pub health_timeout: Duration,
+    /// Seconds per `/wait` call (Fly caps it at 60 and answers 408).
+    #[serde(deserialize_with = "duration")]
+    pub wait_timeout: Duration,
+    /// Client-side limit per action per machine (Fly allows about 1/s with small bursts).
+    pub requests_per_second: u32,
+    pub burst: u32,
+    /// Retries of a failed API call (jittered exponential backoff from `retry_min_delay`).
+    pub retries: usize,
+    #[serde(deserialize_with = "duration")]
+    pub retry_min_delay: Duration,
+}
+
+impl Default for FlyConfig {
+    fn default() -> Self {
+        FlyConfig {
+            api_url: "https://api.machines.dev".into(),
+            token_file: None,
+            org: "personal".into(),
+            region: "iad".into(),
+            app_prefix: "cw-".into(),
+            image: "registry.fly.io/catwalk-runner:0.1.0".into(),
+            network: Network::SixPn,
+            guest: GuestConfig::default(),
+            internal_port: 8080,
+            machine_url_template: "http://{machine_id}.vm.{app}.internal:{port}{path}".into(),
+            flycast_url_template: "http://{app}.flycast{path}".into(),
+            autostop: true,
+            start_timeout: Duration::from_secs(180),
+            boot_timeout: Duration::from_secs(600),
+            health_timeout: Duration::from_secs(60),
+            wait_timeout: Duration::from_secs(60),
+            requests_per_second: 1,
+            burst: 3,
+            retries: 6,
+            retry_min_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+impl FlyConfig {
+    /// Checks values that serde cannot (called by `Config::validate`).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.api_url.starts_with("http://") || self.api_url.starts_with("https://")) {
+            return Err(format!("runtime.fly.api_url = {:?}: must start with https://", self.api_url));
+        }
+        if self.image.trim().is_empty() {
+            return Err("runtime.fly.image is empty: build and push the runner image (see the README)".into());
+        }
+        let prefix_ok =
+            self.app_prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !prefix_ok || self.app_prefix.len() > 20 {
+            return Err(format!(
+                "runtime.fly.app_prefix = {:?}: use at most 20 lowercase letters, digits and dashes",
+                self.app_prefix
+            ));
+        }
+        for (key, t) in [
+            ("machine_url_template", &self.machine_url_template),
+            ("flycast_url_template", &self.flycast_url_template),
+        ] {
+            if !t.starts_with("http://") {
+                return Err(format!("runtime.fly.{key} = {t:?}: must start with http://"));
+            }
+        }
+        if self.requests_per_second == 0 || self.burst == 0 {
+            return Err("runtime.fly.requests_per_second and burst must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The API token: `token_file` if set, else `FLY_API_TOKEN`.
+    pub fn token(&self) -> Result<String, String> {
+        let token = match &self.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("reading the Fly API token from {}: {e}", path.display()))?,
+            None => std::env::var("FLY_API_TOKEN").map_err(|_| {
+                "no Fly API token: set [runtime.fly] token_file or the FLY_API_TOKEN environment variable (fly tokens create org)".to_string()
+            })?,
+        };
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err("the Fly API token is empty".into());
+        }
+        Ok(token)
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"))
+    })
+}
+
+/// Where one catwalk app's release runs on Fly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMachine {
+    pub fly_app: String,
+    pub machine_id: String,
+    pub release: u32,
+}
+
+/// One machine in `info APP`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineStatus {
+    pub id: String,
+    pub state: String,
+    pub region: String,
+    pub release: Option<u32>,
+    /// The last events, newest first: `"exit (stopped) exit code 3"`.
+    pub events: Vec<String>,
+}
+
+/// The Fly runtime. Create once per daemon and share behind an `Arc`.
+pub struct FlyRuntime {
+    pub cfg: FlyConfig,
+    pub client: FlyClient,
+    bridge_key: [u8; 32],
+    live: Mutex<HashMap<String, LiveMachine>>,
+    /// One start at a time per app (many requests may arrive for a stopped machine at once).
+    starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl FlyRuntime {
+    /// `bridge_key` is a daemon-held secret (e.g. derived from its age identity) from which each app's
+    /// bridge credential is derived, so it survives restarts without being stored.
+    pub fn new(cfg: FlyConfig, bridge_key: [u8; 32]) -> Result<FlyRuntime, String> {
+        cfg.validate()?;
+        let token = cfg.token()?;
+        let nz = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
+        let client = FlyClient::new(
+            &cfg.api_url,
+            &token,
+            RetryPolicy { max_times: cfg.retries, min_delay: cfg.retry_min_delay, ..RetryPolicy::default() },
+            nz(cfg.requests_per_second),
+            nz(cfg.burst),
+            cfg.wait_timeout.as_secs(),
+        )?;
+        Ok(FlyRuntime {
+            cfg,
+            client,
+            bridge_key,
+            live: Mutex::new(HashMap::new()),
+            starting: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The Fly app of a catwalk app.
+    pub fn fly_app(&self, app: &str) -> String {
+        format!("{}{app}", self.cfg.app_prefix)
+    }
+
+    /// The credential a machine's bridge requires (`Authorization: Bearer`), per app.
+    pub fn bridge_token(&self, app: &str) -> String {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.bridge_key).expect("HMAC takes any key length");
+        mac.update(b"catwalk fly bridge v1\0");
+        mac.update(self.fly_app(app).as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// The URL the gateway uses for a machine (6PN or Flycast, as configured).
+    pub fn machine_url(&self, fly_app: &str, machine_id: &str, private_ip: &str) -> String {
+        let template = match self.cfg.network {
+            Network::SixPn => &self.cfg.machine_url_template,
+            Network::Flycast => &self.cfg.flycast_url_template,
+        };
+        self.fill(template, fly_app, machine_id, private_ip)
+    }
+
+    fn fill(&self, template: &str, fly_app: &str, machine_id: &str, private_ip: &str) -> String {
+        let ip = if private_ip.contains(':') { format!("[{private_ip}]") } else { private_ip.to_string() };
+        template
+            .replace("{machine_id}", machine_id)
+            .replace("{app}", fly_app)
+            .replace("{private_ip}", &ip)
+            .replace("{port}", &self.cfg.internal_port.to_string())
+            .replace("{path}", "/mcp")
+    }
+
+    /// The gateway route to a machine: its URL plus the bridge credential (and, over Flycast, the
+    /// `fly-force-instance-id` header that pins every request, hence every MCP session, to it).
+    pub fn route(&self, app: &str, machine: &types::Machine) -> AppRoute {
+        let fly_app = self.fly_app(app);
+        let mut headers = vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))];
+        if self.cfg.network == Network::Flycast {
+            headers.push(("fly-force-instance-id".to_string(), machine.id.clone()));
+        }
+        AppRoute {
+            backend: Backend::Http {
+                url: self.machine_url(&fly_app, &machine.id, &machine.private_ip),
+                headers,
+            },
+            allowed_origins: Vec::new(),
+            shared: false,
+            rate_limit: None,
+        }
+    }
+
+    /// The machine's own 6PN address and credential, bypassing fly-proxy (health gate, boot wait).
+    pub fn direct_route(&self, app: &str, machine: &types::Machine) -> AppRoute {
+        let url =
+            self.fill(&self.cfg.machine_url_template, &self.fly_app(app), &machine.id, &machine.private_ip);
+        AppRoute {
+            backend: Backend::Http {
+                url,
+                headers: vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))],
+            },
+            allowed_origins: Vec::new(),
+            shared: false,
+            rate_limit: None,
+        }
+    }
+
+    /// The live machine of `app`, from memory or (after a daemon restart) from Fly: the started
+    /// or stopped machine of the newest release.
+    pub async fn live_machine(&self, app: &str) -> Result<Option<LiveMachine>, String> {
+        if let Some(l) = self.live.lock().expect("live map").get(app).cloned() {
+            return Ok(Some(l));
+        }
+        let fly_app = self.fly_app(app);
+        let machines = self.client.list_by_metadata(&fly_app, &[(META_APP, app)]).await?;
+        let best = machines
+            .iter()
+            .filter(|m| !matches!(m.state.as_str(), "destroyed" | "destroying" | "failed"))
+            .filter_map(|m| Some((m.meta(META_RELEASE)?.parse::<u32>().ok()?, m)))
+            .max_by_key(|(v, _)| *v);
+        Ok(best.map(|(release, m)| {
+            let l = LiveMachine { fly_app: fly_app.clone(), machine_id: m.id.clone(), release };
+            self.live.lock().expect("live map").insert(app.to_string(), l.clone());
+            l
+        }))
+    }
+
+    /// The route of `app`'s live machine after a daemon restart (`None`: nothing deployed on Fly).
+    pub async fn restore_route(&self, app: &str) -> Result<Option<AppRoute>, String> {
+        let Some(live) = self.live_machine(app).await? else { return Ok(None) };
+        let m = self.client.get_machine(&live.fly_app, &live.machine_id).await?;
+        Ok(Some(self.route(app, &m)))
+    }
+
+    /// Makes sure `app`'s live machine runs: a stopped (scaled to zero) or suspended machine is
+    /// started and awaited. Concurrent callers share one start. Over Flycast fly-proxy does this itself.
+    pub async fn ensure_started(&self, app: &str) -> Result<(), String> {
+        let live = self.live_machine(app).await?.ok_or(format!("app {app} has no machine on Fly"))?;
+        let gate = self.starting.lock().expect("start gates").entry(app.to_string()).or_default().clone();
+        let _one = gate.lock().await;
+        let m = self.client.get_machine(&live.fly_app, &live.machine_id).await?;
+        let deadline = Instant::now() + self.cfg.start_timeout;
+        match m.state.as_str() {
+            "started" => return Ok(()),
+            "stopped" | "suspended" | "created" => {
+                if let Err(e) = self.client.start_machine(&live.fly_app, &m.id, None).await {
+                    // Someone else may have started it meanwhile; the wait below decides.
+                    tracing::debug!(app, "start: {e}");
+                }
+            }
+            "stopping" => {
+                self.client.wait_state(&live.fly_app, &m.id, None, "stopped", deadline).await?;
+                self.client.start_machine(&live.fly_app, &m.id, None).await?;
+            }
+            "starting" | "replacing" => {}
+            other => {
+                return Err(format!(
+                    "app {app}: machine {} is {other} and cannot be started; redeploy the app",
+                    m.id
+                ));
+            }
+        }
+        self.client.wait_state(&live.fly_app, &m.id, None, "started", deadline).await?;
+        self.wait_http(
+            &self.direct_route(app, &m),
+            &live.fly_app,
+            &m.id,
+            deadline.max(Instant::now() + self.cfg.boot_timeout),
+        )
+        .await
+    }
+
+    /// Scale to zero over 6PN: stops `app`'s live machine; the next request starts it again
+    /// through [`FlyRuntime::ensure_started`].
+    pub async fn scale_to_zero(&self, app: &str) -> Result<(), String> {
+        let live = self.live_machine(app).await?.ok_or(format!("app {app} has no machine on Fly"))?;
+        self.client
+            .stop_machine(&live.fly_app, &live.machine_id, Some(Duration::from_secs(10)), None)
+            .await?;
+        let deadline = Instant::now() + self.cfg.start_timeout;
+        self.client.wait_state(&live.fly_app, &live.machine_id, None, "stopped", deadline).await?;
+        Ok(())
+    }
+
+    /// Machine states and recent events for `info APP` / `logs APP`.
+    pub async fn status(&self, app: &str) -> Result<Vec<MachineStatus>, String> {
+        let fly_app = self.fly_app(app);
+        let mut out = Vec::new();
+        for m in self.client.list_by_metadata(&fly_app, &[(META_APP, app)]).await? {
+            let events = self
+                .client
+                .events(&fly_app, &m.id, 5)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .map(|e| match e.exit_code() {
+                    Some(code) => format!("{} ({}) exit code {code}", e.kind, e.status),
+                    None => format!("{} ({})", e.kind, e.status),
+                })
+                .collect();
+            out.push(MachineStatus {
+                release: m.meta(META_RELEASE).and_then(|v| v.parse().ok()),
+                id: m.id,
+                state: m.state,
+                region: m.region,
+                events,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `apps destroy`: deletes the Fly app (its machines, secrets and network go with it).
+    pub async fn destroy(&self, app: &str) -> Result<(), String> {
+        self.live.lock().expect("live map").remove(app);
+        self.client.delete_app(&self.fly_app(app)).await.map_err(String::from)
+    }
+
+    /// Waits until the machine's bridge answers HTTP (the runner installs the package first), or the
+    /// machine stops/fails (then the error names its exit events).
+    async fn wait_http(
+        &self,
+        route: &AppRoute,
+        fly_app: &str,
+        machine_id: &str,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let Backend::Http { url, headers } = &route.backend else { return Ok(()) };
+        let health = match url.rfind("/mcp") {
+            Some(i) => format!("{}/healthz", &url[..i]),
+            None => url.clone(),
+        };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut polls = 0u32;
+        loop {
+            let mut req = http.get(&health);
+            for (k, v) in headers.iter().filter(|(k, _)| k != "authorization") {
+                req = req.header(k, v);
+            }
+            if let Ok(r) = req.send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            polls += 1;
+            if polls.is_multiple_of(10) {
+                let m = self.client.get_machine(fly_app, machine_id).await?;
+                if matches!(m.state.as_str(), "stopped" | "failed" | "destroyed") {
+                    return Err(format!(
+                        "machine {machine_id} is {} before its server answered{}",
+                        m.state,
+                        self.exit_summary(fly_app, machine_id).await
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "machine {machine_id}'s server did not answer at {health} within {}s (installing the package at boot may need a larger [runtime.fly] boot_timeout){}",
+                    self.cfg.boot_timeout.as_secs(),
+                    self.exit_summary(fly_app, machine_id).await
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// `"; it exited 2 times (last exit code 3)"` from the machine's events, or empty.
+    async fn exit_summary(&self, fly_app: &str, machine_id: &str) -> String {
+        let events = self.client.events(fly_app, machine_id, 20).await.unwrap_or_default();
+        let exits: Vec<_> = events.iter().filter(|e| e.is_crash()).collect();
+        match exits.first() {
+            None => String::new(),
+            Some(last) => format!(
+                "; it exited {} time{}{}",
+                exits.len(),
+                if exits.len() == 1 { "" } else { "s" },
+                last.exit_code().map(|c| format!(" (last exit code {c})")).unwrap_or_default()
+            ),
+        }
+    }
+}
