@@ -106,6 +106,14 @@ impl Daemon {
         );
         deployer.rate_limit = rate_limit(config.gateway.rate_limit_per_minute);
         deployer.health_timeout = config.deploy.health_timeout;
+        deployer.default_runtime = config.runtime.default.clone();
+        deployer.allow_app_choice = config.runtime.allow_app_choice;
+        if let Some(fly) = &config.runtime.fly {
+            let key = deployer.keyring.derive_key("fly bridge credentials");
+            let runtime = crate::runtime::fly::FlyRuntime::new(fly.clone(), key)
+                .map_err(|e| anyhow::anyhow!("[runtime.fly]: {e}"))?;
+            deployer.fly = Some(Arc::new(runtime));
+        }
         deployer.extra_origins = config.gateway.allowed_origins.clone();
         Ok(Daemon {
             config,

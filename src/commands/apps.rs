@@ -128,7 +128,7 @@ async fn destroy(ctx: &Ctx<'_>, name: &str, confirm: &str) -> CmdResult {
             ctx.out.eline(format!("waiting: queued behind {}", holder.describe()))
         })
         .await;
-    daemon.deployer.destroy(&app).map_err(Failure::Error)?;
+    daemon.deployer.destroy(&app).await.map_err(Failure::Error)?;
     daemon.store.destroy_app(app.as_str())?;
     for path in [daemon.dir.repo(&app), daemon.dir.app(&app)] {
         if path.exists() {

@@ -48,6 +48,12 @@ pub struct Deployer {
     pub rate_limit: Option<crate::gateway::RateLimit>,
     /// `Origin` values allowed for every app (besides the public URL and each app's own list).
     pub extra_origins: Vec<String>,
+    /// The Fly Machines runtime, when `[runtime.fly]` is configured.
+    pub fly: Option<Arc<crate::runtime::fly::FlyRuntime>>,
+    /// Runtime of apps that do not choose one (`local` or `fly`).
+    pub default_runtime: String,
+    /// Whether an app's catwalk.toml may choose its runtime.
+    pub allow_app_choice: bool,
     /// Deploys of one app run one at a time (pushes are also queued by the SSH layer; this covers
     /// rollbacks, restarts and detached deploys).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -117,6 +123,9 @@ impl Deployer {
             health_timeout: Duration::from_secs(60),
             rate_limit: None,
             extra_origins: Vec::new(),
+            fly: None,
+            default_runtime: "local".into(),
+            allow_app_choice: true,
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -275,6 +284,10 @@ impl Deployer {
     /// Install, health gate, switch. Marks the release failed (and leaves the old one serving) on error.
     async fn finish(&self, app: &AppName, prepared: Prepared, out: &Output) -> Result<u32, String> {
         let Prepared { mut release, secrets } = prepared;
+        release.runtime = self.runtime_for(&release.plan)?;
+        if release.runtime == "fly" {
+            return self.finish_on_fly(app, release, &secrets, out).await;
+        }
         let result = self.install_and_check(app, &mut release, &secrets, out).await;
         match result {
             Ok(route) => {
@@ -301,6 +314,90 @@ impl Deployer {
                     app.as_str(),
                     LogKind::Event,
                     &format!("release v{} failed: {e}", release.version),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Where a release runs: the app's choice when the operator allows it, else the daemon's default.
+    fn runtime_for(&self, plan: &Plan) -> Result<String, String> {
+        let runtime = match (&plan.runtime, self.allow_app_choice) {
+            (Some(r), true) => r.clone(),
+            (Some(r), false) if *r != self.default_runtime => {
+                return Err(format!(
+                    "this app asks for runtime {r:?}, but the operator does not let apps choose (runtime.allow_app_choice = false)"
+                ));
+            }
+            _ => self.default_runtime.clone(),
+        };
+        if runtime == "fly" && self.fly.is_none() {
+            return Err(
+                "this app asks for runtime \"fly\", but this daemon has no [runtime.fly] configuration"
+                    .into(),
+            );
+        }
+        Ok(runtime)
+    }
+
+    /// The Fly path of [`Deployer::finish`]: stage on new machines (health-gated by the runtime), switch
+    /// the route, then retire the old machines. On failure the new machines are destroyed and the old
+    /// release keeps serving.
+    async fn finish_on_fly(
+        &self,
+        app: &AppName,
+        mut release: ReleaseRecord,
+        secrets: &Secrets,
+        out: &Output,
+    ) -> Result<u32, String> {
+        let fly = self.fly.clone().ok_or("no [runtime.fly] configuration")?;
+        let started = Instant::now();
+        let result = match release.plan.source {
+            Source::Package { .. } => {
+                let live = self.store.live_release(app.as_str()).map_err(|e| e.to_string())?.map(|r| r.version);
+                let progress_out = out.clone();
+                let progress = move |line: String| progress_out(line);
+                match fly.deploy(&release, secrets, live, &progress).await {
+                    Ok(staged) => {
+                        self.routes.set(app.as_str(), staged.route.clone());
+                        release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
+                        release.introspection = Some(staged.introspection.clone());
+                        self.store.put_release(&release).map_err(|e| e.to_string())?;
+                        self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
+                        if let Err(e) = fly.commit(&staged, &progress).await {
+                            // The new release serves; the next deploy retires what is left.
+                            out(format!("       fly: retiring the old machines failed ({e}); the next deploy retries"));
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Source::Repository => Err(
+                "the Fly runtime deploys registry packages; run repository builds locally (runtime = \"local\")".into(),
+            ),
+        };
+        match result {
+            Ok(()) => {
+                self.logs.push(
+                    app.as_str(),
+                    LogKind::Event,
+                    &format!("release v{} is live on fly", release.version),
+                );
+                out(format!(
+                    "-----> live at {}/mcp/{app}   (tokens: {} tokens create {app})",
+                    self.public_url, self.ssh_command
+                ));
+                Ok(release.version)
+            }
+            Err(e) => {
+                release.status = ReleaseStatus::Failed;
+                release.error = Some(e.clone());
+                let _ = self.store.put_release(&release);
+                self.logs.push(
+                    app.as_str(),
+                    LogKind::Event,
+                    &format!("release v{} failed on fly: {e}", release.version),
                 );
                 Err(e)
             }
@@ -558,6 +655,24 @@ impl Deployer {
         let Some(live) = self.store.live_release(app.as_str()).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
+        if live.runtime == "fly" {
+            // The live machine is found by its metadata (the Fly API is reached in the background).
+            let fly = self
+                .fly
+                .clone()
+                .ok_or("the live release runs on fly, but [runtime.fly] is not configured")?;
+            let (routes, name) = (self.routes.clone(), app.to_string());
+            tokio::spawn(async move {
+                match fly.restore_route(&name).await {
+                    Ok(Some(route)) => {
+                        routes.set(&name, route);
+                    }
+                    Ok(None) => tracing::warn!(app = %name, "no live Fly machine found for the live release"),
+                    Err(e) => tracing::error!(app = %name, "restoring the Fly route failed: {e}"),
+                }
+            });
+            return Ok(Some(live.version));
+        }
         let tree = CommitTree::open(&self.dir.repo(app), &[], &live.commit)?;
         let secrets = match tree.read(SECRETS_PATH) {
             Some(bytes) => self.keyring.open(&bytes)?,
@@ -581,7 +696,13 @@ impl Deployer {
     }
 
     /// Stops serving `app` and removes its releases and runtime data (`apps destroy`).
-    pub fn destroy(&self, app: &AppName) -> Result<(), String> {
+    pub async fn destroy(&self, app: &AppName) -> Result<(), String> {
+        let releases = self.store.releases(app.as_str()).map_err(|e| e.to_string())?;
+        if releases.iter().any(|r| r.runtime == "fly")
+            && let Some(fly) = &self.fly
+        {
+            fly.destroy(app.as_str()).await?;
+        }
         self.routes.remove(app.as_str());
         self.gateway.drain_app(app.as_str());
         self.store.delete_releases(app.as_str()).map_err(|e| e.to_string())?;

@@ -109,6 +109,15 @@ impl Keyring {
         parse_dotenv(&text)
     }
 
+    /// A 32-byte key derived from the identity for `purpose` (e.g. Fly bridge credentials): stable across
+    /// restarts, never stored, useless without the identity.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key).expect("any key length");
+        mac.update(b"derive\0");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// A keyed digest of one value: lets releases say "changed" without storing anything guessable.
     pub fn digest(&self, name: &str, value: &SecretValue) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key).expect("any key length");
