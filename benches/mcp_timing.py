@@ -8,6 +8,8 @@ a comparison. Every subcommand prints one JSON line on stdout; errors go to stde
       P7: alternately (a) spawn CMD and time `initialize` over its stdio (the server's own start-up) and
       (b) POST `initialize` to URL, whose app has no running process, and time the answer (wake from zero),
       then DELETE that session so the next run starts from zero again.
+  mcp_timing.py start --runs N -- CMD ARGS...
+      The server's own start-up: spawn CMD, time `initialize` over its stdio; N runs, median.
   mcp_timing.py push-to-live --repo DIR --remote URL --url MCP_URL --token T [--tool NAME --args JSON]
       P5: commit a change in DIR, then time from the start of `git push` to the first successful
       `tools/call` through MCP_URL; prints the push time, the total and the push output.
@@ -94,10 +96,16 @@ class McpHttp:
         self.conn.close()
 
 
+# The environment a directly spawned server gets: close to what catwalk gives its children (which inherit
+# nothing), so that variables of the caller (PYTHONDONTWRITEBYTECODE, NODE_OPTIONS, ...) do not make the
+# baseline slower or faster than the server under catwalk.
+CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp", "TMPDIR": "/tmp"}
+
+
 def stdio_start(cmd):
     """Seconds from spawning CMD to its answer to `initialize` over stdio."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=CLEAN_ENV)
     try:
         p.stdin.write((json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT_PARAMS}) + "\n").encode())
         p.stdin.flush()
@@ -133,6 +141,11 @@ def wake(args):
         time.sleep(0.2)
     print(json.dumps({"direct_ms": direct, "wake_ms": woken,
                       "direct_median_ms": statistics.median(direct), "wake_median_ms": statistics.median(woken)}))
+
+
+def start(args):
+    runs = [stdio_start(args.cmd) * 1000 for _ in range(args.runs)]
+    print(json.dumps({"median_ms": statistics.median(runs), "runs_ms": runs}))
 
 
 def push_to_live(args):
@@ -181,6 +194,9 @@ def main():
     w.add_argument("--token", required=True)
     w.add_argument("--runs", type=int, default=10)
     w.add_argument("cmd", nargs="+")
+    s = sub.add_parser("start")
+    s.add_argument("--runs", type=int, default=5)
+    s.add_argument("cmd", nargs="+")
     p = sub.add_parser("push-to-live")
     p.add_argument("--repo", required=True)
     p.add_argument("--remote", required=True)
@@ -190,7 +206,7 @@ def main():
     p.add_argument("--args", default='{"timezone": "UTC"}')
     args = ap.parse_args()
     try:
-        {"wake": wake, "push-to-live": push_to_live}[args.cmd_name](args)
+        {"wake": wake, "start": start, "push-to-live": push_to_live}[args.cmd_name](args)
     except (OSError, RuntimeError, ValueError, subprocess.CalledProcessError) as e:
         print(f"mcp_timing: {e}", file=sys.stderr)
         sys.exit(1)

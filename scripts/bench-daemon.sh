@@ -44,8 +44,8 @@ start_daemon() {
     PIDS+=("$DAEMON_PID")
     disown "$DAEMON_PID"
     for ((i = 0; i < 300; i++)); do
-        http="$(sed 's/\x1b\[[0-9;]*m//g' "$logf" | grep -o 'http listening on [0-9.:]*' | head -1 | cut -d' ' -f4)"
-        ssh="$(sed 's/\x1b\[[0-9;]*m//g' "$logf" | grep -o 'ssh listening on [0-9.:]*' | head -1 | cut -d' ' -f4)"
+        http="$(sed 's/\x1b\[[0-9;]*m//g' "$logf" 2>/dev/null | grep -o 'http listening on [0-9.:]*' | head -1 | cut -d' ' -f4)"
+        ssh="$(sed 's/\x1b\[[0-9;]*m//g' "$logf" 2>/dev/null | grep -o 'ssh listening on [0-9.:]*' | head -1 | cut -d' ' -f4)"
         [[ -n "$http" && -n "$ssh" ]] && break
         kill -0 "$DAEMON_PID" 2>/dev/null \
             || { fail "catwalk serve exited: $(tail -3 "$logf" | tr '\n' ' ')"; return 1; }
@@ -81,10 +81,11 @@ cw_remote() { echo "ssh://git@127.0.0.1:$DAEMON_SSH_PORT/$1"; }
 
 # start_sshd: OpenSSH sshd on a loopback port with its own host key, config and authorized_keys (the
 # client key), for `git receive-pack` into bare repositories. Sets SSHD_PORT and SSHD_USER.
-SSHD_PORT="" SSHD_USER=""
+SSHD_PORT="" SSHD_USER="" SSHD_PID=""
 start_sshd() {
     local d="$WORK/sshd" i
-    [[ -n "$SSHD_PORT" ]] && return 0
+    [[ -n "$SSHD_PID" ]] && kill -0 "$SSHD_PID" 2>/dev/null && return 0
+    rm -rf "$d"
     [[ -x /usr/sbin/sshd ]] || { fail "/usr/sbin/sshd is missing (run ./scripts/test-deps: Debian openssh-server)"; return 1; }
     ensure_client_key
     mkdir -p "$d" /run/sshd 2>/dev/null || true
@@ -109,6 +110,7 @@ LogLevel ERROR
 CONF
     setsid /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$WORK/sshd.log" &
     local pid=$!
+    SSHD_PID=$pid
     PIDS+=("$pid")
     disown "$pid"
     SSHD_USER="$(id -un)"
@@ -143,8 +145,8 @@ section_p3() {
     run_load catwalk "$results" --url "$DAEMON_HTTP/mcp/upstream" --token "$tok"
     RUN_SESSIONS=1 RUN_INFLIGHT=1 run_load direct-1x1 "$results" --url "$upstream"
     RUN_SESSIONS=1 RUN_INFLIGHT=1 run_load catwalk-1x1 "$results" --url "$DAEMON_HTTP/mcp/upstream" --token "$tok"
-    stop_last
-    stop_last
+
+
     python3 - "$results" "$BENCH_SESSIONS" "$BENCH_INFLIGHT" <<'PY'
 import json, sys
 rows = {r["label"]: r for r in (json.loads(l) for l in open(sys.argv[1]) if l.strip())}
@@ -194,7 +196,8 @@ section_p4() {
         local deploy=0
         if [[ "$target" == catwalk ]]; then
             deploy="$("$CATWALK_BIN" --dir "$DAEMON_DIR" releases "p4-$run" --json \
-                | python3 -c 'import json,sys; r=json.load(sys.stdin)[-1]; print(sum(t["ms"] for t in r["timings_ms"]))')"
+                | python3 -c 'import json,sys; r=json.load(sys.stdin)[-1]; print(sum(t["ms"] for t in r["timings_ms"]))')" \
+                || { fail "releases p4-$run --json failed"; return 1; }
         fi
         echo "{\"target\":\"$target\",\"run\":\"$run\",\"ms\":$((t1 - t0)),\"deploy_ms\":$deploy}" >>"$results"
         log "P4 push $target run $run: $((t1 - t0)) ms"
@@ -205,7 +208,7 @@ section_p4() {
         if ((run % 2)); then p4_push catwalk "$run" && p4_push sshd "$run"; else p4_push sshd "$run" && p4_push catwalk "$run"; fi \
             || return 0
     done
-    stop_last
+
     python3 - "$results" "$BENCH_PUSH_MB" <<'PY'
 import json, statistics, sys
 rows = [r for r in (json.loads(l) for l in open(sys.argv[1]) if l.strip()) if r["run"] != "warm"]
@@ -238,6 +241,9 @@ section_p5() {
     git init -q --bare "$WORK/p5-bare.git"
     git -C "$src" push -q "ssh://$SSHD_USER@127.0.0.1:$SSHD_PORT$WORK/p5-bare.git" main 2>/dev/null \
         || { fail "push to sshd failed"; return 0; }
+    # The server's own start-up is timed on the installed console script, spawned directly.
+    cmd="$(ls -d "$DAEMON_DIR"/installs/*/venv/bin/mcp-server-time 2>/dev/null | head -1 || true)"
+    [[ -x "$cmd" ]] || { fail "cannot find the installed mcp-server-time under $DAEMON_DIR/installs"; return 0; }
     for ((run = 0; run <= BENCH_PUSH_RUNS; run++)); do # run 0 is a warm-up
         line="$("$PY" "$TIMING" push-to-live --repo "$src" --remote "$(cw_remote time)" \
             --url "$DAEMON_HTTP/mcp/time" --token "$tok" 2>"$WORK/p5-run.err")" \
@@ -248,39 +254,39 @@ section_p5() {
         git -C "$src" push -q "ssh://$SSHD_USER@127.0.0.1:$SSHD_PORT$WORK/p5-bare.git" HEAD:main 2>/dev/null \
             || { fail "push to sshd failed"; return 0; }
         t1="$(now_ms)"
-        local timings
-        timings="$("$CATWALK_BIN" --dir "$DAEMON_DIR" releases time --json \
-            | python3 -c 'import json,sys; r=json.load(sys.stdin)[-1]; print(json.dumps({t["step"]: t["ms"] for t in r["timings_ms"]}))')"
-        [[ $run -eq 0 ]] || echo "{\"run\":$line,\"git_ms\":$((t1 - t0)),\"steps\":$timings}" >>"$results"
-        log "P5 run $run: $line"
+        local timings start
+        timings="$("$CATWALK_BIN" --dir "$DAEMON_DIR" releases time --json | python3 -c 'import json,sys
+r = max(json.load(sys.stdin), key=lambda r: r["version"])
+print(json.dumps({t["step"]: t["ms"] for t in r["timings_ms"]}))')" \
+            || { fail "releases time --json failed"; return 0; }
+        start="$(python3 "$TIMING" start --runs 1 -- "$cmd" --local-timezone UTC 2>"$WORK/p5-run.err")" \
+            || { fail "timing mcp-server-time's own start-up failed: $(tail -3 "$WORK/p5-run.err" | tr '\n' ' ')"; return 0; }
+        [[ $run -eq 0 ]] || echo "{\"run\":$line,\"git_ms\":$((t1 - t0)),\"steps\":$timings,\"start\":$start}" >>"$results"
+        log "P5 run $run$([[ $run -eq 0 ]] && echo ' (warm-up)'): $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("push %.0f ms, first tools/call at %.0f ms" % (d["push_ms"], d["total_ms"]))' "$line"), sshd $((t1 - t0)) ms, steps $timings, start-up $start"
     done
-    # The server's own start-up: the installed console script, spawned directly, time to `initialize`.
-    cmd="$(ls -d "$DAEMON_DIR"/installs/*/bin/mcp-server-time 2>/dev/null | head -1)"
-    [[ -x "$cmd" ]] || { fail "cannot find the installed mcp-server-time under $DAEMON_DIR/installs"; return 0; }
-    python3 - "$TIMING" "$cmd" >"$WORK/p5-start.json" <<'PY' || { fail "timing mcp-server-time's start-up failed"; return 0; }
-import importlib.util, json, statistics, sys
-spec = importlib.util.spec_from_file_location("mcp_timing", sys.argv[1])
-m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-runs = [m.stdio_start([sys.argv[2], "--local-timezone", "UTC"]) * 1000 for _ in range(5)]
-print(json.dumps({"median_ms": statistics.median(runs), "runs_ms": runs}))
-PY
-    stop_last
-    python3 - "$results" "$WORK/p5-start.json" <<'PY'
+
+    python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-start = json.load(open(sys.argv[2]))["median_ms"]
+if not rows:
+    print("\nP5: no measured run"); sys.exit(0)
 med = lambda f: statistics.median(f(r) for r in rows)
 total, push = med(lambda r: r["run"]["total_ms"]), med(lambda r: r["run"]["push_ms"])
-git = med(lambda r: r["git_ms"])
+after = med(lambda r: r["run"]["total_ms"] - r["run"]["push_ms"])
+git, start = med(lambda r: r["git_ms"]), med(lambda r: r["start"]["median_ms"])
 steps = {k: med(lambda r, k=k: r["steps"].get(k, 0)) for k in ("analyse", "install", "health")}
-share = total - git - 2 * start
+own_push = med(lambda r: r["run"]["push_ms"] - r["git_ms"] - r["steps"].get("health", 0))
+own_wake = med(lambda r: r["run"]["total_ms"] - r["run"]["push_ms"] - r["start"]["median_ms"])
+row = lambda label, v: print(f"{label:<70}{v:>8.0f}")
 print(f"\nP5 push-to-live, pypi:mcp-server-time already installed, {len(rows)} runs (medians, ms)")
-print(f"{'git push start -> first successful tools/call get_current_time':<66}{total:>8.0f}")
-print(f"{'  git push (incl. deploy: analyse %.0f, install %.0f, health gate %.0f)' % (steps['analyse'], steps['install'], steps['health']):<66}{push:>8.0f}")
-print(f"{'  after the push: initialize (wakes the server) + tools/call':<66}{total - push:>8.0f}")
-print(f"{'same commit pushed to OpenSSH sshd (git transfer + ssh)':<66}{git:>8.0f}")
-print(f"{'server start-up alone (spawn -> initialize answered over stdio)':<66}{start:>8.0f}")
-print(f"{'catwalk share = total - git transfer - 2 x server start-up':<66}{share:>8.0f}")
+row("git push start -> first successful tools/call get_current_time", total)
+row("  git push (deploy steps: analyse %.0f, install %.0f, health gate %.0f)" % (steps["analyse"], steps["install"], steps["health"]), push)
+row("  after the push: initialize (wakes the server) + tools/call", after)
+row("same commit pushed to OpenSSH sshd (git transfer + ssh)", git)
+row("server start-up alone (spawn -> initialize answered over stdio)", start)
+row("catwalk share in the push: push - sshd push - health gate", own_push)
+row("catwalk share after the push: wake + call - server start-up", own_wake)
+row("catwalk share (sum)", own_push + own_wake)
 print("(the server starts twice: in the health gate and for the first session; bars: QUALITY.md P5, total <= 2000 ms, catwalk share <= 300 ms)")
 PY
 }
@@ -298,7 +304,8 @@ section_p6() {
         _ "$src" "$DAEMON_SSH_PORT" {} "$WORK"; then
         fail "some P6 pushes failed (see above)"
     fi
-    n="$("$CATWALK_BIN" --dir "$DAEMON_DIR" apps --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"
+    n="$("$CATWALK_BIN" --dir "$DAEMON_DIR" apps --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" \
+        || { fail "apps --json failed"; n=0; }
     after="$(rss_kb "$DAEMON_PID")"
     sleep 5
     settled="$(rss_kb "$DAEMON_PID")"
@@ -307,7 +314,7 @@ section_p6() {
     [[ "$kids" -eq 0 ]] || fail "P6: the daemon still has $kids child processes with no session open"
     local hwm
     hwm="$(awk '/^VmHWM:/ {print $2}' "/proc/$DAEMON_PID/status")"
-    stop_last
+
     python3 - "$idle" "$after" "$settled" "$hwm" "$n" "$kids" <<'PY'
 import sys
 idle, after, settled, hwm, n, kids = (int(x) for x in sys.argv[1:])
@@ -341,7 +348,7 @@ section_p7() {
             fail "P7 $app: $(tail -3 "$WORK/p7.err" | tr '\n' ' ')"
         fi
     done
-    stop_last
+
     python3 - "$results" "$BENCH_WAKE_RUNS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -377,7 +384,7 @@ section_p8() {
     during="$(rss_kb "$DAEMON_PID")"
     kids="$(children "$DAEMON_PID")"
     wait "$holder" || fail "P8 holder failed: $(tail -3 "$WORK/p8.err" | tr '\n' ' ')"
-    stop_last
+
     python3 - "$out" "$before" "$during" "$kids" "$mode" <<'PY'
 import json, sys
 lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
