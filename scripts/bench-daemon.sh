@@ -45,8 +45,8 @@ start_daemon() {
     PIDS+=("$DAEMON_PID")
     disown "$DAEMON_PID"
     for ((i = 0; i < 300; i++)); do
-        http="$(sed 's/\x1b\[[0-9;]*m//g' "$logf" 2>/dev/null | grep -o 'http listening on [0-9.:]*' | head -1 | cut -d' ' -f4)"
-        ssh="$(sed 's/\x1b\[[0-9;]*m//g' "$logf" 2>/dev/null | grep -o 'ssh listening on [0-9.:]*' | head -1 | cut -d' ' -f4)"
+        http="$(sed 's/\x1b\[[0-9;]*m//g' "$logf" 2>/dev/null | grep -o 'http listening on [0-9.:]*' | head -1 | cut -d' ' -f4 || true)"
+        ssh="$(sed 's/\x1b\[[0-9;]*m//g' "$logf" 2>/dev/null | grep -o 'ssh listening on [0-9.:]*' | head -1 | cut -d' ' -f4 || true)"
         [[ -n "$http" && -n "$ssh" ]] && break
         kill -0 "$DAEMON_PID" 2>/dev/null \
             || { fail "catwalk serve exited: $(tail -3 "$logf" | tr '\n' ' ')"; return 1; }
@@ -126,6 +126,9 @@ CONF
 }
 
 now_ms() { date +%s%3N; }
+
+# The python3 interpreter itself (not a pyenv/asdf shim, which would add its own start-up to every spawn).
+real_python3() { python3 -c 'import sys; print(sys.executable)'; }
 
 # ---- P3: HTTP upstream proxy ---------------------------------------------------------------------
 section_p3() {
@@ -347,7 +350,7 @@ PY
 section_p7() {
     local results="$WORK/results-p7.jsonl" py3 tok app
     : >"$results"
-    py3="$(command -v python3)"
+    py3="$(real_python3)"
     local everything="$DEPS/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
     start_daemon p7 "$(printf '[gateway]\nrate_limit_per_minute = 0\n\n[apps.echo]\ncommand = ["%s", "%s"]\n\n[apps.everything]\ncommand = ["%s", "%s", "stdio"]\n' \
         "$py3" "$ECHO_SERVER" "$NODE" "$everything")" || return 0
@@ -380,7 +383,7 @@ PY
 # ---- P8: many open sessions with GET streams ------------------------------------------------------
 section_p8() {
     local py3 tok before during kids out="$WORK/p8.out" shared mode i
-    py3="$(command -v python3)"
+    py3="$(real_python3)"
     if [[ "$BENCH_P8_SHARED" == 0 ]]; then shared=false; mode="one server process per session"; else
         shared=true; mode="shared = true: one server process for all sessions, ids rewritten"; fi
     start_daemon p8 "$(printf '[gateway]\nrate_limit_per_minute = 0\n\n[apps.hold]\ncommand = ["%s", "%s"]\nshared = %s\n' \
