@@ -304,7 +304,7 @@ row("server start-up alone (spawn -> initialize answered over stdio)", start)
 row("catwalk in the push: push - health gate (incl. ssh + git transfer)", own_push)
 row("catwalk after the push: wake + call - server start-up", own_wake)
 row("catwalk share (sum; an upper bound: it still contains the git transfer)", own_push + own_wake)
-row("total - 2 x server start-up (all but the bare server, incl. transfer, health-gate lists)", total - 2 * start)
+row("total - 2 x server start-up (all but the bare server, incl. transfer)", total - 2 * start)
 print("(the server starts twice: in the health gate and for the first session; the sshd row is the same")
 print(" transfer through OpenSSH, for reference; bars: QUALITY.md P5, total <= 2000 ms, catwalk share <= 300 ms)")
 PY
