@@ -19,6 +19,8 @@
 //!   --json               also print a JSON result line
 //!   --stdio -- CMD ARGS  instead of HTTP: run CMD and measure its own stdio round trip, one request at a
 //!                        time (the baseline for QUALITY.md P2); must be the last option
+//!   --hold-sessions N    instead of load: open N sessions, each with a GET SSE stream, hold them for
+//!                        --duration seconds, ping each, DELETE them (QUALITY.md P8; see load/hold.rs)
 //! Exits non-zero when no session could be opened or every request failed; a slow result is not an error.
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -33,6 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+#[path = "load/hold.rs"]
+mod hold;
 #[path = "load/stdio.rs"]
 mod stdio;
 
@@ -52,13 +56,16 @@ struct Options {
     json: bool,
     /// `--stdio -- CMD ARGS...`: measure the stdio server directly (no HTTP, one request at a time).
     stdio: Vec<String>,
+    /// `--hold-sessions N`: hold N sessions with GET streams open instead of sending load.
+    hold_sessions: usize,
 }
 
 fn usage(msg: &str) -> anyhow::Error {
     anyhow!(
         "{msg}\nusage: load --url http://HOST:PORT/PATH [--token T] [--sessions 8] [--inflight 32] \
          [--duration 10] [--warmup 1] [--tool echo] [--args '{{\"message\":\"hi\"}}'] [--label L] [--json]\n\
-         or:    load --stdio -- CMD ARGS... [same options; one request at a time, no HTTP]"
+         or:    load --stdio -- CMD ARGS... [same options; one request at a time, no HTTP]\n\
+         or:    load --url URL [--token T] --hold-sessions N [--duration SECS] [--label L] [--json]"
     )
 }
 
@@ -75,6 +82,7 @@ fn parse_options() -> Result<Options> {
     let mut label = env("LABEL").unwrap_or_default();
     let mut json_out = env("JSON").is_some();
     let mut stdio: Vec<String> = Vec::new();
+    let mut hold_sessions = env("HOLD_SESSIONS").unwrap_or_else(|| "0".into());
 
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -90,6 +98,7 @@ fn parse_options() -> Result<Options> {
             "--args" => args = val()?,
             "--label" => label = val()?,
             "--json" => json_out = true,
+            "--hold-sessions" => hold_sessions = val()?,
             "--stdio" => {
                 stdio = it.by_ref().skip_while(|a| a == "--").collect();
                 if stdio.is_empty() {
@@ -133,6 +142,7 @@ fn parse_options() -> Result<Options> {
         label,
         json: json_out,
         stdio,
+        hold_sessions: num("hold-sessions", &hold_sessions)? as usize,
     };
     if opts.sessions == 0 || opts.inflight == 0 || opts.duration <= 0.0 {
         return Err(usage("--sessions, --inflight and --duration must be positive"));
@@ -451,7 +461,14 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let outcome = if opts.stdio.is_empty() { rt.block_on(run(opts)) } else { rt.block_on(stdio::run(opts)) };
+    let outcome = if !opts.stdio.is_empty() {
+        rt.block_on(stdio::run(opts))
+    } else if opts.hold_sessions > 0 {
+        let n = opts.hold_sessions;
+        rt.block_on(hold::run(opts, n))
+    } else {
+        rt.block_on(run(opts))
+    };
     match outcome {
         Ok(true) => {}
         Ok(false) => {
