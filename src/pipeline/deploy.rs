@@ -295,28 +295,9 @@ impl Deployer {
                 release.status = ReleaseStatus::Deploying;
                 self.store.put_release(&release).map_err(|e| e.to_string())?;
                 self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
-                self.logs.push(
-                    app.as_str(),
-                    LogKind::Event,
-                    &format!("release v{} is live", release.version),
-                );
-                out(format!(
-                    "-----> live at {}/mcp/{app}   (tokens: {} tokens create {app})",
-                    self.public_url, self.ssh_command
-                ));
-                Ok(release.version)
+                Ok(self.went_live(app, &release, out))
             }
-            Err(e) => {
-                release.status = ReleaseStatus::Failed;
-                release.error = Some(e.clone());
-                let _ = self.store.put_release(&release);
-                self.logs.push(
-                    app.as_str(),
-                    LogKind::Event,
-                    &format!("release v{} failed: {e}", release.version),
-                );
-                Err(e)
-            }
+            Err(e) => Err(self.failed(app, release, e)),
         }
     }
 
@@ -378,30 +359,34 @@ impl Deployer {
             ),
         };
         match result {
-            Ok(()) => {
-                self.logs.push(
-                    app.as_str(),
-                    LogKind::Event,
-                    &format!("release v{} is live on fly", release.version),
-                );
-                out(format!(
-                    "-----> live at {}/mcp/{app}   (tokens: {} tokens create {app})",
-                    self.public_url, self.ssh_command
-                ));
-                Ok(release.version)
-            }
-            Err(e) => {
-                release.status = ReleaseStatus::Failed;
-                release.error = Some(e.clone());
-                let _ = self.store.put_release(&release);
-                self.logs.push(
-                    app.as_str(),
-                    LogKind::Event,
-                    &format!("release v{} failed on fly: {e}", release.version),
-                );
-                Err(e)
-            }
+            Ok(()) => Ok(self.went_live(app, &release, out)),
+            Err(e) => Err(self.failed(app, release, e)),
         }
+    }
+
+    /// Announces a release that just became live (log event and the pusher's endpoint line).
+    fn went_live(&self, app: &AppName, release: &ReleaseRecord, out: &Output) -> u32 {
+        let on = if release.runtime == "fly" { " on fly" } else { "" };
+        self.logs.push(app.as_str(), LogKind::Event, &format!("release v{} is live{on}", release.version));
+        out(format!(
+            "-----> live at {}/mcp/{app}   (tokens: {} tokens create {app})",
+            self.public_url, self.ssh_command
+        ));
+        release.version
+    }
+
+    /// Records a failed release (the previous one keeps serving) and returns the error for the pusher.
+    fn failed(&self, app: &AppName, mut release: ReleaseRecord, e: String) -> String {
+        release.status = ReleaseStatus::Failed;
+        release.error = Some(e.clone());
+        let _ = self.store.put_release(&release);
+        let on = if release.runtime == "fly" { " on fly" } else { "" };
+        self.logs.push(
+            app.as_str(),
+            LogKind::Event,
+            &format!("release v{} failed{on}: {e}", release.version),
+        );
+        e
     }
 
     async fn install_and_check(
