@@ -24,15 +24,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
-type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+mod network;
+use network::network;
+
+pub(crate) type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The "image" every machine runs: `catwalk` on PATH plus an environment (like a Dockerfile's ENV).
 #[derive(Clone, Debug)]
@@ -95,7 +97,7 @@ struct FakeApp {
     machines: BTreeMap<String, FakeMachine>,
 }
 
-struct State {
+pub(crate) struct State {
     apps: BTreeMap<String, FakeApp>,
     /// App names owned by other organizations.
     foreign_apps: HashSet<String>,
@@ -106,7 +108,7 @@ struct State {
     next_id: u64,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     state: Mutex<State>,
     image: FakeImage,
     token: String,
@@ -297,7 +299,7 @@ fn event(m: &mut FakeMachine, kind: &str, status: &str, request: Value) {
 }
 
 /// created/stopped → starting → started: spawns the machine's process.
-fn launch(inner: &Arc<Inner>, st: &mut State, app: &str, id: &str) {
+pub(crate) fn launch(inner: &Arc<Inner>, st: &mut State, app: &str, id: &str) {
     let Some(a) = st.apps.get_mut(app) else { return };
     let secrets = a.secrets.clone();
     let Some(m) = a.machines.get_mut(id) else { return };
@@ -430,7 +432,7 @@ fn full(s: String) -> Body {
     Full::new(Bytes::from(s)).map_err(|never| match never {}).boxed_unsync()
 }
 
-fn err(status: u16, msg: &str, rid: &str) -> Response<Body> {
+pub(crate) fn err(status: u16, msg: &str, rid: &str) -> Response<Body> {
     reply(status, json!({"error": msg}), rid)
 }
 
@@ -787,82 +789,4 @@ async fn wait(inner: &Arc<Inner>, app: &str, id: &str, query: &str, rid: &str) -
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// The machines' network: forwards to a machine's bridge (streamed), like 6PN or fly-proxy.
-async fn network(inner: Arc<Inner>, req: Request<Incoming>, rest: &str, flycast: bool) -> Response<Body> {
-    let (target, tail) = rest
-        .split_once('/')
-        .map(|(a, b)| (a.to_string(), format!("/{b}")))
-        .unwrap_or((rest.into(), "/".into()));
-    let forced = req.headers().get("fly-force-instance-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let addr = loop {
-        let addr = {
-            let mut guard = inner.state.lock().unwrap();
-            let st: &mut State = &mut guard;
-            let found = st.apps.iter().find_map(|(name, a)| {
-                a.machines
-                    .values()
-                    .find(|m| {
-                        if flycast {
-                            name == &target
-                                && forced.as_deref().is_none_or(|f| f == m.id)
-                                && !m.skip_service_registration
-                                && m.state != "destroyed"
-                        } else {
-                            m.id == target
-                        }
-                    })
-                    .map(|m| (name.clone(), m.id.clone(), m.state.clone(), m.addr))
-            });
-            let Some((app, id, state, addr)) = found else {
-                return err(502, "no machine to route to", "proxy");
-            };
-            match state.as_str() {
-                // fly-proxy starts a stopped machine whose service has autostart (Flycast only).
-                "stopped" if flycast => {
-                    launch(&inner, st, &app, &id);
-                    None
-                }
-                "started" => addr,
-                other => return err(502, &format!("machine {id} is {other}"), "proxy"),
-            }
-        };
-        if let Some(a) = addr {
-            break a;
-        }
-        if !flycast {
-            // 6PN has no waiting proxy: a machine that does not listen yet refuses the connection.
-            return err(502, "connection refused", "proxy");
-        }
-        if Instant::now() >= deadline {
-            return err(502, "machine did not start listening", "proxy");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let method = req.method().clone();
-    let mut out = inner.http.request(method, format!("http://{addr}{tail}"));
-    for (k, v) in req.headers() {
-        if !matches!(k.as_str(), "host" | "connection" | "content-length" | "transfer-encoding") {
-            out = out.header(k, v);
-        }
-    }
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let resp = match out.body(body).send().await {
-        Ok(r) => r,
-        Err(e) => return err(502, &format!("machine unreachable: {e}"), "proxy"),
-    };
-    let mut r = Response::builder().status(resp.status().as_u16());
-    for (k, v) in resp.headers() {
-        if !matches!(k.as_str(), "connection" | "content-length" | "transfer-encoding") {
-            r = r.header(k, v);
-        }
-    }
-    let stream = resp
-        .bytes_stream()
-        .map_ok(Frame::data)
-        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
-    r.body(BodyExt::boxed_unsync(StreamBody::new(stream)))
-        .unwrap_or_else(|_| err(502, "bad upstream answer", "proxy"))
 }
