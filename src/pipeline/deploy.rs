@@ -335,12 +335,20 @@ impl Deployer {
         let started = Instant::now();
         let result = match release.plan.source {
             Source::Package { .. } => {
-                let live = self.store.live_release(app.as_str()).map_err(|e| e.to_string())?.map(|r| r.version);
+                let live = self
+                    .store
+                    .live_release(app.as_str())
+                    .map_err(|e| e.to_string())?
+                    .filter(|r| r.runtime == "fly")
+                    .map(|r| r.version);
                 let progress_out = out.clone();
                 let progress = move |line: String| progress_out(line);
                 match fly.deploy(&release, secrets, live, &progress).await {
                     Ok(staged) => {
-                        self.routes.set(app.as_str(), staged.route.clone());
+                        let mut allowed_origins = release.plan.allowed_origins.clone();
+                        allowed_origins.extend(self.extra_origins.iter().cloned());
+                        let route = AppRoute { rate_limit: self.rate_limit, allowed_origins, ..staged.route.clone() };
+                        self.routes.set(app.as_str(), route);
                         release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
                         release.introspection = Some(staged.introspection.clone());
                         self.store.put_release(&release).map_err(|e| e.to_string())?;
