@@ -62,18 +62,7 @@ where
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            acc = listener.accept() => match acc {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("HTTPS accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+        let Some(stream) = next_connection(&listener, &shutdown, "HTTPS").await else { break };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let svc = make_service(local);
@@ -130,17 +119,7 @@ pub async fn serve_redirect(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            acc = listener.accept() => match acc {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("HTTP (redirect) accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+        let Some(stream) = next_connection(&listener, &shutdown, "HTTP (redirect)").await else { break };
         let tls = tls.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let resp = redirect_response(&tls, &req, https_port);
@@ -201,6 +180,27 @@ fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
+}
+
+/// The next accepted connection, or `None` once `shutdown` is cancelled. Accept errors (EMFILE and
+/// friends) are logged and retried after a short pause instead of spinning.
+async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    tracing::warn!("{what} accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 #[cfg(test)]
