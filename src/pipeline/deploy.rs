@@ -284,7 +284,11 @@ impl Deployer {
     /// Install, health gate, switch. Marks the release failed (and leaves the old one serving) on error.
     async fn finish(&self, app: &AppName, prepared: Prepared, out: &Output) -> Result<u32, String> {
         let Prepared { mut release, secrets } = prepared;
-        release.runtime = self.runtime_for(&release.plan)?;
+        // The release is already recorded as deploying: a refusal here must mark it failed too.
+        release.runtime = match self.runtime_for(&release.plan) {
+            Ok(runtime) => runtime,
+            Err(e) => return Err(self.failed(app, release, e)),
+        };
         if release.runtime == "fly" {
             return self.finish_on_fly(app, release, &secrets, out).await;
         }
@@ -292,13 +296,17 @@ impl Deployer {
         match result {
             Ok(route) => {
                 self.routes.set(app.as_str(), route);
-                release.status = ReleaseStatus::Deploying;
                 self.store.put_release(&release).map_err(|e| e.to_string())?;
                 self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
                 Ok(self.went_live(app, &release, out))
             }
             Err(e) => Err(self.failed(app, release, e)),
         }
+    }
+
+    /// `Origin` values allowed for a release's route: the app's own plus the daemon-wide ones.
+    fn allowed_origins(&self, plan: &Plan) -> Vec<String> {
+        plan.allowed_origins.iter().chain(&self.extra_origins).cloned().collect()
     }
 
     /// Where a release runs: the app's choice when the operator allows it, else the daemon's default.
@@ -345,9 +353,11 @@ impl Deployer {
                 let progress = move |line: String| progress_out(line);
                 match fly.deploy(&release, secrets, live, &progress).await {
                     Ok(staged) => {
-                        let mut allowed_origins = release.plan.allowed_origins.clone();
-                        allowed_origins.extend(self.extra_origins.iter().cloned());
-                        let route = AppRoute { rate_limit: self.rate_limit, allowed_origins, ..staged.route.clone() };
+                        let route = AppRoute {
+                            rate_limit: self.rate_limit,
+                            allowed_origins: self.allowed_origins(&release.plan),
+                            ..staged.route.clone()
+                        };
                         self.routes.set(app.as_str(), route);
                         release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
                         release.introspection = Some(staged.introspection.clone());
@@ -527,9 +537,12 @@ impl Deployer {
                 );
             }
         };
-        let mut allowed_origins = release.plan.allowed_origins.clone();
-        allowed_origins.extend(self.extra_origins.iter().cloned());
-        Ok(AppRoute { backend, allowed_origins, shared: release.plan.shared, rate_limit: self.rate_limit })
+        Ok(AppRoute {
+            backend,
+            allowed_origins: self.allowed_origins(&release.plan),
+            shared: release.plan.shared,
+            rate_limit: self.rate_limit,
+        })
     }
 
     /// Serves the new route on a private loopback gateway (same code as `/mcp/APP`) and probes it.
