@@ -144,7 +144,7 @@ impl Daemon {
                 })?;
             }
             let backend = match &app.url {
-                Some(url) => Backend::Http { url: url.clone(), headers: Vec::new() },
+                Some(url) => Backend::Http { url: url.clone(), headers: Vec::new(), wake: None },
                 None => {
                     let cwd = app.cwd.clone().unwrap_or_else(|| self.dir.app(&app_name).join("home"));
                     std::fs::create_dir_all(&cwd).with_context(|| format!("creating {}", cwd.display()))?;

@@ -511,7 +511,9 @@ async fn app_name_taken_and_bad_token_are_explained() {
 async fn flycast_pins_the_instance_and_autostarts() {
     let env = setup(|c| c.network = Network::Flycast).await;
     let v1 = deploy_live(&env, "fc", 1, None).await;
-    let catwalk::gateway::Backend::Http { url, headers } = &v1.route.backend else { panic!("http route") };
+    let catwalk::gateway::Backend::Http { url, headers, .. } = &v1.route.backend else {
+        panic!("http route")
+    };
     assert!(url.ends_with("/flycast/cw-fc/mcp"), "{url}");
     assert!(headers.iter().any(|(k, v)| k == "fly-force-instance-id" && v == &v1.machine.id), "{headers:?}");
     let create = env

@@ -171,7 +171,9 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
         return r;
     }
     match &route.backend {
-        Backend::Http { url, headers } => gw.proxy.forward(req, url, headers, gw.cfg.max_body_bytes).await,
+        Backend::Http { .. } => {
+            gw.proxy.proxy(req, app, route.clone(), gw.cfg.max_body_bytes, gw.cfg.session_idle_timeout).await
+        }
         Backend::Stdio { .. } => {
             let token_name = identity.map(|i: TokenIdentity| Arc::<str>::from(i.token_name));
             match *req.method() {

@@ -22,6 +22,7 @@ mod session;
 mod sse;
 mod stdio;
 mod upstream;
+mod wake;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use std::time::Duration;
 pub use applog::{AppLogs, LogKind, LogLine};
 pub use auth::{AuthError, EnvTokenAuthenticator, TokenIdentity};
 pub use protocol::GatewayBody;
+pub use wake::{Activity, InFlight, Wake, WakeHandle};
 
 /// How to reach an app's MCP server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +44,9 @@ pub enum Backend {
     Stdio { argv: Vec<String>, env: BTreeMap<String, String>, cwd: PathBuf },
     /// A Streamable HTTP server (`http://` only): requests are proxied, bodies streamed.
     /// `headers` are sent upstream on every request (e.g. the upstream's own credential);
-    /// the client's `Authorization` is never forwarded.
-    Http { url: String, headers: Vec<(String, String)> },
+    /// the client's `Authorization` is never forwarded. `wake`, when set, starts a backend that
+    /// scaled to zero before a request is forwarded (see [`Wake`]).
+    Http { url: String, headers: Vec<(String, String)>, wake: Option<WakeHandle> },
 }
 
 /// Per-token request rate: one request replenished every `period`, bursts up to `burst`.
@@ -219,6 +222,7 @@ impl Gateway {
     /// End every session of `app` (their children are stopped; clients get 404 and
     /// re-initialize) and stop its shared child. Call when the app's release changes.
     pub fn drain_app(&self, app: &str) {
+        self.proxy.unpin_app(app);
         let victims: Vec<_> = match self.sessions.lock() {
             Ok(s) => s.values().filter(|s| &*s.app == app).cloned().collect(),
             Err(_) => Vec::new(),

@@ -27,7 +27,8 @@ pub fn batches_allowed(version: &str) -> bool {
 pub enum GatewayBody {
     Full(Option<Bytes>),
     Sse(Box<SseBody>),
-    Proxy(hyper::body::Incoming),
+    /// A proxied body, with the backend's in-flight mark held until it ends.
+    Proxy(hyper::body::Incoming, Option<super::InFlight>),
 }
 
 impl GatewayBody {
@@ -47,7 +48,7 @@ impl Body for GatewayBody {
         match self.get_mut() {
             GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             GatewayBody::Sse(s) => s.poll_frame_inner(cx),
-            GatewayBody::Proxy(i) => Pin::new(i).poll_frame(cx),
+            GatewayBody::Proxy(i, _) => Pin::new(i).poll_frame(cx),
         }
     }
 
@@ -55,7 +56,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(b) => b.is_none(),
             GatewayBody::Sse(_) => false,
-            GatewayBody::Proxy(i) => i.is_end_stream(),
+            GatewayBody::Proxy(i, _) => i.is_end_stream(),
         }
     }
 
@@ -64,7 +65,7 @@ impl Body for GatewayBody {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
             GatewayBody::Sse(_) => SizeHint::default(),
-            GatewayBody::Proxy(i) => i.size_hint(),
+            GatewayBody::Proxy(i, _) => i.size_hint(),
         }
     }
 }

@@ -3,8 +3,16 @@
 //! Request and response bodies (including SSE) are passed through frame by frame, never
 //! buffered. Only MCP-relevant headers go upstream; the client's `Authorization` never does
 //! (the route's own upstream headers carry the upstream credential).
+//!
+//! Sessions stay on the backend that created them: the `Mcp-Session-Id` an upstream hands out is
+//! remembered with the route that served it, so after a blue/green switch the old release's
+//! sessions keep reaching the old server while it drains and new sessions reach the new one. A
+//! pin is dropped when the session is deleted, when its backend answers 404 (session gone) or
+//! cannot be reached, when the backend was retired and stopped, or after the idle timeout.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use http_body::Body;
@@ -15,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::protocol::{self as p, GatewayBody, Resp};
+use super::{AppRoute, Backend, WakeHandle};
 
 /// Request headers copied to the upstream.
 const FORWARD_REQUEST: &[&str] = &[
@@ -31,9 +40,19 @@ const FORWARD_REQUEST: &[&str] = &[
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"];
 
-/// A pooled HTTP/1.1 client shared by all HTTP apps.
+/// Most remembered session pins; beyond this the oldest idle ones are swept first.
+const MAX_PINS: usize = 100_000;
+
+/// A session pinned to the route (backend) that created it.
+struct Pin {
+    route: Arc<AppRoute>,
+    last: Instant,
+}
+
+/// A pooled HTTP/1.1 client shared by all HTTP apps, and the session pins.
 pub struct Proxy {
     client: Client<HttpConnector, Limited<Incoming>>,
+    pins: Mutex<HashMap<(Arc<str>, String), Pin>>,
 }
 
 impl Proxy {
@@ -45,7 +64,95 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(conn);
-        Proxy { client }
+        Proxy { client, pins: Mutex::new(HashMap::new()) }
+    }
+
+    /// Proxies a request for `app`, whose current route is `current` (an HTTP backend): to the
+    /// backend the request's session is pinned to, else to `current`; pins new sessions.
+    pub async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        app: &str,
+        current: Arc<AppRoute>,
+        max_body: usize,
+        idle_timeout: Duration,
+    ) -> Resp {
+        let sid = req.headers().get(p::SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let is_delete = req.method() == http::Method::DELETE;
+        let pinned = sid.as_ref().and_then(|sid| self.pinned(app, sid, idle_timeout));
+        let route = pinned.clone().unwrap_or(current);
+        let Backend::Http { url, headers, wake } = &route.backend else {
+            return p::error(
+                StatusCode::BAD_GATEWAY,
+                -32603,
+                "Bad Gateway: the app's session moved to a stdio server",
+            );
+        };
+        let resp = self.forward(req, url, headers, wake.as_ref(), max_body).await;
+        let status = resp.status();
+        match &sid {
+            Some(sid) if pinned.is_some() => {
+                let gone = status == StatusCode::NOT_FOUND
+                    || status == StatusCode::BAD_GATEWAY
+                    || (is_delete && status.is_success());
+                if gone {
+                    self.unpin(app, sid);
+                }
+            }
+            Some(_) => {}
+            None => {
+                let created = resp.headers().get(p::SESSION_HEADER).and_then(|v| v.to_str().ok());
+                if let Some(created) = created
+                    && status.is_success()
+                {
+                    self.pin(app, created, route.clone(), idle_timeout);
+                }
+            }
+        }
+        resp
+    }
+
+    fn pinned(&self, app: &str, sid: &str, idle_timeout: Duration) -> Option<Arc<AppRoute>> {
+        let mut pins = self.pins.lock().ok()?;
+        let key = (Arc::<str>::from(app), sid.to_string());
+        let pin = pins.get_mut(&key)?;
+        let retired = match &pin.route.backend {
+            Backend::Http { wake: Some(w), .. } => w.0.is_retired(),
+            _ => false,
+        };
+        if retired || pin.last.elapsed() > idle_timeout {
+            pins.remove(&key);
+            return None;
+        }
+        pin.last = Instant::now();
+        Some(pin.route.clone())
+    }
+
+    fn pin(&self, app: &str, sid: &str, route: Arc<AppRoute>, idle_timeout: Duration) {
+        let Ok(mut pins) = self.pins.lock() else { return };
+        if pins.len() >= MAX_PINS {
+            pins.retain(|_, p| p.last.elapsed() <= idle_timeout);
+            if pins.len() >= MAX_PINS {
+                // Still full of live sessions: forget the oldest (it falls back to the current route).
+                if let Some(oldest) = pins.iter().min_by_key(|(_, p)| p.last).map(|(k, _)| k.clone()) {
+                    pins.remove(&oldest);
+                }
+            }
+        }
+        pins.insert((Arc::from(app), sid.to_string()), Pin { route, last: Instant::now() });
+    }
+
+    fn unpin(&self, app: &str, sid: &str) {
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.remove(&(Arc::<str>::from(app), sid.to_string()));
+        }
+    }
+
+    /// Forgets every pin of `app` (the app was destroyed or restarted).
+    pub fn unpin_app(&self, app: &str) {
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.retain(|(a, _), _| &**a != app);
+        }
     }
 
     /// Forward `req` to `url` and stream the answer back.
@@ -54,6 +161,7 @@ impl Proxy {
         req: Request<Incoming>,
         url: &str,
         extra: &[(String, String)],
+        wake: Option<&WakeHandle>,
         max_body: usize,
     ) -> Resp {
         let bad_gateway = |m: String| p::error(StatusCode::BAD_GATEWAY, -32603, &format!("Bad Gateway: {m}"));
@@ -79,6 +187,20 @@ impl Proxy {
                 -32600,
                 &format!("Payload Too Large: request bodies are limited to {max_body} bytes"),
             );
+        }
+        // In flight before asking whether the backend is awake (see `wake.rs`), until the body ends.
+        let in_flight = wake.map(|w| w.0.activity().begin());
+        if let Some(w) = wake
+            && !w.0.is_awake()
+            && let Err(e) = w.0.wake().await
+        {
+            let mut r = p::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                -32603,
+                &format!("Service Unavailable: the app's server could not be started: {e}"),
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
         }
         let (parts, body) = req.into_parts();
         let mut out = Request::new(Limited::new(body, max_body));
@@ -120,7 +242,7 @@ impl Proxy {
                 parts.status
             ));
         }
-        let mut r = http::Response::new(GatewayBody::Proxy(body));
+        let mut r = http::Response::new(GatewayBody::Proxy(body, in_flight));
         *r.status_mut() = parts.status;
         for (k, v) in parts.headers.iter() {
             if !HOP_BY_HOP.contains(&k.as_str()) {

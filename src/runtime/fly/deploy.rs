@@ -306,7 +306,7 @@ struct Backend {
 /// URL and bridge token of a route built by [`FlyRuntime::route`].
 fn backend_of(route: &AppRoute) -> Backend {
     match &route.backend {
-        crate::gateway::Backend::Http { url, headers } => Backend {
+        crate::gateway::Backend::Http { url, headers, .. } => Backend {
             url: url.clone(),
             token: headers
                 .iter()

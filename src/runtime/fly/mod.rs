@@ -298,6 +298,7 @@ impl FlyRuntime {
             backend: Backend::Http {
                 url: self.machine_url(&fly_app, &machine.id, &machine.private_ip),
                 headers,
+                wake: None,
             },
             allowed_origins: Vec::new(),
             shared: false,
@@ -313,6 +314,7 @@ impl FlyRuntime {
             backend: Backend::Http {
                 url,
                 headers: vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))],
+                wake: None,
             },
             allowed_origins: Vec::new(),
             shared: false,
@@ -439,7 +441,7 @@ impl FlyRuntime {
         machine_id: &str,
         deadline: Instant,
     ) -> Result<(), String> {
-        let Backend::Http { url, headers } = &route.backend else { return Ok(()) };
+        let Backend::Http { url, headers, .. } = &route.backend else { return Ok(()) };
         let health = match url.rfind("/mcp") {
             Some(i) => format!("{}/healthz", &url[..i]),
             None => url.clone(),
