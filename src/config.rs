@@ -111,6 +111,13 @@ pub struct DeployConfig {
     /// How long an install (`npm install`, `pip install`, a source build) may take.
     #[serde(deserialize_with = "duration")]
     pub install_timeout: Duration,
+    /// A `transport = "http"` server with no request for this long is stopped (scale to zero);
+    /// the next request starts it again. `"0s"` keeps it running.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A replaced HTTP server keeps serving its sessions until they are quiet this long.
+    #[serde(deserialize_with = "duration")]
+    pub drain_grace: Duration,
 }
 
 impl Default for DeployConfig {
@@ -121,6 +128,8 @@ impl Default for DeployConfig {
             registry_cache_ttl: Duration::from_secs(300),
             health_timeout: Duration::from_secs(60),
             install_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(15 * 60),
+            drain_grace: Duration::from_secs(30),
         }
     }
 }

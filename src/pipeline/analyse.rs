@@ -244,7 +244,9 @@ fn transport(kind: &str, port: Option<u16>, path: Option<&str>) -> Result<Transp
     match kind {
         "stdio" => Ok(Transport::Stdio),
         "http" | "streamable-http" => {
-            let port = port.ok_or("transport \"http\" needs `port` (the port the server listens on)")?;
+            if port == Some(0) {
+                return Err("port 0 is not a port; leave `port` out to let catwalk pick one".into());
+            }
             let path = path.unwrap_or("/mcp").to_string();
             if !path.starts_with('/') || path.contains("..") {
                 return Err(format!("path {path:?} must start with '/'"));
@@ -320,9 +322,8 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
         None => Transport::Stdio,
         Some(t) if t.kind == "stdio" => Transport::Stdio,
         Some(t) if t.kind == "streamable-http" => {
-            let port = t.url.as_deref().and_then(port_of_url).ok_or(
-                "server.json: a streamable-http transport needs a url with a port, e.g. http://localhost:8000/mcp",
-            )?;
+            // `http://localhost:{port}/mcp` (a variable) lets catwalk choose; a number is fixed.
+            let port = t.url.as_deref().and_then(port_of_url);
             let path = t.url.as_deref().and_then(path_of_url).unwrap_or_else(|| "/mcp".into());
             Transport::Http { port, path }
         }

@@ -18,8 +18,11 @@ use super::registry::{Registries, pin};
 use super::secrets::{Keyring, SECRETS_PATH, Secrets};
 use super::source::CommitTree;
 use crate::datadir::DataDir;
-use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewayConfig, LogKind, Mount, NoAudit};
+use crate::gateway::{
+    AppLogs, AppRoute, Backend, Gateway, GatewayConfig, LogKind, Mount, NoAudit, WakeHandle,
+};
 use crate::names::AppName;
+use crate::runtime::http_server::{self, HttpServer, HttpServerSpec, Lifecycle};
 use crate::runtime::install::{self, Installed, Toolchain};
 use crate::runtime::routes::RouteTable;
 use crate::runtime::sandbox::{self, AppSandbox};
@@ -54,6 +57,10 @@ pub struct Deployer {
     pub default_runtime: String,
     /// Whether an app's catwalk.toml may choose its runtime.
     pub allow_app_choice: bool,
+    /// Start, idle, drain and stop timeouts of local `transport = "http"` servers.
+    pub lifecycle: Lifecycle,
+    /// The live release's HTTP server per app (local `transport = "http"` apps only).
+    servers: Mutex<HashMap<String, Arc<HttpServer>>>,
     /// Deploys of one app run one at a time (pushes are also queued by the SSH layer; this covers
     /// rollbacks, restarts and detached deploys).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -126,6 +133,8 @@ impl Deployer {
             fly: None,
             default_runtime: "local".into(),
             allow_app_choice: true,
+            lifecycle: Lifecycle::default(),
+            servers: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -294,13 +303,41 @@ impl Deployer {
         }
         let result = self.install_and_check(app, &mut release, &secrets, out).await;
         match result {
-            Ok(route) => {
+            Ok((route, server)) => {
                 self.routes.set(app.as_str(), route);
+                self.switch_server(app, server).await;
                 self.store.put_release(&release).map_err(|e| e.to_string())?;
                 self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
                 Ok(self.went_live(app, &release, out))
             }
             Err(e) => Err(self.failed(app, release, e)),
+        }
+    }
+
+    /// Makes `server` the app's live HTTP server (or none, for a stdio release). The one it
+    /// replaces drains: sessions pinned to it keep being served until they go quiet.
+    async fn switch_server(&self, app: &AppName, server: Option<Arc<HttpServer>>) {
+        let old = {
+            let mut servers = self.servers.lock().expect("servers");
+            match server {
+                Some(s) => servers.insert(app.to_string(), s),
+                None => servers.remove(app.as_str()),
+            }
+        };
+        if let Some(old) = old {
+            old.retire().await;
+        }
+    }
+
+    fn live_server(&self, app: &AppName) -> Option<Arc<HttpServer>> {
+        self.servers.lock().expect("servers").get(app.as_str()).cloned()
+    }
+
+    /// Stops every local HTTP server (daemon shutdown).
+    pub async fn stop_servers(&self) {
+        let all: Vec<_> = self.servers.lock().expect("servers").drain().map(|(_, s)| s).collect();
+        for s in all {
+            s.shut_down().await;
         }
     }
 
@@ -413,7 +450,7 @@ impl Deployer {
         release: &mut ReleaseRecord,
         secrets: &Secrets,
         out: &Output,
-    ) -> Result<AppRoute, String> {
+    ) -> Result<(AppRoute, Option<Arc<HttpServer>>), String> {
         if let Some(warning) = self.tools.sandbox.warning() {
             out(format!("-----> {warning}"));
         }
@@ -452,10 +489,27 @@ impl Deployer {
         release.command = installed.command.clone();
         self.store.put_release(release).map_err(|e| e.to_string())?;
 
-        let route = self.route_for(app, release, secrets, &installed)?;
+        let (route, server) = self.route_for(app, release, secrets, &installed)?;
+        if let Some(server) = &server
+            && let Err(e) = self.make_room(app, server, out).await
+        {
+            server.shut_down().await;
+            return Err(e);
+        }
         out(format!("-----> starting release v{} ...", release.version));
         let started = Instant::now();
-        let intro = match self.health_gate(app, &route).await {
+        // An HTTP server is started first so a server that never listens gets that precise error.
+        let gate = match &server {
+            Some(server) => match crate::gateway::Wake::wake(server.as_ref()).await {
+                Ok(()) => self.health_gate(app, &route).await,
+                Err(e) => Err(e),
+            },
+            None => self.health_gate(app, &route).await,
+        };
+        if let (Err(_), Some(server)) = (&gate, &server) {
+            server.shut_down().await;
+        }
+        let intro = match gate {
             Ok(intro) => intro,
             Err(e) => {
                 let tail = self.logs.stderr_tail(app.as_str(), 20);
@@ -479,7 +533,47 @@ impl Deployer {
             describe_introspection(&intro)
         ));
         release.introspection = Some(intro);
-        Ok(route)
+        if let Some(server) = &server
+            && http_server::listens_on_all_interfaces(server.spec().port)
+        {
+            out(format!(
+                "-----> warning: the server listens on all interfaces (port {}), so other hosts can reach it                  without a catwalk token unless a firewall blocks that port; make it bind 127.0.0.1                  (catwalk sets $HOST=127.0.0.1)",
+                server.spec().port
+            ));
+        }
+        Ok((route, server))
+    }
+
+    /// A server with a fixed port cannot run beside the release it replaces: stop the old one first
+    /// (it starts again on demand if the new one fails its gate), and refuse a port held by others.
+    async fn make_room(&self, app: &AppName, server: &HttpServer, out: &Output) -> Result<(), String> {
+        let spec = server.spec();
+        if !spec.fixed_port {
+            return Ok(());
+        }
+        if let Some(old) = self.live_server(app)
+            && old.spec().port == spec.port
+        {
+            out(format!(
+                "-----> port {} is fixed by the manifest: stopping v{} before starting v{} (leave `port` out for deploys without a gap)",
+                spec.port,
+                old.spec().release,
+                spec.release
+            ));
+            old.stop().await;
+            // The process group is gone; give the kernel a moment to release the listening socket.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while port_accepts(spec.port).await && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if port_accepts(spec.port).await {
+            return Err(format!(
+                "port {} is already in use on this host (another app or process listens on it); leave `port`                  out of catwalk.toml so catwalk assigns a free port through $PORT",
+                spec.port
+            ));
+        }
+        Ok(())
     }
 
     /// The gateway route for a release: argv from validated, pinned values; env = declared + secrets.
@@ -489,7 +583,7 @@ impl Deployer {
         release: &ReleaseRecord,
         secrets: &Secrets,
         installed: &Installed,
-    ) -> Result<AppRoute, String> {
+    ) -> Result<(AppRoute, Option<Arc<HttpServer>>), String> {
         let home = self.dir.app(app).join("home");
         std::fs::create_dir_all(&home).map_err(|e| format!("creating {}: {e}", home.display()))?;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -509,8 +603,21 @@ impl Deployer {
         for (k, v) in secrets {
             env.insert(k.clone(), v.expose().to_string());
         }
+        let http_port = match &release.plan.transport {
+            Transport::Http { port: Some(port), .. } => Some((*port, true)),
+            Transport::Http { port: None, .. } => Some((http_server::free_port()?, false)),
+            Transport::Stdio => None,
+        };
         let mut argv = installed.command.clone();
         argv.extend(release.plan.args.iter().cloned());
+        if let Some((port, _)) = http_port {
+            // The server learns its port from $PORT or from `{port}` in its args; it should bind loopback.
+            env.insert("PORT".into(), port.to_string());
+            env.insert("HOST".into(), "127.0.0.1".into());
+            for arg in argv.iter_mut() {
+                *arg = arg.replace(super::validate::PORT_PLACEHOLDER, &port.to_string());
+            }
+        }
         let cwd = match release.plan.source {
             Source::Repository => installed.dir.clone(),
             Source::Package { .. } => home.clone(),
@@ -527,22 +634,42 @@ impl Deployer {
         if release.plan.no_network && !self.tools.sandbox.is_active() {
             return Err("deploy.network = \"none\" needs the server sandbox, which is not active on this host (see `[sandbox]`)".into());
         }
+        if release.plan.no_network && http_port.is_some() {
+            return Err("deploy.network = \"none\" cannot serve a transport = \"http\" server (nothing could reach its port); use stdio".into());
+        }
         let argv = sandbox::wrap(&self.tools.sandbox, &visible, &argv)?;
-        let backend = match &release.plan.transport {
-            Transport::Stdio => Backend::Stdio { argv, env, cwd },
-            Transport::Http { .. } => {
-                return Err(
-                    "transport \"http\" servers are not run by the local runtime yet; use a stdio server (the default)"
-                        .into(),
+        let (backend, server) = match (&release.plan.transport, http_port) {
+            (Transport::Http { path, .. }, Some((port, fixed_port))) => {
+                let spec = HttpServerSpec {
+                    app: app.to_string(),
+                    release: release.version,
+                    argv,
+                    env,
+                    cwd,
+                    port,
+                    fixed_port,
+                };
+                let server = HttpServer::new(
+                    spec,
+                    Lifecycle { start_timeout: self.health_timeout, ..self.lifecycle },
+                    self.logs.clone(),
                 );
+                let backend = Backend::Http {
+                    url: server.url(path),
+                    headers: Vec::new(),
+                    wake: Some(WakeHandle(server.clone())),
+                };
+                (backend, Some(server))
             }
+            _ => (Backend::Stdio { argv, env, cwd }, None),
         };
-        Ok(AppRoute {
+        let route = AppRoute {
             backend,
             allowed_origins: self.allowed_origins(&release.plan),
             shared: release.plan.shared,
             rate_limit: self.rate_limit,
-        })
+        };
+        Ok((route, server))
     }
 
     /// Serves the new route on a private loopback gateway (same code as `/mcp/APP`) and probes it.
@@ -686,17 +813,23 @@ impl Deployer {
         };
         let dir = live.install_dir.clone().ok_or("the live release has no install")?;
         let installed = Installed { dir: PathBuf::from(dir), command: live.command.clone(), reused: true };
-        let route = self.route_for(app, &live, &secrets, &installed)?;
+        let (route, server) = self.route_for(app, &live, &secrets, &installed)?;
         self.routes.set(app.as_str(), route);
+        if let Some(server) = server {
+            self.servers.lock().expect("servers").insert(app.to_string(), server);
+        }
         Ok(Some(live.version))
     }
 
     /// Ends the app's sessions; the next request starts fresh processes of the live release.
-    pub fn restart(&self, app: &AppName) -> Result<(), String> {
+    pub async fn restart(&self, app: &AppName) -> Result<(), String> {
         if self.routes.get(app.as_str()).is_none() {
             return Err(format!("app {app} has no live release to restart"));
         }
         self.gateway.drain_app(app.as_str());
+        if let Some(server) = self.live_server(app) {
+            server.stop().await;
+        }
         self.logs.push(app.as_str(), LogKind::Event, "restarted: sessions ended, processes stopped");
         Ok(())
     }
@@ -711,6 +844,10 @@ impl Deployer {
         }
         self.routes.remove(app.as_str());
         self.gateway.drain_app(app.as_str());
+        let server = self.servers.lock().expect("servers").remove(app.as_str());
+        if let Some(server) = server {
+            server.shut_down().await;
+        }
         self.store.delete_releases(app.as_str()).map_err(|e| e.to_string())?;
         let dir = self.dir.app(app);
         if dir.exists() {
@@ -727,6 +864,10 @@ fn move_branch(repo: &Path, branch: &str, commit: &str) -> Result<(), String> {
     repo.reference(&format!("refs/heads/{branch}"), oid, true, "catwalk rollback")
         .map_err(|e| format!("moving {branch} to {commit}: {}", e.message()))?;
     Ok(())
+}
+
+async fn port_accepts(port: u16) -> bool {
+    tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).await.is_ok()
 }
 
 fn secs(d: Duration) -> String {

@@ -52,9 +52,12 @@ pub enum Source {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Transport {
     Stdio,
-    /// Streamable HTTP on a loopback port the server listens on.
+    /// Streamable HTTP: the server listens on a loopback port and serves MCP at `path`.
+    /// `port: None` (the usual case) lets catwalk give each release a free port (`$PORT`, `{port}`
+    /// in args), so releases overlap for blue/green; `Some` is a port the server always uses.
     Http {
-        port: u16,
+        #[serde(default)]
+        port: Option<u16>,
         path: String,
     },
 }
@@ -121,7 +124,8 @@ impl Plan {
     pub fn describe(&self) -> String {
         let transport = match &self.transport {
             Transport::Stdio => "stdio".to_string(),
-            Transport::Http { port, path } => format!("http :{port}{path}"),
+            Transport::Http { port: Some(port), path } => format!("http :{port}{path}"),
+            Transport::Http { port: None, path } => format!("http {path}"),
         };
         match &self.source {
             Source::Package { registry, name, version } => format!(
