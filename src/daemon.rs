@@ -122,6 +122,13 @@ impl Daemon {
             deployer.fly = Some(Arc::new(runtime));
         }
         deployer.extra_origins = config.gateway.allowed_origins.clone();
+        if let Some(enrich) = &config.deploy.enrich {
+            let key = std::env::var(crate::pipeline::enrich::API_KEY_ENV).ok();
+            let enricher = crate::pipeline::enrich::Enricher::new(enrich, dir.root(), key)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(model = %enrich.model, "env var descriptions: enrichment on ({})", enrich.base_url);
+            deployer.enrich = Some(Arc::new(enricher));
+        }
         Ok(Daemon {
             config,
             dir,

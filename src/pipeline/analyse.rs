@@ -182,6 +182,7 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
             secret: e.secret,
             description: e.description,
             value: e.value,
+            description_source: None,
         })
         .collect();
     let no_network = match manifest.deploy.network.as_deref() {
@@ -356,6 +357,7 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
             secret: e.is_secret,
             description: e.description.clone(),
             value: if e.is_secret { None } else { e.default.clone() },
+            description_source: None,
         })
         .collect();
     Ok(Plan {

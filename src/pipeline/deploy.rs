@@ -61,6 +61,8 @@ pub struct Deployer {
     pub lifecycle: Lifecycle,
     /// The live release's HTTP server per app (local `transport = "http"` apps only).
     servers: Mutex<HashMap<String, Arc<HttpServer>>>,
+    /// `[deploy.enrich]`: fills missing env var descriptions from a chat API (off when `None`).
+    pub enrich: Option<Arc<super::enrich::Enricher>>,
     /// Deploys of one app run one at a time (pushes are also queued by the SSH layer; this covers
     /// rollbacks, restarts and detached deploys).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -135,6 +137,7 @@ impl Deployer {
             allow_app_choice: true,
             lifecycle: Lifecycle::default(),
             servers: Mutex::new(HashMap::new()),
+            enrich: None,
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -225,6 +228,14 @@ impl Deployer {
             out(format!("-----> analysing {short}: {} → {}", plan.manifest, plan.describe()));
         }
         timings.push(("analyse".to_string(), started.elapsed().as_millis() as u64));
+        // Rollbacks re-use a plan that was already enriched (or not) when it was first pushed.
+        if let Some(enricher) = self.enrich.as_ref().filter(|_| rollback_of.is_none()) {
+            let started = Instant::now();
+            if let Some(line) = enricher.enrich(app.as_str(), &mut plan).await {
+                out(line);
+                timings.push(("enrich".to_string(), started.elapsed().as_millis() as u64));
+            }
+        }
 
         let secrets = match secrets_file {
             Some(bytes) => self.keyring.open(&bytes)?,
@@ -901,13 +912,6 @@ fn plan_lines(plan: &Plan) -> Vec<String> {
     if !plan.args.is_empty() {
         lines.push(format!("args: {}", plan.args.join(" ")));
     }
-    for e in &plan.env {
-        let kind = match (e.secret, &e.value) {
-            (true, _) => "secret".to_string(),
-            (false, Some(v)) => format!("= {v}"),
-            (false, None) => "unset".to_string(),
-        };
-        lines.push(format!("env {}: {kind}{}", e.name, if e.required { " (required)" } else { "" }));
-    }
+    lines.extend(plan.env.iter().map(|e| format!("env {}", e.summary())));
     lines
 }

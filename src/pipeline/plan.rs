@@ -87,6 +87,37 @@ pub struct EnvSpec {
     /// A plain (non-secret) value from the manifest. Secret values never live in a plan.
     #[serde(default)]
     pub value: Option<String>,
+    /// Who wrote `description` when it is not from the manifest: `llm:MODEL` for the optional
+    /// enrichment step (`pipeline::enrich`). `None`: the manifest's own words (or no description).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description_source: Option<String>,
+}
+
+impl EnvSpec {
+    /// One line for dry runs and `info APP`: `GITHUB_TOKEN: secret (required) — token with repo scope`.
+    /// Secret values are never in a plan, so none can be printed here.
+    pub fn summary(&self) -> String {
+        let kind = match (self.secret, &self.value) {
+            (true, _) => "secret".to_string(),
+            (false, Some(v)) => format!("= {}", one_line(v)),
+            (false, None) => "unset".to_string(),
+        };
+        let mut line = format!("{}: {kind}{}", self.name, if self.required { " (required)" } else { "" });
+        if let Some(d) = &self.description {
+            line.push_str(" — ");
+            line.push_str(&one_line(d));
+            if let Some(source) = &self.description_source {
+                line.push_str(&format!(" (written by {})", one_line(source)));
+            }
+        }
+        line
+    }
+}
+
+/// Manifest text on one output line: control characters (newlines included) become spaces, so a
+/// description cannot forge extra `remote:` lines.
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// The release plan.
