@@ -353,10 +353,18 @@ impl Deployer {
                 let progress = move |line: String| progress_out(line);
                 match fly.deploy(&release, secrets, live, &progress).await {
                     Ok(staged) => {
+                        // Over 6PN the route carries the machine's wake (scale to zero).
+                        let live_route = fly.live_route(
+                            app.as_str(),
+                            staged.route.clone(),
+                            &staged.machine.id,
+                            crate::runtime::fly::wake::Awake::Started,
+                            &self.logs,
+                        );
                         let route = AppRoute {
                             rate_limit: self.rate_limit,
                             allowed_origins: self.allowed_origins(&release.plan),
-                            ..staged.route.clone()
+                            ..live_route
                         };
                         self.routes.set(app.as_str(), route);
                         release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
@@ -667,11 +675,12 @@ impl Deployer {
                 .fly
                 .clone()
                 .ok_or("the live release runs on fly, but [runtime.fly] is not configured")?;
-            let (routes, name) = (self.routes.clone(), app.to_string());
+            let (routes, name, logs) = (self.routes.clone(), app.to_string(), self.logs.clone());
+            let (allowed_origins, rate_limit) = (self.allowed_origins(&live.plan), self.rate_limit);
             tokio::spawn(async move {
-                match fly.restore_route(&name).await {
+                match fly.restore_route(&name, &logs).await {
                     Ok(Some(route)) => {
-                        routes.set(&name, route);
+                        routes.set(&name, AppRoute { allowed_origins, rate_limit, ..route });
                     }
                     Ok(None) => tracing::warn!(app = %name, "no live Fly machine found for the live release"),
                     Err(e) => tracing::error!(app = %name, "restoring the Fly route failed: {e}"),
