@@ -1,6 +1,7 @@
 //! A push with `runtime = "fly"` through the real daemon, against the fake Machines API: the release is
 //! created on a machine (the real `catwalk runner` installing the pinned PyPI package at boot), health
-//! gated, switched to, and answers MCP through `/mcp/APP`; a second push replaces the machine blue/green.
+//! gated, switched to, and answers MCP through `/mcp/APP`; `info` and `logs` show the machine and its
+//! events (and say so when Fly cannot be read); a second push replaces the machine blue/green.
 
 #[path = "common/daemon.rs"]
 mod daemon;
@@ -35,6 +36,33 @@ async fn push_with_runtime_fly_goes_live_on_a_machine() {
         serde_json::from_str(&blocking(|| ok(&d.ssh(&d.admin, "releases timefly --json", "")))).unwrap();
     assert_eq!(rel[0]["runtime"], "fly");
     assert_eq!(rel[0]["status"], "live");
+
+    // `info` and `logs` show the machine: id, state, region, release and its events.
+    let machines = env.fake.machines("cw-timefly");
+    let [(id, state, _)] = machines.as_slice() else { panic!("one machine expected: {machines:?}") };
+    assert_eq!(state, "started");
+    let info = blocking(|| ok(&d.ssh(&d.admin, "info timefly", "")));
+    assert!(info.contains("fly app:    cw-timefly"), "{info}");
+    assert!(
+        info.contains(&format!("machine:    {id} started (iad) release v1; last: start (started)")),
+        "{info}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&blocking(|| ok(&d.local(&["info", "timefly", "--json"], "")))).unwrap();
+    assert_eq!(json["fly"]["machines"][0]["id"], id.as_str());
+    assert_eq!(json["fly"]["machines"][0]["state"], "started");
+    assert_eq!(json["fly"]["machines"][0]["release"], 1);
+    let logs = blocking(|| ok(&d.ssh(&d.admin, "logs timefly", "")));
+    assert!(logs.contains(&format!("fly    machine {id}: start (started)")), "{logs}");
+    assert!(logs.contains("release v1 is live on fly"), "{logs}");
+    // With the Machines API down, both still print the rest, and say what they could not read.
+    env.fake.faults(|f| f.outage = true);
+    let info = blocking(|| ok(&d.ssh(&d.admin, "info timefly", "")));
+    assert!(info.contains("live:       v1") && info.contains("fly: could not read machines ("), "{info}");
+    assert!(info.contains("injected outage"), "{info}");
+    let logs = blocking(|| ok(&d.ssh(&d.admin, "logs timefly", "")));
+    assert!(logs.contains("fly: could not read machines (") && logs.contains("is live on fly"), "{logs}");
+    env.fake.faults(|f| f.outage = false);
 
     // A second push replaces the machine blue/green and still answers.
     let (pushed, output) = blocking(|| {

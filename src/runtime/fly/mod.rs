@@ -234,8 +234,17 @@ pub struct MachineStatus {
     pub state: String,
     pub region: String,
     pub release: Option<u32>,
-    /// The last events, newest first: `"exit (stopped) exit code 3"`.
-    pub events: Vec<String>,
+    /// The last events, newest first.
+    pub events: Vec<StatusEvent>,
+}
+
+/// One machine event in `info APP` / `logs APP`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    /// Milliseconds since the Unix epoch (as Fly reports it).
+    pub at_ms: i64,
+    /// `"exit (stopped) exit code 3"`, `"start (started)"`.
+    pub text: String,
 }
 
 /// The Fly runtime. Create once per daemon and share behind an `Arc`.
@@ -443,20 +452,23 @@ impl FlyRuntime {
         Ok(())
     }
 
-    /// Machine states and recent events for `info APP` / `logs APP`.
-    pub async fn status(&self, app: &str) -> Result<Vec<MachineStatus>, String> {
+    /// Machine states and their last `events` events for `info APP` / `logs APP`.
+    pub async fn status(&self, app: &str, events: u32) -> Result<Vec<MachineStatus>, String> {
         let fly_app = self.fly_app(app);
         let mut out = Vec::new();
         for m in self.client.list_by_metadata(&fly_app, &[(META_APP, app)]).await? {
             let events = self
                 .client
-                .events(&fly_app, &m.id, 5)
+                .events(&fly_app, &m.id, events)
                 .await
                 .unwrap_or_default()
                 .iter()
-                .map(|e| match e.exit_code() {
-                    Some(code) => format!("{} ({}) exit code {code}", e.kind, e.status),
-                    None => format!("{} ({})", e.kind, e.status),
+                .map(|e| StatusEvent {
+                    at_ms: e.timestamp,
+                    text: match e.exit_code() {
+                        Some(code) => format!("{} ({}) exit code {code}", e.kind, e.status),
+                        None => format!("{} ({})", e.kind, e.status),
+                    },
                 })
                 .collect();
             out.push(MachineStatus {
