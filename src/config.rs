@@ -111,6 +111,37 @@ pub struct DeployConfig {
     /// How long an install (`npm install`, `pip install`, a source build) may take.
     #[serde(deserialize_with = "duration")]
     pub install_timeout: Duration,
+    /// A `transport = "http"` server with no request for this long is stopped (scale to zero);
+    /// the next request starts it again. `"0s"` keeps it running.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A replaced HTTP server keeps serving its sessions until they are quiet this long.
+    #[serde(deserialize_with = "duration")]
+    pub drain_grace: Duration,
+    /// `[deploy.enrich]`: an OpenAI-compatible chat API that writes descriptions for env vars the
+    /// manifests leave undescribed. Absent (the default): off, nothing is sent anywhere.
+    pub enrich: Option<EnrichConfig>,
+}
+
+/// `[deploy.enrich]` (see `pipeline::enrich`). Only env var names and existing descriptions are sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// API root; `/chat/completions` is appended (`https://api.openai.com/v1`, `http://127.0.0.1:11434/v1`).
+    pub base_url: String,
+    /// Model name passed as `model`.
+    pub model: String,
+    /// File holding the API key (relative paths are under the data dir). Without it the key comes from
+    /// `CATWALK_ENRICH_API_KEY`; without either, no `Authorization` header is sent (local servers).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// How long one enrichment call may take; after it the push goes on without descriptions.
+    #[serde(default = "default_enrich_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_enrich_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for DeployConfig {
@@ -121,6 +152,9 @@ impl Default for DeployConfig {
             registry_cache_ttl: Duration::from_secs(300),
             health_timeout: Duration::from_secs(60),
             install_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(15 * 60),
+            drain_grace: Duration::from_secs(30),
+            enrich: None,
         }
     }
 }
@@ -253,6 +287,20 @@ impl Config {
         ] {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(format!("{key} = {url:?}: must be an http(s) URL"));
+            }
+        }
+        if let Some(enrich) = &self.deploy.enrich {
+            if !(enrich.base_url.starts_with("https://") || enrich.base_url.starts_with("http://")) {
+                return Err(format!(
+                    "deploy.enrich.base_url = {:?}: must be an http(s) URL",
+                    enrich.base_url
+                ));
+            }
+            if enrich.model.trim().is_empty() {
+                return Err("deploy.enrich.model must name a model (e.g. \"gpt-4o-mini\")".into());
+            }
+            if enrich.timeout.is_zero() {
+                return Err("deploy.enrich.timeout must be more than 0s".into());
             }
         }
         match self.runtime.default.as_str() {
@@ -438,6 +486,32 @@ mod tests {
         assert!(err.to_string().contains("[runtime.fly]"), "{err}");
         let err = Config::parse("[runtime.fly]\nnetwrk = \"6pn\"\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("netwrk"), "{err}");
+    }
+
+    #[test]
+    fn deploy_enrich_section() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert!(c.deploy.enrich.is_none(), "enrichment is off unless configured");
+        let c = Config::parse(
+            "[deploy.enrich]\nbase_url = \"http://127.0.0.1:11434/v1\"\nmodel = \"llama3\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let e = c.deploy.enrich.unwrap();
+        assert_eq!((e.model.as_str(), e.timeout, e.api_key_file), ("llama3", Duration::from_secs(10), None));
+        let err = Config::parse(
+            "[deploy.enrich]\nbase_url = \"http://x/v1\"\nmodel = \"m\"\napi_key = \"sk\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("api_key"), "{err}");
+        let err =
+            Config::parse("[deploy.enrich]\nbase_url = \"ftp://x\"\nmodel = \"m\"\n", Path::new("x.toml"))
+                .unwrap_err();
+        assert!(err.to_string().contains("deploy.enrich.base_url"), "{err}");
+        let err =
+            Config::parse("[deploy.enrich]\nbase_url = \"http://x\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("model"), "{err}");
     }
 
     #[test]

@@ -106,6 +106,13 @@ impl Daemon {
         );
         deployer.rate_limit = rate_limit(config.gateway.rate_limit_per_minute);
         deployer.health_timeout = config.deploy.health_timeout;
+        deployer.lifecycle = crate::runtime::http_server::Lifecycle {
+            start_timeout: config.deploy.health_timeout,
+            idle_timeout: (!config.deploy.idle_timeout.is_zero()).then_some(config.deploy.idle_timeout),
+            drain_grace: config.deploy.drain_grace,
+            max_drain: config.gateway.session_idle_timeout,
+            kill_grace: crate::gateway::GatewayConfig::default().kill_grace,
+        };
         deployer.default_runtime = config.runtime.default.clone();
         deployer.allow_app_choice = config.runtime.allow_app_choice;
         if let Some(fly) = &config.runtime.fly {
@@ -115,6 +122,13 @@ impl Daemon {
             deployer.fly = Some(Arc::new(runtime));
         }
         deployer.extra_origins = config.gateway.allowed_origins.clone();
+        if let Some(enrich) = &config.deploy.enrich {
+            let key = std::env::var(crate::pipeline::enrich::API_KEY_ENV).ok();
+            let enricher = crate::pipeline::enrich::Enricher::new(enrich, dir.root(), key)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(model = %enrich.model, "env var descriptions: enrichment on ({})", enrich.base_url);
+            deployer.enrich = Some(Arc::new(enricher));
+        }
         Ok(Daemon {
             config,
             dir,
@@ -290,6 +304,7 @@ pub async fn serve(dir: DataDir, options: ServeOptions, on_ready: Option<OnReady
         daemon.pushes.abort.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), daemon.pushes.wait_idle()).await;
     }
+    daemon.deployer.stop_servers().await;
     control_task.abort();
     let _ = std::fs::remove_file(dir.control_socket());
     tracing::info!("catwalk stopped");

@@ -137,6 +137,7 @@ fn release(app: &str, version: u32) -> ReleaseRecord {
                     secret: false,
                     description: None,
                     value: Some("hello".into()),
+                    description_source: None,
                 },
                 EnvSpec {
                     name: "API_KEY".into(),
@@ -144,6 +145,7 @@ fn release(app: &str, version: u32) -> ReleaseRecord {
                     secret: true,
                     description: None,
                     value: None,
+                    description_source: None,
                 },
             ],
             shared: false,

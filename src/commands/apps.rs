@@ -195,6 +195,9 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
             if let Some(i) = &r.introspection {
                 out.line(format!("serves:     {}", crate::pipeline::deploy::describe_introspection(i)));
             }
+            for e in &r.plan.env {
+                out.line(format!("env:        {}", e.summary()));
+            }
         }
         None => out.line("live:       no release is live"),
     }

@@ -155,7 +155,7 @@ pub async fn run(daemon: &Daemon, who: &Identity, argv: &[String], input: &mut I
         Cmd::Info { app, json } => apps::info(&ctx, &app, json).await,
         Cmd::Releases { app, json } => releases::releases(&ctx, &app, json),
         Cmd::Rollback { app, version } => releases::rollback(&ctx, &app, version.as_deref()).await,
-        Cmd::Restart { app } => releases::restart(&ctx, &app),
+        Cmd::Restart { app } => releases::restart(&ctx, &app).await,
         Cmd::Logs { app, follow, lines } => releases::logs(&ctx, &app, follow, lines).await,
         Cmd::Keys { action } => keys::run(&ctx, action, input).await,
         Cmd::Tokens { action } => tokens::run(&ctx, action),

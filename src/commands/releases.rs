@@ -109,9 +109,9 @@ pub async fn rollback(ctx: &Ctx<'_>, name: &str, version: Option<&str>) -> CmdRe
     Ok(())
 }
 
-pub fn restart(ctx: &Ctx<'_>, name: &str) -> CmdResult {
+pub async fn restart(ctx: &Ctx<'_>, name: &str) -> CmdResult {
     let app = app_name(ctx, name, "restart")?;
-    ctx.daemon.deployer.restart(&app).map_err(Failure::Error)?;
+    ctx.daemon.deployer.restart(&app).await.map_err(Failure::Error)?;
     ctx.out.line(format!("{app}: sessions ended; the next request starts fresh processes"));
     Ok(())
 }

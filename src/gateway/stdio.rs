@@ -133,7 +133,8 @@ pub fn spawn(
 ) -> Result<Arc<ChildProc>, String> {
     let (prog, args) =
         cmd.argv.split_first().ok_or_else(|| format!("app `{}` has an empty command", cmd.app))?;
-    let mut child = tokio::process::Command::new(prog)
+    let mut command = tokio::process::Command::new(prog);
+    command
         .args(args)
         .env_clear()
         .envs(cmd.env)
@@ -141,16 +142,15 @@ pub fn spawn(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "could not start `{prog}` (working directory {}): {e}; check that the command \
+        .kill_on_drop(true);
+    crate::runtime::sandbox::own_session(&mut command);
+    let mut child = command.spawn().map_err(|e| {
+        format!(
+            "could not start `{prog}` (working directory {}): {e}; check that the command \
                  exists on the PATH given to the app and that the directory exists",
-                cmd.cwd.display()
-            )
-        })?;
+            cmd.cwd.display()
+        )
+    })?;
     let pid = child.id().unwrap_or(0);
     let (stdin, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
         (Some(i), Some(o), Some(e)) => (i, o, e),

@@ -182,6 +182,7 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
             secret: e.secret,
             description: e.description,
             value: e.value,
+            description_source: None,
         })
         .collect();
     let no_network = match manifest.deploy.network.as_deref() {
@@ -244,7 +245,9 @@ fn transport(kind: &str, port: Option<u16>, path: Option<&str>) -> Result<Transp
     match kind {
         "stdio" => Ok(Transport::Stdio),
         "http" | "streamable-http" => {
-            let port = port.ok_or("transport \"http\" needs `port` (the port the server listens on)")?;
+            if port == Some(0) {
+                return Err("port 0 is not a port; leave `port` out to let catwalk pick one".into());
+            }
             let path = path.unwrap_or("/mcp").to_string();
             if !path.starts_with('/') || path.contains("..") {
                 return Err(format!("path {path:?} must start with '/'"));
@@ -320,9 +323,8 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
         None => Transport::Stdio,
         Some(t) if t.kind == "stdio" => Transport::Stdio,
         Some(t) if t.kind == "streamable-http" => {
-            let port = t.url.as_deref().and_then(port_of_url).ok_or(
-                "server.json: a streamable-http transport needs a url with a port, e.g. http://localhost:8000/mcp",
-            )?;
+            // `http://localhost:{port}/mcp` (a variable) lets catwalk choose; a number is fixed.
+            let port = t.url.as_deref().and_then(port_of_url);
             let path = t.url.as_deref().and_then(path_of_url).unwrap_or_else(|| "/mcp".into());
             Transport::Http { port, path }
         }
@@ -355,6 +357,7 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
             secret: e.is_secret,
             description: e.description.clone(),
             value: if e.is_secret { None } else { e.default.clone() },
+            description_source: None,
         })
         .collect();
     Ok(Plan {

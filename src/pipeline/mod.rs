@@ -5,6 +5,7 @@
 
 pub mod analyse;
 pub mod deploy;
+pub mod enrich;
 pub mod health;
 pub mod plan;
 pub mod registry;

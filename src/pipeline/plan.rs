@@ -52,9 +52,12 @@ pub enum Source {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Transport {
     Stdio,
-    /// Streamable HTTP on a loopback port the server listens on.
+    /// Streamable HTTP: the server listens on a loopback port and serves MCP at `path`.
+    /// `port: None` (the usual case) lets catwalk give each release a free port (`$PORT`, `{port}`
+    /// in args), so releases overlap for blue/green; `Some` is a port the server always uses.
     Http {
-        port: u16,
+        #[serde(default)]
+        port: Option<u16>,
         path: String,
     },
 }
@@ -84,6 +87,37 @@ pub struct EnvSpec {
     /// A plain (non-secret) value from the manifest. Secret values never live in a plan.
     #[serde(default)]
     pub value: Option<String>,
+    /// Who wrote `description` when it is not from the manifest: `llm:MODEL` for the optional
+    /// enrichment step (`pipeline::enrich`). `None`: the manifest's own words (or no description).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description_source: Option<String>,
+}
+
+impl EnvSpec {
+    /// One line for dry runs and `info APP`: `GITHUB_TOKEN: secret (required) — token with repo scope`.
+    /// Secret values are never in a plan, so none can be printed here.
+    pub fn summary(&self) -> String {
+        let kind = match (self.secret, &self.value) {
+            (true, _) => "secret".to_string(),
+            (false, Some(v)) => format!("= {}", one_line(v)),
+            (false, None) => "unset".to_string(),
+        };
+        let mut line = format!("{}: {kind}{}", self.name, if self.required { " (required)" } else { "" });
+        if let Some(d) = &self.description {
+            line.push_str(" — ");
+            line.push_str(&one_line(d));
+            if let Some(source) = &self.description_source {
+                line.push_str(&format!(" (written by {})", one_line(source)));
+            }
+        }
+        line
+    }
+}
+
+/// Manifest text on one output line: control characters (newlines included) become spaces, so a
+/// description cannot forge extra `remote:` lines.
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// The release plan.
@@ -121,7 +155,8 @@ impl Plan {
     pub fn describe(&self) -> String {
         let transport = match &self.transport {
             Transport::Stdio => "stdio".to_string(),
-            Transport::Http { port, path } => format!("http :{port}{path}"),
+            Transport::Http { port: Some(port), path } => format!("http :{port}{path}"),
+            Transport::Http { port: None, path } => format!("http {path}"),
         };
         match &self.source {
             Source::Package { registry, name, version } => format!(

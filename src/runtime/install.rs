@@ -389,8 +389,8 @@ async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
+        .kill_on_drop(true);
+    crate::runtime::sandbox::own_session(&mut cmd);
     for (key, value) in host_network_env() {
         cmd.env(key, value);
     }

@@ -11,18 +11,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod start;
+
 use super::analyse::{Tree, analyse};
-use super::health;
-use super::plan::{Plan, Source, Transport};
+use super::plan::{Plan, Source};
 use super::registry::{Registries, pin};
 use super::secrets::{Keyring, SECRETS_PATH, Secrets};
 use super::source::CommitTree;
 use crate::datadir::DataDir;
-use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewayConfig, LogKind, Mount, NoAudit};
+use crate::gateway::{AppLogs, AppRoute, Gateway, LogKind};
 use crate::names::AppName;
+use crate::runtime::http_server::{self, HttpServer, Lifecycle};
 use crate::runtime::install::{self, Installed, Toolchain};
 use crate::runtime::routes::RouteTable;
-use crate::runtime::sandbox::{self, AppSandbox};
 use crate::store::{Introspection, ReleaseRecord, ReleaseStatus, Store, now};
 
 /// Where push output goes: one call per line (the hook turns them into `remote:` lines).
@@ -54,6 +55,12 @@ pub struct Deployer {
     pub default_runtime: String,
     /// Whether an app's catwalk.toml may choose its runtime.
     pub allow_app_choice: bool,
+    /// Start, idle, drain and stop timeouts of local `transport = "http"` servers.
+    pub lifecycle: Lifecycle,
+    /// The live release's HTTP server per app (local `transport = "http"` apps only).
+    servers: Mutex<HashMap<String, Arc<HttpServer>>>,
+    /// `[deploy.enrich]`: fills missing env var descriptions from a chat API (off when `None`).
+    pub enrich: Option<Arc<super::enrich::Enricher>>,
     /// Deploys of one app run one at a time (pushes are also queued by the SSH layer; this covers
     /// rollbacks, restarts and detached deploys).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -126,6 +133,9 @@ impl Deployer {
             fly: None,
             default_runtime: "local".into(),
             allow_app_choice: true,
+            lifecycle: Lifecycle::default(),
+            servers: Mutex::new(HashMap::new()),
+            enrich: None,
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -216,6 +226,14 @@ impl Deployer {
             out(format!("-----> analysing {short}: {} → {}", plan.manifest, plan.describe()));
         }
         timings.push(("analyse".to_string(), started.elapsed().as_millis() as u64));
+        // Rollbacks re-use a plan that was already enriched (or not) when it was first pushed.
+        if let Some(enricher) = self.enrich.as_ref().filter(|_| rollback_of.is_none()) {
+            let started = Instant::now();
+            if let Some(line) = enricher.enrich(app.as_str(), &mut plan).await {
+                out(line);
+                timings.push(("enrich".to_string(), started.elapsed().as_millis() as u64));
+            }
+        }
 
         let secrets = match secrets_file {
             Some(bytes) => self.keyring.open(&bytes)?,
@@ -294,8 +312,9 @@ impl Deployer {
         }
         let result = self.install_and_check(app, &mut release, &secrets, out).await;
         match result {
-            Ok(route) => {
+            Ok((route, server)) => {
                 self.routes.set(app.as_str(), route);
+                self.switch_server(app, server).await;
                 self.store.put_release(&release).map_err(|e| e.to_string())?;
                 self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
                 Ok(self.went_live(app, &release, out))
@@ -421,7 +440,7 @@ impl Deployer {
         release: &mut ReleaseRecord,
         secrets: &Secrets,
         out: &Output,
-    ) -> Result<AppRoute, String> {
+    ) -> Result<(AppRoute, Option<Arc<HttpServer>>), String> {
         if let Some(warning) = self.tools.sandbox.warning() {
             out(format!("-----> {warning}"));
         }
@@ -460,10 +479,27 @@ impl Deployer {
         release.command = installed.command.clone();
         self.store.put_release(release).map_err(|e| e.to_string())?;
 
-        let route = self.route_for(app, release, secrets, &installed)?;
+        let (route, server) = self.route_for(app, release, secrets, &installed)?;
+        if let Some(server) = &server
+            && let Err(e) = self.make_room(app, server, out).await
+        {
+            server.shut_down().await;
+            return Err(e);
+        }
         out(format!("-----> starting release v{} ...", release.version));
         let started = Instant::now();
-        let intro = match self.health_gate(app, &route).await {
+        // An HTTP server is started first so a server that never listens gets that precise error.
+        let gate = match &server {
+            Some(server) => match crate::gateway::Wake::wake(server.as_ref()).await {
+                Ok(()) => self.health_gate(app, &route).await,
+                Err(e) => Err(e),
+            },
+            None => self.health_gate(app, &route).await,
+        };
+        if let (Err(_), Some(server)) = (&gate, &server) {
+            server.shut_down().await;
+        }
+        let intro = match gate {
             Ok(intro) => intro,
             Err(e) => {
                 let tail = self.logs.stderr_tail(app.as_str(), 20);
@@ -487,105 +523,15 @@ impl Deployer {
             describe_introspection(&intro)
         ));
         release.introspection = Some(intro);
-        Ok(route)
-    }
-
-    /// The gateway route for a release: argv from validated, pinned values; env = declared + secrets.
-    fn route_for(
-        &self,
-        app: &AppName,
-        release: &ReleaseRecord,
-        secrets: &Secrets,
-        installed: &Installed,
-    ) -> Result<AppRoute, String> {
-        let home = self.dir.app(app).join("home");
-        std::fs::create_dir_all(&home).map_err(|e| format!("creating {}: {e}", home.display()))?;
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        env.insert("PATH".into(), self.tools.path_env());
-        env.insert("HOME".into(), home.to_string_lossy().into_owned());
-        env.insert("LANG".into(), "C.UTF-8".into());
-        let tmp = if self.tools.sandbox.is_active() { "/tmp".into() } else { std::env::temp_dir() };
-        env.insert("TMPDIR".into(), tmp.to_string_lossy().into_owned());
-        for (k, v) in install::host_network_env() {
-            env.insert(k.to_string(), v.to_string_lossy().into_owned());
+        if let Some(server) = &server
+            && http_server::listens_on_all_interfaces(server.spec().port)
+        {
+            out(format!(
+                "-----> warning: the server listens on all interfaces (port {}), so other hosts can reach it                  without a catwalk token unless a firewall blocks that port; make it bind 127.0.0.1                  (catwalk sets $HOST=127.0.0.1)",
+                server.spec().port
+            ));
         }
-        for e in &release.plan.env {
-            if let Some(v) = &e.value {
-                env.insert(e.name.clone(), v.clone());
-            }
-        }
-        for (k, v) in secrets {
-            env.insert(k.clone(), v.expose().to_string());
-        }
-        let mut argv = installed.command.clone();
-        argv.extend(release.plan.args.iter().cloned());
-        let cwd = match release.plan.source {
-            Source::Repository => installed.dir.clone(),
-            Source::Package { .. } => home.clone(),
-        };
-        let visible = AppSandbox {
-            identity: app.to_string(),
-            home,
-            readonly: vec![installed.dir.clone()],
-            cwd: cwd.clone(),
-            hidden: vec![self.dir.root().to_path_buf()],
-            network: release.plan.no_network.then_some(sandbox::Network::None),
-            ..Default::default()
-        };
-        if release.plan.no_network && !self.tools.sandbox.is_active() {
-            return Err("deploy.network = \"none\" needs the server sandbox, which is not active on this host (see `[sandbox]`)".into());
-        }
-        let argv = sandbox::wrap(&self.tools.sandbox, &visible, &argv)?;
-        let backend = match &release.plan.transport {
-            Transport::Stdio => Backend::Stdio { argv, env, cwd },
-            Transport::Http { .. } => {
-                return Err(
-                    "transport \"http\" servers are not run by the local runtime yet; use a stdio server (the default)"
-                        .into(),
-                );
-            }
-        };
-        Ok(AppRoute {
-            backend,
-            allowed_origins: self.allowed_origins(&release.plan),
-            shared: release.plan.shared,
-            rate_limit: self.rate_limit,
-        })
-    }
-
-    /// Serves the new route on a private loopback gateway (same code as `/mcp/APP`) and probes it.
-    async fn health_gate(&self, app: &AppName, route: &AppRoute) -> Result<Introspection, String> {
-        struct One(Arc<AppRoute>, String);
-        impl crate::gateway::AppDirectory for One {
-            fn resolve(&self, app: &str) -> Option<Arc<AppRoute>> {
-                (app == self.1).then(|| self.0.clone())
-            }
-        }
-        let cfg = GatewayConfig {
-            mount: Mount::Single { path: "/mcp".into(), app: app.to_string() },
-            ..Default::default()
-        };
-        let gateway = Gateway::new(
-            cfg,
-            Arc::new(One(Arc::new(route.clone()), app.to_string())),
-            None,
-            Arc::new(NoAudit),
-            self.logs.clone(),
-            None,
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-        let url = format!("http://{}/mcp", listener.local_addr().map_err(|e| e.to_string())?);
-        let stop = tokio_util::sync::CancellationToken::new();
-        let server = {
-            let gateway = gateway.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move { gateway.serve(listener, stop).await })
-        };
-        let result = health::probe(&url, None, self.health_timeout).await;
-        stop.cancel();
-        gateway.stop_all();
-        let _ = server.await;
-        result
+        Ok((route, server))
     }
 
     fn release_dir(&self, app: &AppName, version: u32) -> PathBuf {
@@ -695,17 +641,23 @@ impl Deployer {
         };
         let dir = live.install_dir.clone().ok_or("the live release has no install")?;
         let installed = Installed { dir: PathBuf::from(dir), command: live.command.clone(), reused: true };
-        let route = self.route_for(app, &live, &secrets, &installed)?;
+        let (route, server) = self.route_for(app, &live, &secrets, &installed)?;
         self.routes.set(app.as_str(), route);
+        if let Some(server) = server {
+            self.servers.lock().expect("servers").insert(app.to_string(), server);
+        }
         Ok(Some(live.version))
     }
 
     /// Ends the app's sessions; the next request starts fresh processes of the live release.
-    pub fn restart(&self, app: &AppName) -> Result<(), String> {
+    pub async fn restart(&self, app: &AppName) -> Result<(), String> {
         if self.routes.get(app.as_str()).is_none() {
             return Err(format!("app {app} has no live release to restart"));
         }
         self.gateway.drain_app(app.as_str());
+        if let Some(server) = self.live_server(app) {
+            server.stop().await;
+        }
         self.logs.push(app.as_str(), LogKind::Event, "restarted: sessions ended, processes stopped");
         Ok(())
     }
@@ -720,6 +672,10 @@ impl Deployer {
         }
         self.routes.remove(app.as_str());
         self.gateway.drain_app(app.as_str());
+        let server = self.servers.lock().expect("servers").remove(app.as_str());
+        if let Some(server) = server {
+            server.shut_down().await;
+        }
         self.store.delete_releases(app.as_str()).map_err(|e| e.to_string())?;
         let dir = self.dir.app(app);
         if dir.exists() {
@@ -769,13 +725,6 @@ fn plan_lines(plan: &Plan) -> Vec<String> {
     if !plan.args.is_empty() {
         lines.push(format!("args: {}", plan.args.join(" ")));
     }
-    for e in &plan.env {
-        let kind = match (e.secret, &e.value) {
-            (true, _) => "secret".to_string(),
-            (false, Some(v)) => format!("= {v}"),
-            (false, None) => "unset".to_string(),
-        };
-        lines.push(format!("env {}: {kind}{}", e.name, if e.required { " (required)" } else { "" }));
-    }
+    lines.extend(plan.env.iter().map(|e| format!("env {}", e.summary())));
     lines
 }
