@@ -40,10 +40,10 @@ impl FlyEnv {
         env.insert("HOME".into(), s(&root.join("home")));
         env.insert("LANG".into(), "C.UTF-8".into());
         env.insert("CATWALK_RUNNER_DIR".into(), s(&root.join("srv")));
-        for key in ["SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE"]
-        {
+        // The host's CA, proxy and mirror settings, as a real image would bake in.
+        for key in catwalk::runtime::install::HOST_NETWORK_ENV {
             if let Ok(v) = std::env::var(key) {
-                env.insert(key.into(), v);
+                env.insert(key.to_string(), v);
             }
         }
         let fake = FakeFly::start(TOKEN, &["personal"], FakeImage { bin_dir: bin, env }).await;

@@ -8,6 +8,7 @@
 //! - [`deploy`]: blue/green: stage the new machine, gate it, then retire the old one ([`FlyRuntime::deploy`],
 //!   [`FlyRuntime::commit`], [`FlyRuntime::abort`]);
 //! - [`runner`]: `catwalk runner`, the image's entry point;
+//! - [`source`]: one-time source downloads for releases built from their repository;
 //! - [`wake`]: scale to zero over 6PN: the live route's [`wake::FlyWake`] starts a stopped machine before
 //!   the gateway forwards a request, and stops it after `idle_timeout` with nothing in flight.
 //!
@@ -19,6 +20,7 @@ pub mod client;
 pub mod deploy;
 pub mod machine;
 pub mod runner;
+pub mod source;
 pub mod types;
 pub mod wake;
 
@@ -33,7 +35,7 @@ use serde::{Deserialize, Deserializer};
 use sha2::Sha256;
 
 pub use client::{FlyClient, FlyError, RetryPolicy};
-pub use deploy::Staged;
+pub use deploy::{ReleaseSource, Staged};
 
 use crate::gateway::{AppRoute, Backend};
 
@@ -41,6 +43,12 @@ use crate::gateway::{AppRoute, Backend};
 pub const BRIDGE_TOKEN_SECRET: &str = "CATWALK_BRIDGE_TOKEN";
 /// Machine env var holding the release plan (JSON; plans never contain secret values).
 pub const PLAN_ENV: &str = "CATWALK_PLAN";
+/// Name of the Fly secret holding a repository release's one-time source token (see [`source`]).
+pub const SOURCE_TOKEN_SECRET: &str = "CATWALK_SOURCE_TOKEN";
+/// Machine env var: the URL the source token is appended to (not a secret).
+pub const SOURCE_URL_ENV: &str = "CATWALK_SOURCE_URL";
+/// Machine env var naming the release's source (`APP-vN-COMMIT`): where the runner keeps its build.
+pub const SOURCE_ID_ENV: &str = "CATWALK_SOURCE_ID";
 /// Metadata keys on every machine catwalk creates.
 pub const META_APP: &str = "catwalk_app";
 pub const META_RELEASE: &str = "catwalk_release";
@@ -98,6 +106,9 @@ pub struct FlyConfig {
     pub machine_url_template: String,
     /// Address of an app over Flycast; same placeholders.
     pub flycast_url_template: String,
+    /// URL at which machines reach this daemon to download repository sources (default: the
+    /// daemon's public URL; e.g. `http://catwalk.internal:8080` when the daemon runs on 6PN).
+    pub daemon_url: Option<String>,
     /// Flycast only: let fly-proxy stop idle machines (and start them on demand).
     pub autostop: bool,
     /// 6PN only: stop the live machine after this long without a request or open stream (scale to
@@ -139,6 +150,7 @@ impl Default for FlyConfig {
             internal_port: 8080,
             machine_url_template: "http://{machine_id}.vm.{app}.internal:{port}{path}".into(),
             flycast_url_template: "http://{app}.flycast{path}".into(),
+            daemon_url: None,
             autostop: true,
             idle_timeout: Duration::from_secs(15 * 60),
             start_timeout: Duration::from_secs(180),
@@ -177,6 +189,11 @@ impl FlyConfig {
             if !t.starts_with("http://") {
                 return Err(format!("runtime.fly.{key} = {t:?}: must start with http://"));
             }
+        }
+        if let Some(url) = &self.daemon_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!("runtime.fly.daemon_url = {url:?}: must start with https:// or http://"));
         }
         if self.requests_per_second == 0 || self.burst == 0 {
             return Err("runtime.fly.requests_per_second and burst must be at least 1".into());
@@ -257,6 +274,8 @@ pub struct FlyRuntime {
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The wake of each app's live 6PN route (held strongly by the route only; see [`wake`]).
     wakes: Mutex<HashMap<String, std::sync::Weak<wake::FlyWake>>>,
+    /// Outstanding source tokens; the daemon serves them at `/_catwalk/source/` (see [`source`]).
+    pub sources: Arc<source::SourceArchives>,
 }
 
 impl FlyRuntime {
@@ -281,6 +300,7 @@ impl FlyRuntime {
             live: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
             wakes: Mutex::new(HashMap::new()),
+            sources: Arc::default(),
         })
     }
 
