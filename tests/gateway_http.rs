@@ -182,6 +182,29 @@ async fn origin_and_host_checks() {
     assert_eq!(r.status(), 403);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
     assert_eq!(send(None, Some("localhost:1")).await.unwrap().status(), 200);
+    // HTTP/2 has no Host header: the forged name arrives as :authority and is refused the same way.
+    assert_eq!(h2_status(&b.url, "evil.example:80").await, 403);
+    assert_eq!(h2_status(&b.url, "localhost:80").await, 200);
+}
+
+/// POSTs an initialize over HTTP/2 (prior knowledge) to the listener of `url`, with `authority` as
+/// the request's `:authority`; returns the status.
+async fn h2_status(url: &str, authority: &str) -> u16 {
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://{authority}/mcp"))
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(init_msg(1, "2025-06-18").to_string())))
+        .unwrap();
+    send.send_request(req).await.unwrap().status().as_u16()
 }
 
 #[tokio::test]

@@ -139,7 +139,7 @@ fn not_found(path: &str) -> Resp {
 async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: SocketAddr) -> Resp {
     let loopback = local.ip().is_loopback();
     let headers = req.headers();
-    if let Err(r) = p::check_host(headers, loopback) {
+    if let Err(r) = p::check_host(headers, req.uri().authority().map(|a| a.as_str()), loopback) {
         return *r;
     }
     let route = gw.directory.resolve(app);

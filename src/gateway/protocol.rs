@@ -203,15 +203,17 @@ fn is_loopback_host(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
 
-/// DNS-rebinding protection for loopback listeners: the `Host` must name the loopback.
-pub fn check_host(headers: &HeaderMap, loopback: bool) -> Result<(), Refused> {
+/// DNS-rebinding protection for loopback listeners: the `Host` header and the request's authority
+/// (HTTP/2 `:authority`, or an absolute-form HTTP/1.1 target, which hyper puts in the URI) must both
+/// name the loopback when present.
+pub fn check_host(headers: &HeaderMap, authority: Option<&str>, loopback: bool) -> Result<(), Refused> {
     if !loopback {
         return Ok(());
     }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(host_only);
-    match host {
-        Some(h) if is_loopback_host(&h) => Ok(()),
-        // HTTP/2 carries :authority instead of Host; hyper puts it in the URI, checked by the caller.
+    let host = headers.get(header::HOST).map(|v| v.to_str().map(host_only).unwrap_or_default());
+    let named = host.iter().cloned().chain(authority.map(host_only));
+    let mut foreign = named.filter(|h| !is_loopback_host(h));
+    match foreign.next() {
         None => Ok(()),
         Some(_) => Err(refuse(
             StatusCode::FORBIDDEN,
@@ -298,10 +300,14 @@ mod tests {
             )
             .is_ok()
         );
-        assert!(check_host(&h(&[("host", "127.0.0.1:8080")]), true).is_ok());
-        assert!(check_host(&h(&[("host", "[::1]:80")]), true).is_ok());
-        assert!(check_host(&h(&[("host", "evil.example:8080")]), true).is_err());
-        assert!(check_host(&h(&[("host", "evil.example")]), false).is_ok());
+        assert!(check_host(&h(&[("host", "127.0.0.1:8080")]), None, true).is_ok());
+        assert!(check_host(&h(&[("host", "[::1]:80")]), None, true).is_ok());
+        assert!(check_host(&h(&[("host", "evil.example:8080")]), None, true).is_err());
+        assert!(check_host(&h(&[("host", "evil.example")]), None, false).is_ok());
+        // HTTP/2: no Host header, the authority is checked instead.
+        assert!(check_host(&h(&[]), Some("localhost:8080"), true).is_ok());
+        assert!(check_host(&h(&[]), Some("evil.example:8080"), true).is_err());
+        assert!(check_host(&h(&[("host", "localhost")]), Some("evil.example"), true).is_err());
     }
 
     #[test]
