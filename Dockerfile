@@ -2,9 +2,11 @@
 #
 # The machine config's init.cmd is `catwalk runner --listen 0.0.0.0:8080 --token-env CATWALK_BRIDGE_TOKEN
 # [--pass-env NAME]...`: the runner reads the release plan from CATWALK_PLAN (plain machine env, never a
-# secret), installs the pinned npm/PyPI package at boot with the same installer as the local runtime, then
-# execs the Streamable HTTP bridge in front of it. The bridge requires the per-app credential in the Fly
-# secret CATWALK_BRIDGE_TOKEN, which only the daemon knows.
+# secret), installs the pinned npm/PyPI package at boot with the same installer as the local runtime (or,
+# for a release built from its repository, downloads its source once from the daemon with the one-time Fly
+# secret CATWALK_SOURCE_TOKEN and builds it in /srv/catwalk/sources), then execs the Streamable HTTP bridge
+# in front of it. The bridge requires the per-app credential in the Fly secret CATWALK_BRIDGE_TOKEN, which
+# only the daemon knows.
 #
 # Build and push (see README "Fly.io"):
 #   fly apps create catwalk-runner --org personal          # once: a registry namespace for the image

@@ -119,6 +119,8 @@ impl Daemon {
             let key = deployer.keyring.derive_key("fly bridge credentials");
             let runtime = crate::runtime::fly::FlyRuntime::new(fly.clone(), key)
                 .map_err(|e| anyhow::anyhow!("[runtime.fly]: {e}"))?;
+            // Machines of repository releases download their source from `/_catwalk/source/<token>`.
+            gateway.set_internal_routes(runtime.sources.clone());
             deployer.fly = Some(Arc::new(runtime));
         }
         deployer.extra_origins = config.gateway.allowed_origins.clone();

@@ -159,11 +159,7 @@ async fn repository_source_fastmcp_server() {
     let d = Daemon::start();
     let wt = WorkTree::new(d.tmp.path(), "fast");
     write(&wt, "requirements.txt", "mcp==1.30.0\n");
-    write(
-        &wt,
-        "server.py",
-        "from mcp.server.fastmcp import FastMCP\n\nmcp = FastMCP(\"fast\")\n\n\n@mcp.tool()\ndef shout(text: str) -> str:\n    \"\"\"Upper-cases text.\"\"\"\n    return text.upper()\n\n\nif __name__ == \"__main__\":\n    mcp.run()\n",
-    );
+    write(&wt, "server.py", include_str!("fixtures/fastmcp_server.py"));
     commit_all(&wt, "fastmcp");
     wt.git(&["remote", "add", "catwalk", &d.remote_url("fast")]);
     let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);

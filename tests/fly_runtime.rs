@@ -470,10 +470,10 @@ async fn scale_to_zero_then_wake_on_demand() {
     // A second wake of a running machine is a no-op.
     env.rt.ensure_started("sleepy").await.expect("already started");
     stop.cancel();
-    let status = env.rt.status("sleepy").await.unwrap();
+    let status = env.rt.status("sleepy", 5).await.unwrap();
     assert_eq!(status.len(), 1);
     assert_eq!(status[0].release, Some(1));
-    assert!(status[0].events.iter().any(|e| e.starts_with("start")), "{:?}", status[0].events);
+    assert!(status[0].events.iter().any(|e| e.text.starts_with("start")), "{:?}", status[0].events);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,7 +487,7 @@ async fn destroy_deletes_the_fly_app() {
     let (url, stop) = gateway_for(v1.route.clone()).await;
     assert!(call_tool(&url, None, "echo", json!({"text": "x"})).await.is_err());
     stop.cancel();
-    assert!(env.rt.status("gone").await.unwrap().is_empty());
+    assert!(env.rt.status("gone", 5).await.unwrap().is_empty());
     // Destroying again is fine (the app is already gone).
     env.rt.destroy("gone").await.expect("destroy twice");
 }

@@ -140,7 +140,7 @@ async fn destroy(ctx: &Ctx<'_>, name: &str, confirm: &str) -> CmdResult {
     Ok(())
 }
 
-pub fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
+pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     let record = ctx.managed_app(name, "info")?;
     let mut value = app_json(ctx, &record);
     let app = AppName::parse(&record.name).map_err(|e| Failure::Error(e.to_string()))?;
@@ -154,6 +154,8 @@ pub fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         }),
         None => serde_json::Value::Null,
     };
+    let machines = super::machines::read(ctx, &record.name, 10).await;
+    value["fly"] = machines.json();
     if json {
         ctx.json(&value);
         return Ok(());
@@ -198,6 +200,9 @@ pub fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
             }
         }
         None => out.line("live:       no release is live"),
+    }
+    for line in machines.info_lines() {
+        out.line(line);
     }
     out.line(format!("endpoint:   {}", value["endpoint"].as_str().unwrap_or_default()));
     Ok(())

@@ -6,6 +6,7 @@
 
 mod apps;
 mod keys;
+mod machines;
 mod releases;
 mod render;
 mod tokens;
@@ -151,7 +152,7 @@ pub async fn run(daemon: &Daemon, who: &Identity, argv: &[String], input: &mut I
             Ok(())
         }
         Cmd::Apps { action, json } => apps::run(&ctx, action, json).await,
-        Cmd::Info { app, json } => apps::info(&ctx, &app, json),
+        Cmd::Info { app, json } => apps::info(&ctx, &app, json).await,
         Cmd::Releases { app, json } => releases::releases(&ctx, &app, json),
         Cmd::Rollback { app, version } => releases::rollback(&ctx, &app, version.as_deref()).await,
         Cmd::Restart { app } => releases::restart(&ctx, &app).await,

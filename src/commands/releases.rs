@@ -1,4 +1,5 @@
-//! Release commands: `releases APP`, `rollback APP [vN]`, `restart APP`, `logs APP [-f] [-n N]`.
+//! Release commands: `releases APP`, `rollback APP [vN]`, `restart APP`, `logs APP [-f] [-n N]`
+//! (the app log, merged with its Fly machines' events when it runs on Fly).
 
 use serde_json::json;
 
@@ -124,18 +125,31 @@ fn log_line(line: &LogLine) -> String {
     format!("{} {kind} {}", time(at), line.text)
 }
 
+/// The app log's `backlog` merged in time order with its Fly machines' events; the last `n` lines.
+async fn backlog_lines(ctx: &Ctx<'_>, app: &str, backlog: &[LogLine], n: usize) -> Vec<String> {
+    let machines = super::machines::read(ctx, app, 10).await;
+    let mut lines: Vec<(std::time::SystemTime, String)> =
+        backlog.iter().map(|l| (l.at, log_line(l))).collect();
+    lines.extend(machines.log_lines());
+    // Stable: lines of the same second keep their own order.
+    lines.sort_by_key(|(at, _)| *at);
+    let skip = lines.len().saturating_sub(n);
+    lines.into_iter().skip(skip).map(|(_, l)| l).collect()
+}
+
 pub async fn logs(ctx: &Ctx<'_>, name: &str, follow: bool, lines: usize) -> CmdResult {
     let app = app_name(ctx, name, "logs")?;
     let logs = ctx.daemon.gateway.logs();
     if !follow {
-        for line in logs.tail(app.as_str(), lines) {
-            ctx.out.line(log_line(&line));
+        let backlog = logs.tail(app.as_str(), lines);
+        for line in backlog_lines(ctx, app.as_str(), &backlog, lines).await {
+            ctx.out.line(line);
         }
         return Ok(());
     }
     let (backlog, mut rx) = logs.subscribe(app.as_str(), lines);
-    for line in &backlog {
-        ctx.out.line(log_line(line));
+    for line in backlog_lines(ctx, app.as_str(), &backlog, lines).await {
+        ctx.out.line(line);
     }
     loop {
         tokio::select! {

@@ -112,6 +112,10 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>, local: SocketAddr
             None => p::error(StatusCode::NOT_FOUND, -32601, "metrics are not enabled"),
         };
     }
+    if let (Some(rest), Some(internal)) = (path.strip_prefix("/_catwalk/"), gw.internal.get()) {
+        let rest = rest.to_string();
+        return internal.serve(&rest, req).await;
+    }
     let app = match &gw.cfg.mount {
         Mount::Single { path: mp, app } if path == mp => app.clone(),
         Mount::Prefix(prefix) => match path.strip_prefix(prefix.as_str()) {

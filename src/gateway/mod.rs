@@ -69,6 +69,17 @@ pub struct AppRoute {
     pub rate_limit: Option<RateLimit>,
 }
 
+/// The daemon's own endpoints under `/_catwalk/` (e.g. release source downloads for Fly machines),
+/// answered before any MCP routing and without the MCP token check: each checks its own credential.
+pub trait InternalRoutes: Send + Sync {
+    /// Answers a request whose path was `/_catwalk/<rest>`.
+    fn serve(
+        &self,
+        rest: &str,
+        req: ::http::Request<hyper::body::Incoming>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ::http::Response<GatewayBody>> + Send + '_>>;
+}
+
 /// Resolves app names. Called once per HTTP request, so keep it cheap (return a shared `Arc`).
 pub trait AppDirectory: Send + Sync {
     fn resolve(&self, app: &str) -> Option<Arc<AppRoute>>;
@@ -182,6 +193,7 @@ pub struct Gateway {
     shared: Mutex<HashMap<String, Arc<stdio::SharedChild>>>,
     limiters: auth::Limiters,
     proxy: upstream::Proxy,
+    internal: std::sync::OnceLock<Arc<dyn InternalRoutes>>,
 }
 
 impl Gateway {
@@ -206,7 +218,13 @@ impl Gateway {
             shared: Mutex::new(HashMap::new()),
             limiters: auth::Limiters::default(),
             proxy: upstream::Proxy::new(),
+            internal: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves `/_catwalk/...` with `routes` (set once, by the daemon; later calls are ignored).
+    pub fn set_internal_routes(&self, routes: Arc<dyn InternalRoutes>) {
+        let _ = self.internal.set(routes);
     }
 
     /// The per-app logs (child stderr and lifecycle events) for the `logs` command.

@@ -56,6 +56,8 @@ pub struct Faults {
     pub foreign_lease: u32,
     /// The next created machine's process exits with status 3 at once (and is restarted by policy).
     pub crash_loop_next: bool,
+    /// Every API request answers 500 (Fly is down) until cleared.
+    pub outage: bool,
 }
 
 /// One recorded API request.
@@ -495,6 +497,9 @@ async fn api(
     let target = segs.get(3).or(segs.get(1)).copied().unwrap_or("").to_string();
     {
         let mut st = inner.state.lock().unwrap();
+        if st.faults.outage {
+            return err(500, "injected outage", rid);
+        }
         if st.faults.rate_limit_next > 0 {
             st.faults.rate_limit_next -= 1;
             return err(429, "rate limit exceeded", rid);

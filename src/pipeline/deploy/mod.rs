@@ -360,40 +360,59 @@ impl Deployer {
     ) -> Result<u32, String> {
         let fly = self.fly.clone().ok_or("no [runtime.fly] configuration")?;
         let started = Instant::now();
-        let result = match release.plan.source {
-            Source::Package { .. } => {
-                let live = self
-                    .store
-                    .live_release(app.as_str())
-                    .map_err(|e| e.to_string())?
-                    .filter(|r| r.runtime == "fly")
-                    .map(|r| r.version);
-                let progress_out = out.clone();
-                let progress = move |line: String| progress_out(line);
-                match fly.deploy(&release, secrets, live, &progress).await {
-                    Ok(staged) => {
-                        let route = AppRoute {
-                            rate_limit: self.rate_limit,
-                            allowed_origins: self.allowed_origins(&release.plan),
-                            ..staged.route.clone()
-                        };
-                        self.routes.set(app.as_str(), route);
-                        release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
-                        release.introspection = Some(staged.introspection.clone());
-                        self.store.put_release(&release).map_err(|e| e.to_string())?;
-                        self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
-                        if let Err(e) = fly.commit(&staged, &progress).await {
-                            // The new release serves; the next deploy retires what is left.
-                            out(format!("       fly: retiring the old machines failed ({e}); the next deploy retries"));
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
+        // A release built from its repository: its machine downloads the exported source once, with a
+        // one-time token (a rollback's source is the rolled-back release's).
+        let source = match release.plan.source {
+            Source::Package { .. } => None,
+            Source::Repository => {
+                let of = release.rollback_of.unwrap_or(release.version);
+                let dir = self.release_dir(app, of).join("src");
+                if !dir.is_dir() {
+                    let e = format!(
+                        "the source of release v{of} is no longer kept on the daemon; push the commit again"
+                    );
+                    return Err(self.failed(app, release, e));
                 }
+                Some(crate::runtime::fly::ReleaseSource { dir, daemon_url: self.public_url.clone() })
             }
-            Source::Repository => Err(
-                "the Fly runtime deploys registry packages; run repository builds locally (runtime = \"local\")".into(),
-            ),
+        };
+        let live = self
+            .store
+            .live_release(app.as_str())
+            .map_err(|e| e.to_string())?
+            .filter(|r| r.runtime == "fly")
+            .map(|r| r.version);
+        let progress_out = out.clone();
+        let progress = move |line: String| progress_out(line);
+        let result = match fly.deploy_with_source(&release, secrets, live, source.as_ref(), &progress).await {
+            Ok(staged) => {
+                // Over 6PN the route carries the machine's wake (scale to zero).
+                let live_route = fly.live_route(
+                    app.as_str(),
+                    staged.route.clone(),
+                    &staged.machine.id,
+                    crate::runtime::fly::wake::Awake::Started,
+                    &self.logs,
+                );
+                let route = AppRoute {
+                    rate_limit: self.rate_limit,
+                    allowed_origins: self.allowed_origins(&release.plan),
+                    ..live_route
+                };
+                self.routes.set(app.as_str(), route);
+                release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
+                release.introspection = Some(staged.introspection.clone());
+                self.store.put_release(&release).map_err(|e| e.to_string())?;
+                self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
+                if let Err(e) = fly.commit(&staged, &progress).await {
+                    // The new release serves; the next deploy retires what is left.
+                    out(format!(
+                        "       fly: retiring the old machines failed ({e}); the next deploy retries"
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
         };
         match result {
             Ok(()) => Ok(self.went_live(app, &release, out)),
@@ -613,11 +632,12 @@ impl Deployer {
                 .fly
                 .clone()
                 .ok_or("the live release runs on fly, but [runtime.fly] is not configured")?;
-            let (routes, name) = (self.routes.clone(), app.to_string());
+            let (routes, name, logs) = (self.routes.clone(), app.to_string(), self.logs.clone());
+            let (allowed_origins, rate_limit) = (self.allowed_origins(&live.plan), self.rate_limit);
             tokio::spawn(async move {
-                match fly.restore_route(&name).await {
+                match fly.restore_route(&name, &logs).await {
                     Ok(Some(route)) => {
-                        routes.set(&name, route);
+                        routes.set(&name, AppRoute { allowed_origins, rate_limit, ..route });
                     }
                     Ok(None) => tracing::warn!(app = %name, "no live Fly machine found for the live release"),
                     Err(e) => tracing::error!(app = %name, "restoring the Fly route failed: {e}"),

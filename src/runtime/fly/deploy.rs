@@ -3,7 +3,8 @@
 //! [`FlyRuntime::deploy`] stages a release without touching what serves now:
 //! 1. ensure the Fly app (`app_prefix` + name, in the configured org, on its own 6PN network);
 //! 2. clean up machines an interrupted deploy left behind (found by metadata: not the live release);
-//! 3. set the app's secrets (the release's plus the bridge credential; removed ones unset) → version N;
+//! 3. set the app's secrets (the release's plus the bridge credential, and for a repository release its
+//!    one-time source token; removed ones unset) → version N;
 //! 4. create the new machine with `min_secrets_version = N` and `skip_service_registration` (fly-proxy
 //!    does not route to it yet), idempotently (launch ULID + unique name);
 //! 5. wait for `started` (the `/wait` 408 loop), wait for the bridge to answer, check it is not
@@ -19,8 +20,12 @@
 use std::time::{Duration, Instant};
 
 use super::machine::{machine_config, new_launch_id};
+use super::source::SOURCE_PATH;
 use super::types::{Machine, MachineRequest, SecretsUpdate};
-use super::{BRIDGE_TOKEN_SECRET, FlyRuntime, LiveMachine, META_APP, META_LAUNCH, META_RELEASE, Network};
+use super::{
+    BRIDGE_TOKEN_SECRET, FlyRuntime, LiveMachine, META_APP, META_LAUNCH, META_RELEASE, Network,
+    SOURCE_TOKEN_SECRET,
+};
 use crate::gateway::AppRoute;
 use crate::pipeline::health;
 use crate::pipeline::secrets::Secrets;
@@ -28,6 +33,15 @@ use crate::store::{Introspection, ReleaseRecord};
 
 /// Progress lines for the pusher (`-----> fly: ...`).
 pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
+
+/// The exported source of a release built from its repository, for its machine to download.
+#[derive(Debug, Clone)]
+pub struct ReleaseSource {
+    /// `releases/vN/src` of the app.
+    pub dir: std::path::PathBuf,
+    /// The daemon's URL as machines reach it, unless `[runtime.fly] daemon_url` says otherwise.
+    pub daemon_url: String,
+}
 
 /// A release running on a new machine that passed its health gate, not yet serving.
 #[derive(Debug, Clone)]
@@ -64,8 +78,43 @@ impl FlyRuntime {
         live_release: Option<u32>,
         out: Progress<'_>,
     ) -> Result<Staged, String> {
-        if secrets.contains_key(BRIDGE_TOKEN_SECRET) {
-            return Err(format!("{BRIDGE_TOKEN_SECRET} is reserved by catwalk; rename that secret"));
+        self.deploy_with_source(release, secrets, live_release, None, out).await
+    }
+
+    /// [`FlyRuntime::deploy`] for any release: `source` is required for one built from its repository.
+    /// Its machine gets a one-time source token (a Fly secret), revoked once the deploy ends.
+    pub async fn deploy_with_source(
+        &self,
+        release: &ReleaseRecord,
+        secrets: &Secrets,
+        live_release: Option<u32>,
+        source: Option<&ReleaseSource>,
+        out: Progress<'_>,
+    ) -> Result<Staged, String> {
+        let grant = source.map(|s| {
+            let base = self.cfg.daemon_url.as_deref().unwrap_or(&s.daemon_url).trim_end_matches('/');
+            let token = self.sources.grant(&release.app, release.version, &s.dir);
+            (format!("{base}{SOURCE_PATH}"), token)
+        });
+        let result = self.stage(release, secrets, live_release, grant.as_ref(), out).await;
+        if grant.is_some() {
+            self.sources.revoke(&release.app, release.version);
+        }
+        result
+    }
+
+    async fn stage(
+        &self,
+        release: &ReleaseRecord,
+        secrets: &Secrets,
+        live_release: Option<u32>,
+        source: Option<&(String, String)>,
+        out: Progress<'_>,
+    ) -> Result<Staged, String> {
+        for reserved in [BRIDGE_TOKEN_SECRET, SOURCE_TOKEN_SECRET] {
+            if secrets.contains_key(reserved) {
+                return Err(format!("{reserved} is reserved by catwalk; rename that secret"));
+            }
         }
         let app = release.app.as_str();
         let fly_app = self.fly_app(app);
@@ -91,13 +140,17 @@ impl FlyRuntime {
             update.values.insert(k.clone(), Some(v.expose().to_string()));
         }
         update.values.insert(BRIDGE_TOKEN_SECRET.into(), Some(self.bridge_token(app)));
+        if let Some((_, token)) = source {
+            update.values.insert(SOURCE_TOKEN_SECRET.into(), Some(token.clone()));
+        }
         for name in self.client.secret_names(&fly_app).await? {
             update.values.entry(name).or_insert(None);
         }
         let secrets_version = self.client.set_secrets(&fly_app, &update).await?;
 
         let launch = new_launch_id();
-        let config = machine_config(&self.cfg, release, secrets, &launch)?;
+        let config =
+            machine_config(&self.cfg, release, secrets, &launch, source.map(|(url, _)| url.as_str()))?;
         let req = MachineRequest {
             config,
             name: Some(format!("{fly_app}-v{}-{}", release.version, launch.to_ascii_lowercase())),

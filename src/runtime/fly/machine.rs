@@ -8,29 +8,46 @@
 
 use std::collections::BTreeMap;
 
-use super::types::{Autostop, Check, Guest, Init, MachineConfig, Port, Restart, Service, StopConfig};
-use super::{BRIDGE_TOKEN_SECRET, FlyConfig, META_APP, META_LAUNCH, META_RELEASE, Network, PLAN_ENV};
+use super::types::{Autostop, Check, Guest, Init, MachineConfig, Port, Restart, Rootfs, Service, StopConfig};
+use super::{
+    BRIDGE_TOKEN_SECRET, FlyConfig, META_APP, META_LAUNCH, META_RELEASE, Network, PLAN_ENV, SOURCE_ID_ENV,
+    SOURCE_URL_ENV,
+};
 use crate::pipeline::plan::{Plan, Source};
 use crate::pipeline::secrets::Secrets;
 use crate::store::ReleaseRecord;
 
-/// Builds the config of a new machine for `release`. `launch` is this deploy's unique id.
+/// Builds the config of a new machine for `release`. `launch` is this deploy's unique id;
+/// `source_url` is where a release built from its repository downloads its source (the token is a
+/// secret, see [`super::source`]).
 pub fn machine_config(
     cfg: &FlyConfig,
     release: &ReleaseRecord,
     secrets: &Secrets,
     launch: &str,
+    source_url: Option<&str>,
 ) -> Result<MachineConfig, String> {
     let plan = &release.plan;
-    if !matches!(plan.source, Source::Package { version: Some(_), .. }) {
-        return Err(format!(
-            "the Fly runtime deploys pinned registry packages; {} is not one yet (deploy it with the local runtime)",
-            plan.describe()
-        ));
-    }
     let plan_json = serde_json::to_string(plan).map_err(|e| format!("serialising the plan: {e}"))?;
     let mut env = BTreeMap::new();
     env.insert(PLAN_ENV.to_string(), plan_json);
+    let rootfs = match (&plan.source, source_url) {
+        (Source::Package { version: Some(_), .. }, _) => None,
+        (Source::Repository, Some(url)) => {
+            env.insert(SOURCE_URL_ENV.to_string(), url.to_string());
+            let commit: String = release.commit.chars().take(12).collect();
+            env.insert(SOURCE_ID_ENV.to_string(), format!("{}-v{}-{commit}", release.app, release.version));
+            // The source is downloaded once (single-use token) and built on the root file system:
+            // it must survive restarts and scale-to-zero stops.
+            Some(Rootfs { persist: "always".into() })
+        }
+        _ => {
+            return Err(format!(
+                "the Fly runtime deploys pinned registry packages and repository sources; {} is neither",
+                plan.describe()
+            ));
+        }
+    };
     let mut pass: Vec<String> = Vec::new();
     for e in &plan.env {
         if let (Some(v), false) = (&e.value, e.secret) {
@@ -107,6 +124,7 @@ pub fn machine_config(
         files: Vec::new(),
         stop_config: Some(StopConfig { signal: "SIGTERM".into(), timeout: "10s".into() }),
         auto_destroy: false,
+        rootfs,
     })
 }
 

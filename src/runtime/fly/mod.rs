@@ -7,7 +7,10 @@
 //! - [`machine`]: the machine config built from a release (never holding a secret value);
 //! - [`deploy`]: blue/green: stage the new machine, gate it, then retire the old one ([`FlyRuntime::deploy`],
 //!   [`FlyRuntime::commit`], [`FlyRuntime::abort`]);
-//! - [`runner`]: `catwalk runner`, the image's entry point.
+//! - [`runner`]: `catwalk runner`, the image's entry point;
+//! - [`source`]: one-time source downloads for releases built from their repository;
+//! - [`wake`]: scale to zero over 6PN: the live route's [`wake::FlyWake`] starts a stopped machine before
+//!   the gateway forwards a request, and stops it after `idle_timeout` with nothing in flight.
 //!
 //! Isolation: every Fly app gets its own 6PN network (named like the app), and every machine's bridge
 //! requires a per-app credential that only the daemon holds (a Fly secret derived from the daemon's key),
@@ -17,7 +20,9 @@ pub mod client;
 pub mod deploy;
 pub mod machine;
 pub mod runner;
+pub mod source;
 pub mod types;
+pub mod wake;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -30,7 +35,7 @@ use serde::{Deserialize, Deserializer};
 use sha2::Sha256;
 
 pub use client::{FlyClient, FlyError, RetryPolicy};
-pub use deploy::Staged;
+pub use deploy::{ReleaseSource, Staged};
 
 use crate::gateway::{AppRoute, Backend};
 
@@ -38,6 +43,12 @@ use crate::gateway::{AppRoute, Backend};
 pub const BRIDGE_TOKEN_SECRET: &str = "CATWALK_BRIDGE_TOKEN";
 /// Machine env var holding the release plan (JSON; plans never contain secret values).
 pub const PLAN_ENV: &str = "CATWALK_PLAN";
+/// Name of the Fly secret holding a repository release's one-time source token (see [`source`]).
+pub const SOURCE_TOKEN_SECRET: &str = "CATWALK_SOURCE_TOKEN";
+/// Machine env var: the URL the source token is appended to (not a secret).
+pub const SOURCE_URL_ENV: &str = "CATWALK_SOURCE_URL";
+/// Machine env var naming the release's source (`APP-vN-COMMIT`): where the runner keeps its build.
+pub const SOURCE_ID_ENV: &str = "CATWALK_SOURCE_ID";
 /// Metadata keys on every machine catwalk creates.
 pub const META_APP: &str = "catwalk_app";
 pub const META_RELEASE: &str = "catwalk_release";
@@ -95,8 +106,15 @@ pub struct FlyConfig {
     pub machine_url_template: String,
     /// Address of an app over Flycast; same placeholders.
     pub flycast_url_template: String,
+    /// URL at which machines reach this daemon to download repository sources (default: the
+    /// daemon's public URL; e.g. `http://catwalk.internal:8080` when the daemon runs on 6PN).
+    pub daemon_url: Option<String>,
     /// Flycast only: let fly-proxy stop idle machines (and start them on demand).
     pub autostop: bool,
+    /// 6PN only: stop the live machine after this long without a request or open stream (scale to
+    /// zero); the next request starts it again. `"0s"` or `"off"` keeps machines running.
+    #[serde(deserialize_with = "duration_or_off")]
+    pub idle_timeout: Duration,
     /// How long a machine may take to reach `started`.
     #[serde(deserialize_with = "duration")]
     pub start_timeout: Duration,
@@ -132,7 +150,9 @@ impl Default for FlyConfig {
             internal_port: 8080,
             machine_url_template: "http://{machine_id}.vm.{app}.internal:{port}{path}".into(),
             flycast_url_template: "http://{app}.flycast{path}".into(),
+            daemon_url: None,
             autostop: true,
+            idle_timeout: Duration::from_secs(15 * 60),
             start_timeout: Duration::from_secs(180),
             boot_timeout: Duration::from_secs(600),
             health_timeout: Duration::from_secs(60),
@@ -170,6 +190,11 @@ impl FlyConfig {
                 return Err(format!("runtime.fly.{key} = {t:?}: must start with http://"));
             }
         }
+        if let Some(url) = &self.daemon_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!("runtime.fly.daemon_url = {url:?}: must start with https:// or http://"));
+        }
         if self.requests_per_second == 0 || self.burst == 0 {
             return Err("runtime.fly.requests_per_second and burst must be at least 1".into());
         }
@@ -200,6 +225,17 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     })
 }
 
+/// Like [`duration`], plus `"off"` (= zero, disabled).
+fn duration_or_off<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    if text.trim() == "off" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration like \"15m\" (or \"off\"): {e}"))
+    })
+}
+
 /// Where one catwalk app's release runs on Fly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveMachine {
@@ -215,8 +251,17 @@ pub struct MachineStatus {
     pub state: String,
     pub region: String,
     pub release: Option<u32>,
-    /// The last events, newest first: `"exit (stopped) exit code 3"`.
-    pub events: Vec<String>,
+    /// The last events, newest first.
+    pub events: Vec<StatusEvent>,
+}
+
+/// One machine event in `info APP` / `logs APP`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    /// Milliseconds since the Unix epoch (as Fly reports it).
+    pub at_ms: i64,
+    /// `"exit (stopped) exit code 3"`, `"start (started)"`.
+    pub text: String,
 }
 
 /// The Fly runtime. Create once per daemon and share behind an `Arc`.
@@ -227,6 +272,10 @@ pub struct FlyRuntime {
     live: Mutex<HashMap<String, LiveMachine>>,
     /// One start at a time per app (many requests may arrive for a stopped machine at once).
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The wake of each app's live 6PN route (held strongly by the route only; see [`wake`]).
+    wakes: Mutex<HashMap<String, std::sync::Weak<wake::FlyWake>>>,
+    /// Outstanding source tokens; the daemon serves them at `/_catwalk/source/` (see [`source`]).
+    pub sources: Arc<source::SourceArchives>,
 }
 
 impl FlyRuntime {
@@ -250,6 +299,8 @@ impl FlyRuntime {
             bridge_key,
             live: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
+            wakes: Mutex::new(HashMap::new()),
+            sources: Arc::default(),
         })
     }
 
@@ -342,77 +393,102 @@ impl FlyRuntime {
         }))
     }
 
-    /// The route of `app`'s live machine after a daemon restart (`None`: nothing deployed on Fly).
-    pub async fn restore_route(&self, app: &str) -> Result<Option<AppRoute>, String> {
+    /// The route of `app`'s live machine after a daemon restart (`None`: nothing deployed on Fly),
+    /// with its wake over 6PN (the machine may have been stopped meanwhile: the first request checks).
+    pub async fn restore_route(
+        self: &Arc<Self>,
+        app: &str,
+        logs: &Arc<crate::gateway::AppLogs>,
+    ) -> Result<Option<AppRoute>, String> {
         let Some(live) = self.live_machine(app).await? else { return Ok(None) };
         let m = self.client.get_machine(&live.fly_app, &live.machine_id).await?;
-        Ok(Some(self.route(app, &m)))
+        let running = matches!(m.state.as_str(), "started" | "starting");
+        Ok(Some(self.live_route(app, self.route(app, &m), &m.id, wake::Awake::Unchecked { running }, logs)))
     }
 
     /// Makes sure `app`'s live machine runs: a stopped (scaled to zero) or suspended machine is
     /// started and awaited. Concurrent callers share one start. Over Flycast fly-proxy does this itself.
     pub async fn ensure_started(&self, app: &str) -> Result<(), String> {
         let live = self.live_machine(app).await?.ok_or(format!("app {app} has no machine on Fly"))?;
+        self.ensure_machine_started(app, &live.machine_id).await.map(|_| ())
+    }
+
+    /// [`FlyRuntime::ensure_started`] for one machine of `app`. `Ok(true)` when it had to be started,
+    /// `Ok(false)` when it was running already (one GET and a health probe).
+    pub async fn ensure_machine_started(&self, app: &str, machine_id: &str) -> Result<bool, String> {
+        let fly_app = self.fly_app(app);
         let gate = self.starting.lock().expect("start gates").entry(app.to_string()).or_default().clone();
         let _one = gate.lock().await;
-        let m = self.client.get_machine(&live.fly_app, &live.machine_id).await?;
+        let m = self.client.get_machine(&fly_app, machine_id).await?;
         let deadline = Instant::now() + self.cfg.start_timeout;
-        match m.state.as_str() {
-            "started" => return Ok(()),
+        let started = match m.state.as_str() {
+            "started" => false,
             "stopped" | "suspended" | "created" => {
-                if let Err(e) = self.client.start_machine(&live.fly_app, &m.id, None).await {
+                if let Err(e) = self.client.start_machine(&fly_app, &m.id, None).await {
                     // Someone else may have started it meanwhile; the wait below decides.
                     tracing::debug!(app, "start: {e}");
                 }
+                true
             }
             "stopping" => {
-                self.client.wait_state(&live.fly_app, &m.id, None, "stopped", deadline).await?;
-                self.client.start_machine(&live.fly_app, &m.id, None).await?;
+                self.client.wait_state(&fly_app, &m.id, None, "stopped", deadline).await?;
+                self.client.start_machine(&fly_app, &m.id, None).await?;
+                true
             }
-            "starting" | "replacing" => {}
+            "starting" | "replacing" => true,
             other => {
                 return Err(format!(
                     "app {app}: machine {} is {other} and cannot be started; redeploy the app",
                     m.id
                 ));
             }
+        };
+        if started {
+            self.client.wait_state(&fly_app, &m.id, None, "started", deadline).await?;
         }
-        self.client.wait_state(&live.fly_app, &m.id, None, "started", deadline).await?;
         self.wait_http(
             &self.direct_route(app, &m),
-            &live.fly_app,
+            &fly_app,
             &m.id,
             deadline.max(Instant::now() + self.cfg.boot_timeout),
         )
-        .await
+        .await?;
+        Ok(started)
     }
 
     /// Scale to zero over 6PN: stops `app`'s live machine; the next request starts it again
     /// through [`FlyRuntime::ensure_started`].
     pub async fn scale_to_zero(&self, app: &str) -> Result<(), String> {
         let live = self.live_machine(app).await?.ok_or(format!("app {app} has no machine on Fly"))?;
-        self.client
-            .stop_machine(&live.fly_app, &live.machine_id, Some(Duration::from_secs(10)), None)
-            .await?;
+        self.stop_machine(app, &live.machine_id).await
+    }
+
+    /// Stops one machine of `app` (gracefully: SIGTERM, 10 s) and waits until it is `stopped`.
+    pub async fn stop_machine(&self, app: &str, machine_id: &str) -> Result<(), String> {
+        let fly_app = self.fly_app(app);
+        self.client.stop_machine(&fly_app, machine_id, Some(Duration::from_secs(10)), None).await?;
         let deadline = Instant::now() + self.cfg.start_timeout;
-        self.client.wait_state(&live.fly_app, &live.machine_id, None, "stopped", deadline).await?;
+        self.client.wait_state(&fly_app, machine_id, None, "stopped", deadline).await?;
         Ok(())
     }
 
-    /// Machine states and recent events for `info APP` / `logs APP`.
-    pub async fn status(&self, app: &str) -> Result<Vec<MachineStatus>, String> {
+    /// Machine states and their last `events` events for `info APP` / `logs APP`.
+    pub async fn status(&self, app: &str, events: u32) -> Result<Vec<MachineStatus>, String> {
         let fly_app = self.fly_app(app);
         let mut out = Vec::new();
         for m in self.client.list_by_metadata(&fly_app, &[(META_APP, app)]).await? {
             let events = self
                 .client
-                .events(&fly_app, &m.id, 5)
+                .events(&fly_app, &m.id, events)
                 .await
                 .unwrap_or_default()
                 .iter()
-                .map(|e| match e.exit_code() {
-                    Some(code) => format!("{} ({}) exit code {code}", e.kind, e.status),
-                    None => format!("{} ({})", e.kind, e.status),
+                .map(|e| StatusEvent {
+                    at_ms: e.timestamp,
+                    text: match e.exit_code() {
+                        Some(code) => format!("{} ({}) exit code {code}", e.kind, e.status),
+                        None => format!("{} ({})", e.kind, e.status),
+                    },
                 })
                 .collect();
             out.push(MachineStatus {
@@ -429,6 +505,7 @@ impl FlyRuntime {
     /// `apps destroy`: deletes the Fly app (its machines, secrets and network go with it).
     pub async fn destroy(&self, app: &str) -> Result<(), String> {
         self.live.lock().expect("live map").remove(app);
+        self.retire_wake(app);
         self.client.delete_app(&self.fly_app(app)).await.map_err(String::from)
     }
 
@@ -497,5 +574,21 @@ impl FlyRuntime {
                 last.exit_code().map(|c| format!(" (last exit code {c})")).unwrap_or_default()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_timeout_parses_durations_and_off() {
+        let parse = |t: &str| toml::from_str::<FlyConfig>(t).map(|c| c.idle_timeout);
+        assert_eq!(parse("").unwrap(), Duration::from_secs(15 * 60));
+        assert_eq!(parse("idle_timeout = \"2s\"").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse("idle_timeout = \"off\"").unwrap(), Duration::ZERO);
+        assert_eq!(parse("idle_timeout = \"0s\"").unwrap(), Duration::ZERO);
+        let err = parse("idle_timeout = \"soon\"").unwrap_err().to_string();
+        assert!(err.contains("\"off\""), "{err}");
     }
 }

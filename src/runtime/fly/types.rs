@@ -188,6 +188,14 @@ pub struct MachineConfig {
     pub stop_config: Option<StopConfig>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_destroy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<Rootfs>,
+}
+
+/// `fly.MachineRootfs`: whether the root file system survives restarts (`never`, `restart`, `always`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rootfs {
+    pub persist: String,
 }
 
 /// `CreateMachineRequest` / `UpdateMachineRequest`.
