@@ -74,4 +74,28 @@ async fn push_with_runtime_fly_goes_live_on_a_machine() {
     assert_eq!(c.initialize().await.status, 200);
     assert!(c.call_text("get_current_time", json!({"timezone": "UTC"})).await.contains("UTC"));
     c.close().await;
+
+    // Rolling back to v1 redeploys its plan on a new machine (v3), health-gated like a push.
+    let out = blocking(|| ok(&d.ssh(&d.admin, "rollback timefly v1", "")));
+    assert!(out.contains("rolling back timefly to v1"), "{out}");
+    let rel: serde_json::Value =
+        serde_json::from_str(&blocking(|| ok(&d.ssh(&d.admin, "releases timefly --json", "")))).unwrap();
+    assert_eq!(rel[0]["version"], 3);
+    assert_eq!(rel[0]["status"], "live");
+    assert_eq!(rel[0]["runtime"], "fly");
+    assert_eq!(rel[0]["rollback_of"], 1);
+    let mut c = mcp::Mcp::new(&url, Some(&token));
+    assert_eq!(c.initialize().await.status, 200);
+    assert!(c.call_text("get_current_time", json!({"timezone": "UTC"})).await.contains("UTC"));
+    c.close().await;
+
+    // `restart` stops the live machine and starts it again; it answers afterwards.
+    let out = blocking(|| ok(&d.ssh(&d.admin, "restart timefly", "")));
+    assert!(out.contains("Fly machine was stopped and started again"), "{out}");
+    let logs = blocking(|| ok(&d.ssh(&d.admin, "logs timefly", "")));
+    assert!(logs.contains(": exit (stopped)"), "the machine's stop event is in the logs:\n{logs}");
+    let mut c = mcp::Mcp::new(&url, Some(&token));
+    assert_eq!(c.initialize().await.status, 200);
+    assert!(c.call_text("get_current_time", json!({"timezone": "UTC"})).await.contains("UTC"));
+    c.close().await;
 }

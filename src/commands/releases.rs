@@ -111,8 +111,8 @@ pub async fn rollback(ctx: &Ctx<'_>, name: &str, version: Option<&str>) -> CmdRe
 
 pub async fn restart(ctx: &Ctx<'_>, name: &str) -> CmdResult {
     let app = app_name(ctx, name, "restart")?;
-    ctx.daemon.deployer.restart(&app).await.map_err(Failure::Error)?;
-    ctx.out.line(format!("{app}: sessions ended; the next request starts fresh processes"));
+    let done = ctx.daemon.deployer.restart(&app).await.map_err(Failure::Error)?;
+    ctx.out.line(done);
     Ok(())
 }
 

@@ -574,7 +574,10 @@ impl Deployer {
                 .find(|r| r.status == ReleaseStatus::Superseded && Some(r.version) != live.map(|l| l.version))
                 .ok_or(format!("app {app} has no earlier healthy release to roll back to"))?,
         };
-        if target.status == ReleaseStatus::Failed || target.command.is_empty() {
+        // A local release that became healthy has its command recorded; a Fly release is redeployed
+        // from its plan (the machine installs the pinned package), so only its status counts.
+        let never_ran = target.runtime != "fly" && target.command.is_empty();
+        if target.status == ReleaseStatus::Failed || never_ran {
             return Err(format!(
                 "release v{} never became healthy; roll back to a release that was live",
                 target.version
@@ -661,16 +664,29 @@ impl Deployer {
     }
 
     /// Ends the app's sessions; the next request starts fresh processes of the live release.
-    pub async fn restart(&self, app: &AppName) -> Result<(), String> {
+    /// Returns what was done, for the user.
+    pub async fn restart(&self, app: &AppName) -> Result<String, String> {
         if self.routes.get(app.as_str()).is_none() {
             return Err(format!("app {app} has no live release to restart"));
         }
         self.gateway.drain_app(app.as_str());
+        let live = self.store.live_release(app.as_str()).map_err(|e| e.to_string())?;
+        if let (Some(fly), Some(live)) = (&self.fly, &live)
+            && live.runtime == "fly"
+        {
+            // The machine is stopped and started again (its bridge and server start fresh).
+            fly.scale_to_zero(app.as_str()).await?;
+            fly.ensure_started(app.as_str()).await?;
+            let msg =
+                format!("restarted: release v{}'s Fly machine was stopped and started again", live.version);
+            self.logs.push(app.as_str(), LogKind::Event, &msg);
+            return Ok(format!("{app}: {msg}"));
+        }
         if let Some(server) = self.live_server(app) {
             server.stop().await;
         }
         self.logs.push(app.as_str(), LogKind::Event, "restarted: sessions ended, processes stopped");
-        Ok(())
+        Ok(format!("{app}: sessions ended; the next request starts fresh processes"))
     }
 
     /// Stops serving `app` and removes its releases and runtime data (`apps destroy`).
