@@ -109,6 +109,8 @@ async fn http_server_is_supervised_and_switches_blue_green() {
     let log = app_log(&d, "web");
     let v1_pids = started_pids(&log, 1);
     assert_eq!(v1_pids.len(), 1, "one v1 process expected:\n{log}");
+    let info = ok(&d.ssh(&d.admin, "info web", ""));
+    assert!(info.contains("(release v1): running"), "{info}");
 
     // Supervision: a process killed from outside comes back (with backoff) and serves again.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(v1_pids[0]), nix::sys::signal::Signal::SIGKILL)
@@ -184,6 +186,8 @@ async fn http_server_scales_to_zero_fixed_ports_and_refusals() {
         assert!(Instant::now() < deadline, "process {pid} still alive after scaling to zero");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let info: Value = serde_json::from_str(&ok(&d.local(&["info", "sleepy", "--json"], ""))).unwrap();
+    assert!(info["server"]["state"].as_str().unwrap().starts_with("asleep"), "{info}");
     let mut c = Mcp::new(&endpoint(&d, "sleepy"), Some(&token));
     assert_eq!(c.initialize().await.status, 200);
     echo(&mut c, "woken").await;

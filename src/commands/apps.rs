@@ -156,6 +156,8 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     };
     let machines = super::machines::read(ctx, &record.name, 10).await;
     value["fly"] = machines.json();
+    let server = ctx.daemon.deployer.server_status(&record.name);
+    value["server"] = server.clone().unwrap_or(serde_json::Value::Null);
     if json {
         ctx.json(&value);
         return Ok(());
@@ -200,6 +202,14 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
             }
         }
         None => out.line("live:       no release is live"),
+    }
+    if let Some(s) = server {
+        out.line(format!(
+            "server:     http on 127.0.0.1:{} (release v{}): {}",
+            s["port"],
+            s["release"],
+            s["state"].as_str().unwrap_or_default()
+        ));
     }
     for line in machines.info_lines() {
         out.line(line);

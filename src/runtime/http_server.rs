@@ -235,6 +235,19 @@ impl HttpServer {
         self.stop().await;
     }
 
+    /// One phrase for `info`: running, restarting after a crash, asleep, or stopped for good.
+    pub fn state(&self) -> &'static str {
+        if self.gone.load(Ordering::SeqCst) {
+            "stopped (replaced)"
+        } else if !self.is_running() {
+            "asleep (scaled to zero; the next request starts it)"
+        } else if self.crashed.load(Ordering::SeqCst) {
+            "restarting after its process exited"
+        } else {
+            "running"
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.state.try_lock().map(|s| s.is_some()).unwrap_or(true)
     }

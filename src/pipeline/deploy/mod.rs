@@ -664,6 +664,18 @@ impl Deployer {
     }
 
     /// Ends the app's sessions; the next request starts fresh processes of the live release.
+    /// The live local HTTP server of `app` for `info`: `{"port", "release", "state"}`.
+    pub fn server_status(&self, app: &str) -> Option<serde_json::Value> {
+        let server = self.servers.lock().expect("servers").get(app).cloned()?;
+        let spec = server.spec();
+        Some(serde_json::json!({
+            "port": spec.port,
+            "fixed_port": spec.fixed_port,
+            "release": spec.release,
+            "state": server.state(),
+        }))
+    }
+
     /// Returns what was done, for the user.
     pub async fn restart(&self, app: &AppName) -> Result<String, String> {
         if self.routes.get(app.as_str()).is_none() {
