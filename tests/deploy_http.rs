@@ -16,16 +16,6 @@ use daemon::{Daemon, WorkTree, ok, stderr, stdout};
 use mcp::Mcp;
 use serde_json::{Value, json};
 
-fn token(d: &Daemon, app: &str) -> String {
-    let out = d.ssh(&d.admin, &format!("tokens create {app} --name test --json"), "");
-    let v: Value = serde_json::from_str(&ok(&out)).expect("tokens create --json");
-    v["token"].as_str().unwrap().to_string()
-}
-
-fn endpoint(d: &Daemon, app: &str) -> String {
-    format!("http://{}/mcp/{app}", d.http_addr)
-}
-
 fn push(wt: &WorkTree, d: &Daemon) -> (bool, String) {
     let out = wt.push(d, &d.admin, &["catwalk", "main"]);
     (out.status.success(), format!("{}{}", stdout(&out), stderr(&out)))
@@ -97,13 +87,13 @@ async fn http_server_is_supervised_and_switches_blue_green() {
     let wt = http_app(&d, "web", "");
     let (pushed, output) = push(&wt, &d);
     assert!(pushed, "{output}");
-    for expected in ["(http /mcp)", "healthy in", "echo", &format!("live at {}", endpoint(&d, "web"))] {
+    for expected in ["(http /mcp)", "healthy in", "echo", &format!("live at {}", d.endpoint("web"))] {
         assert!(output.contains(expected), "missing {expected:?} in:\n{output}");
     }
-    let token = token(&d, "web");
+    let token = d.token("web");
 
     // The health gate's process is the one that serves: no second start for the first request.
-    let mut first = Mcp::new(&endpoint(&d, "web"), Some(&token));
+    let mut first = Mcp::new(&d.endpoint("web"), Some(&token));
     assert_eq!(first.initialize().await.status, 200);
     echo(&mut first, "one").await;
     let log = app_log(&d, "web");
@@ -118,7 +108,7 @@ async fn http_server_is_supervised_and_switches_blue_green() {
     let log = wait_app_log(&d, "web", "the restart", |l| started_pids(l, 1).len() == 2);
     assert!(log.contains("exited on its own"), "{log}");
     assert!(log.contains("restarting in"), "{log}");
-    let mut pinned = Mcp::new(&endpoint(&d, "web"), Some(&token));
+    let mut pinned = Mcp::new(&d.endpoint("web"), Some(&token));
     assert_eq!(pinned.initialize().await.status, 200, "a new session after the restart");
     echo(&mut pinned, "two").await;
     let v1_pid = started_pids(&app_log(&d, "web"), 1)[1];
@@ -131,7 +121,7 @@ async fn http_server_is_supervised_and_switches_blue_green() {
     assert!(output.contains("release v2 healthy"), "{output}");
     assert!(alive(v1_pid), "v1 must keep serving its sessions while they are active");
     echo(&mut pinned, "still on v1").await;
-    let mut fresh = Mcp::new(&endpoint(&d, "web"), Some(&token));
+    let mut fresh = Mcp::new(&d.endpoint("web"), Some(&token));
     assert_eq!(fresh.initialize().await.status, 200);
     echo(&mut fresh, "on v2").await;
     assert_ne!(fresh.session, pinned.session);
@@ -176,7 +166,7 @@ async fn http_server_scales_to_zero_fixed_ports_and_refusals() {
     let wt = http_app(&d, "sleepy", "");
     let (pushed, output) = push(&wt, &d);
     assert!(pushed, "{output}");
-    let token = token(&d, "sleepy");
+    let token = d.token("sleepy");
 
     // Idle for a second: the process stops; the next request starts it and waits for it.
     let log = wait_app_log(&d, "sleepy", "scale to zero", |l| l.contains("(scale to zero)"));
@@ -188,7 +178,7 @@ async fn http_server_scales_to_zero_fixed_ports_and_refusals() {
     }
     let info: Value = serde_json::from_str(&ok(&d.local(&["info", "sleepy", "--json"], ""))).unwrap();
     assert!(info["server"]["state"].as_str().unwrap().starts_with("asleep"), "{info}");
-    let mut c = Mcp::new(&endpoint(&d, "sleepy"), Some(&token));
+    let mut c = Mcp::new(&d.endpoint("sleepy"), Some(&token));
     assert_eq!(c.initialize().await.status, 200);
     echo(&mut c, "woken").await;
     assert_eq!(started_pids(&app_log(&d, "sleepy"), 1).len(), 2, "{}", app_log(&d, "sleepy"));
@@ -200,8 +190,8 @@ async fn http_server_scales_to_zero_fixed_ports_and_refusals() {
     let (pushed, output) = push(&fixed, &d);
     assert!(pushed, "{output}");
     assert!(output.contains(&format!("(http :{port}/mcp)")), "{output}");
-    let token_fixed = self::token(&d, "fixed");
-    let mut c = Mcp::new(&endpoint(&d, "fixed"), Some(&token_fixed));
+    let token_fixed = d.token("fixed");
+    let mut c = Mcp::new(&d.endpoint("fixed"), Some(&token_fixed));
     assert_eq!(c.initialize().await.status, 200);
     echo(&mut c, "fixed v1").await;
     c.close().await;
@@ -209,7 +199,7 @@ async fn http_server_scales_to_zero_fixed_ports_and_refusals() {
     let (pushed, output) = push(&fixed, &d);
     assert!(pushed, "{output}");
     assert!(output.contains(&format!("port {port} is fixed by the manifest: stopping v1")), "{output}");
-    let mut c = Mcp::new(&endpoint(&d, "fixed"), Some(&token_fixed));
+    let mut c = Mcp::new(&d.endpoint("fixed"), Some(&token_fixed));
     assert_eq!(c.initialize().await.status, 200);
     echo(&mut c, "fixed v2").await;
     c.close().await;
@@ -243,7 +233,7 @@ async fn http_server_scales_to_zero_fixed_ports_and_refusals() {
     assert!(output.contains("did not listen on 127.0.0.1:"), "{output}");
     assert!(output.contains("$PORT"), "{output}");
     assert_eq!(d.server_ref("sleepy", "main"), before);
-    let mut c = Mcp::new(&endpoint(&d, "sleepy"), Some(&token));
+    let mut c = Mcp::new(&d.endpoint("sleepy"), Some(&token));
     assert_eq!(c.initialize().await.status, 200, "the live release still answers");
     echo(&mut c, "still live").await;
     c.close().await;

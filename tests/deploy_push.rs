@@ -15,16 +15,6 @@ use daemon::{Daemon, WorkTree, ok, stderr, stdout};
 use mcp::Mcp;
 use serde_json::{Value, json};
 
-fn token(d: &Daemon, app: &str) -> String {
-    let out = d.ssh(&d.admin, &format!("tokens create {app} --name test --json"), "");
-    let v: Value = serde_json::from_str(&ok(&out)).expect("tokens create --json");
-    v["token"].as_str().unwrap().to_string()
-}
-
-fn endpoint(d: &Daemon, app: &str) -> String {
-    format!("http://{}/mcp/{app}", d.http_addr)
-}
-
 fn push(wt: &WorkTree, d: &Daemon, args: &[&str]) -> (bool, String) {
     let out = wt.push(d, &d.admin, args);
     (out.status.success(), format!("{}{}", stdout(&out), stderr(&out)))
@@ -36,7 +26,7 @@ fn releases(d: &Daemon, app: &str) -> Vec<Value> {
 
 /// The fixture app answers: initialize with a token, then `echo`.
 async fn assert_serves(d: &Daemon, app: &str, token: &str, text: &str) {
-    let mut c = Mcp::new(&endpoint(d, app), Some(token));
+    let mut c = Mcp::new(&d.endpoint(app), Some(token));
     let init = c.initialize().await;
     assert_eq!(init.status, 200, "initialize: {}", init.body);
     assert_eq!(c.call_text("echo", json!({"text": text})).await, text);
@@ -96,12 +86,12 @@ async fn user_story_time_tools_from_pypi() {
     ] {
         assert!(output.contains(expected), "missing {expected:?} in:\n{output}");
     }
-    let token = token(&d, "time-tools");
+    let token = d.token("time-tools");
     let (ok_run, out, err) = deps::run_with_timeout(
         "py_client",
         Command::new(deps::venv_python()).arg(deps::py_client()).args([
             "--url",
-            &endpoint(&d, "time-tools"),
+            &d.endpoint("time-tools"),
             "--token",
             &token,
             "--scenario",
@@ -112,9 +102,9 @@ async fn user_story_time_tools_from_pypi() {
     assert!(ok_run, "the Python SDK client failed:\n{out}\n{err}");
     assert!(out.contains("\"timezone\": \"UTC\""), "{out}");
     // No token, a wrong token and a query-string token are refused before any backend is touched.
-    let mut anon = Mcp::new(&endpoint(&d, "time-tools"), None);
+    let mut anon = Mcp::new(&d.endpoint("time-tools"), None);
     assert_eq!(anon.initialize().await.status, 401);
-    let mut wrong = Mcp::new(&endpoint(&d, "time-tools"), Some("cw_0000"));
+    let mut wrong = Mcp::new(&d.endpoint("time-tools"), Some("cw_0000"));
     assert_eq!(wrong.initialize().await.status, 401);
     let rel = releases(&d, "time-tools");
     assert_eq!(rel[0]["status"], "live");
@@ -148,8 +138,8 @@ async fn npm_package_pinned_in_the_manifest() {
         "{output}"
     );
     assert!(output.contains("pinned by the manifest"), "{output}");
-    let token = token(&d, "everything");
-    let mut c = Mcp::new(&endpoint(&d, "everything"), Some(&token));
+    let token = d.token("everything");
+    let mut c = Mcp::new(&d.endpoint("everything"), Some(&token));
     assert_eq!(c.initialize().await.status, 200);
     assert!(c.call_text("echo", json!({"message": "hi"})).await.contains("hi"));
 }
@@ -166,8 +156,8 @@ async fn repository_source_fastmcp_server() {
     assert!(pushed, "{output}");
     assert!(output.contains("Python server built from the repository"), "{output}");
     assert!(output.contains("1 tool (shout)"), "{output}");
-    let token = token(&d, "fast");
-    let mut c = Mcp::new(&endpoint(&d, "fast"), Some(&token));
+    let token = d.token("fast");
+    let mut c = Mcp::new(&d.endpoint("fast"), Some(&token));
     assert_eq!(c.initialize().await.status, 200);
     assert_eq!(c.call_text("shout", json!({"text": "hi"})).await, "HI");
 }
@@ -180,7 +170,7 @@ async fn rejected_pushes_change_nothing() {
     let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
     assert!(pushed, "{output}");
     let live = wt.git(&["rev-parse", "HEAD"]);
-    let token = token(&d, "app");
+    let token = d.token("app");
     assert_serves(&d, "app", &token, "v1").await;
 
     let other = age::x25519::Identity::generate().to_public().to_string();
@@ -318,8 +308,8 @@ async fn secrets_reach_the_server_and_nowhere_else() {
     let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
     assert!(pushed, "{output}");
     assert!(output.contains("secrets: API_TOKEN, OTHER"), "{output}");
-    let token = token(&d, "secret");
-    let mut c = Mcp::new(&endpoint(&d, "secret"), Some(&token));
+    let token = d.token("secret");
+    let mut c = Mcp::new(&d.endpoint("secret"), Some(&token));
     assert_eq!(c.initialize().await.status, 200);
     let env = c.call_text("env", json!({})).await;
     assert!(env.contains(&canary), "the server gets its secret");
@@ -351,7 +341,7 @@ async fn secrets_reach_the_server_and_nowhere_else() {
 }
 
 async fn flavour(d: &Daemon, token: &str) -> String {
-    let mut c = Mcp::new(&endpoint(d, "roll"), Some(token));
+    let mut c = Mcp::new(&d.endpoint("roll"), Some(token));
     assert_eq!(c.initialize().await.status, 200);
     let env: Value = serde_json::from_str(&c.call_text("env", json!({})).await).unwrap();
     c.close().await;
@@ -387,7 +377,7 @@ async fn rollback_restart_and_async_pushes() {
     write(&wt, "catwalk.toml", &format!("{FIXTURE_TOML}[env.FLAVOUR]\nvalue = \"two\"\n"));
     let v2 = commit_all(&wt, "two");
     assert!(push(&wt, &d, &["catwalk", "main"]).0);
-    let token = token(&d, "roll");
+    let token = d.token("roll");
     assert_eq!(flavour(&d, &token).await, "two");
     let out = ok(&d.ssh(&d.admin, "rollback roll", ""));
     assert!(out.contains("rolling back roll to v1") && out.contains("v3 is live"), "{out}");
@@ -431,7 +421,7 @@ async fn kill9_mid_deploy_then_restart() {
     wt.git(&["remote", "add", "catwalk", &d.remote_url("crash")]);
     assert!(push(&wt, &d, &["catwalk", "main"]).0);
     let live = wt.git(&["rev-parse", "HEAD"]);
-    let token = token(&d, "crash");
+    let token = d.token("crash");
     // The next release's server takes forever to start: the daemon is killed during its health gate.
     write(&wt, "slow.py", "import time\ntime.sleep(600)\n");
     write(&wt, "catwalk.toml", "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"slow.py\"]\n");

@@ -9,15 +9,9 @@ mod deps;
 #[path = "common/mcp.rs"]
 mod mcp;
 
-use daemon::{Daemon, WorkTree, ok, stderr, stdout};
+use daemon::{Daemon, WorkTree, stderr, stdout};
 use mcp::Mcp;
 use serde_json::{Value, json};
-
-fn token(d: &Daemon, app: &str) -> String {
-    let out = d.ssh(&d.admin, &format!("tokens create {app} --name test --json"), "");
-    let v: Value = serde_json::from_str(&ok(&out)).expect("tokens create --json");
-    v["token"].as_str().unwrap().to_string()
-}
 
 fn deploy(d: &Daemon, app: &str, hostile: bool) -> String {
     let wt = WorkTree::new(d.tmp.path(), app);
@@ -43,7 +37,7 @@ async fn a_pushed_hostile_server_is_contained() {
         assert!(!output.contains("without a sandbox"), "the daemon deployed unsandboxed:\n{output}");
     }
     let url = |app: &str| format!("http://{}/mcp/{app}", d.http_addr);
-    let mut h = Mcp::new(&url("hostile"), Some(&token(&d, "hostile")));
+    let mut h = Mcp::new(&url("hostile"), Some(&d.token("hostile")));
     assert_eq!(h.initialize().await.status, 200);
     let mut attack = async |tool: &str, args: Value| -> Value {
         let text = h.call_text(tool, args).await;
@@ -73,7 +67,7 @@ async fn a_pushed_hostile_server_is_contained() {
 
     // The daemon and the other app keep serving; the hostile app's own tool still works.
     assert_eq!(h.call_text("echo", json!({"text": "still here"})).await, "still here");
-    let mut v = Mcp::new(&url("victim"), Some(&token(&d, "victim")));
+    let mut v = Mcp::new(&url("victim"), Some(&d.token("victim")));
     assert_eq!(v.initialize().await.status, 200);
     assert_eq!(v.call_text("echo", json!({"text": "victim ok"})).await, "victim ok");
 }

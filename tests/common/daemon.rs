@@ -217,6 +217,18 @@ impl Daemon {
         run_with_stdin(Command::new(catwalk_bin()).arg("--dir").arg(&self.dir).args(args), stdin)
     }
 
+    /// A new access token of `app`, created over SSH by the admin.
+    pub fn token(&self, app: &str) -> String {
+        let out = self.ssh(&self.admin, &format!("tokens create {app} --name test --json"), "");
+        let v: serde_json::Value = serde_json::from_str(&ok(&out)).expect("tokens create --json");
+        v["token"].as_str().expect("a token").to_string()
+    }
+
+    /// `http://ADDR/mcp/APP`.
+    pub fn endpoint(&self, app: &str) -> String {
+        format!("http://{}/mcp/{app}", self.http_addr)
+    }
+
     pub fn remote_url(&self, app: &str) -> String {
         format!("ssh://git@127.0.0.1:{}/{app}", self.ssh_port)
     }

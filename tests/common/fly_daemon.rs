@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::daemon::{Daemon, WorkTree, ok, stderr, stdout};
+use crate::daemon::{Daemon, WorkTree, stderr, stdout};
 use crate::fly_fake::{FakeFly, FakeImage};
 
 /// The fake's only accepted API token.
@@ -100,7 +100,5 @@ pub fn push(d: &Daemon, wt: &WorkTree) -> (bool, String) {
 
 /// A new access token of `app` (over SSH). Blocking.
 pub fn token(d: &Daemon, app: &str) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&d.ssh(&d.admin, &format!("tokens create {app} --json"), ""))).unwrap();
-    v["token"].as_str().unwrap().to_string()
+    d.token(app)
 }
