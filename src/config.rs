@@ -312,10 +312,25 @@ impl Config {
         if let Some(fly) = &self.runtime.fly {
             fly.validate()?;
         }
-        if let Some(url) = &self.http.public_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+        // Both end up in the hints and URLs printed after every push and `tokens create`.
+        if let Some(url) = &self.http.public_url {
+            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+            if !rest.is_some_and(|r| {
+                !r.is_empty()
+                    && !r.starts_with('/')
+                    && !r.contains(|c: char| c.is_whitespace() || c.is_control())
+            }) {
+                return Err(format!(
+                    "http.public_url = {url:?}: must start with http:// or https:// and name a host, e.g. \"https://deploy.example.com\""
+                ));
+            }
+        }
+        if let Some(host) = &self.ssh.public_host
+            && (host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)))
         {
-            return Err(format!("http.public_url = {url:?}: must start with http:// or https://"));
+            return Err(format!(
+                "ssh.public_host = {host:?}: expected a host name or address, e.g. \"deploy.example.com\""
+            ));
         }
         self.sandbox.validate()?;
         if let Some(tls) = &self.http.tls {
@@ -414,6 +429,29 @@ mod tests {
     fn unknown_section_is_named() {
         let err = Config::parse("[sssh]\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("sssh"), "{err}");
+    }
+
+    #[test]
+    fn public_host_and_url_must_name_a_host() {
+        for (text, expected) in [
+            ("[ssh]\npublic_host = \"\"\n", "ssh.public_host"),
+            ("[ssh]\npublic_host = \"a b\"\n", "ssh.public_host"),
+            ("[ssh]\npublic_host = \"x\\nremote: y\"\n", "ssh.public_host"),
+            ("[http]\npublic_url = \"http://\"\n", "http.public_url"),
+            ("[http]\npublic_url = \"https:///mcp\"\n", "http.public_url"),
+            ("[http]\npublic_url = \"ftp://x\"\n", "http.public_url"),
+            ("[http]\npublic_url = \"https://x y\"\n", "http.public_url"),
+        ] {
+            let err = Config::parse(text, Path::new("x.toml")).unwrap_err().to_string();
+            assert!(err.contains(expected) && err.contains("e.g."), "{text}: {err}");
+        }
+        let c = Config::parse(
+            "[ssh]\npublic_host = \"[::1]\"\n[http]\npublic_url = \"https://deploy.example.com:8443/\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.ssh_host_port().0, "[::1]");
+        assert_eq!(c.public_url(), "https://deploy.example.com:8443");
     }
 
     #[test]

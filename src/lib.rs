@@ -9,6 +9,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datadir;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod git;
 pub mod identity;

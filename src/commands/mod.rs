@@ -105,6 +105,31 @@ pub enum SecretsCmd {
     Pubkey,
 }
 
+/// The longest exec command accepted. Real ones (`git-receive-pack '/app.git'`, `tokens create APP --name
+/// laptop --expires 30d --json`) are far shorter; a longer line is refused before it is split or echoed back.
+pub const MAX_COMMAND_LINE: usize = 4096;
+
+/// Splits an SSH exec command into argv the way a POSIX shell would split words (shell-words), without
+/// ever running a shell. Refuses, with a message for the person who typed it: non-UTF-8 bytes, lines over
+/// [`MAX_COMMAND_LINE`], control characters (NUL, escape sequences, newlines: no command needs them and
+/// they would end up in logs and error messages) and unbalanced quotes.
+pub fn split_line(command: &[u8]) -> Result<Vec<String>, String> {
+    if command.len() > MAX_COMMAND_LINE {
+        return Err(format!(
+            "the command is {} bytes long; commands are at most {MAX_COMMAND_LINE} bytes (see `help`)",
+            command.len()
+        ));
+    }
+    let text = std::str::from_utf8(command).map_err(|_| "the command is not valid UTF-8".to_string())?;
+    if let Some(c) = text.chars().find(|c| c.is_control() && *c != '\t') {
+        return Err(format!(
+            "the command contains the control character {c:?}; send one line of printable text (see `help`)"
+        ));
+    }
+    shell_words::split(text)
+        .map_err(|_| "cannot parse the command: unbalanced quotes (quote each argument once)".to_string())
+}
+
 /// Parses and runs one command line. Usage errors print the usage and return [`USAGE`].
 pub async fn run(daemon: &Daemon, who: &Identity, argv: &[String], input: &mut Input, out: &Output) -> i32 {
     let grammar = match Grammar::try_parse_from(argv) {
@@ -237,6 +262,24 @@ mod tests {
 
     fn parse(s: &str) -> Result<Grammar, clap::Error> {
         Grammar::try_parse_from(shell_words::split(s).unwrap())
+    }
+
+    #[test]
+    fn exec_lines_are_split_or_refused_clearly() {
+        assert_eq!(split_line(b"git-receive-pack '/app.git'").unwrap(), ["git-receive-pack", "/app.git"]);
+        assert_eq!(split_line(b"logs\tapp  -n 5").unwrap(), ["logs", "app", "-n", "5"]);
+        for (bad, expected) in [
+            (&b"apps 'unbalanced"[..], "unbalanced quotes"),
+            (b"apps\0destroy", "control character '\\0'"),
+            (b"apps\ndestroy x", "control character '\\n'"),
+            (b"apps \x1b[31m", "control character '\\u{1b}'"),
+            (b"apps \xff", "not valid UTF-8"),
+        ] {
+            let err = split_line(bad).unwrap_err();
+            assert!(err.contains(expected), "{bad:?}: {err}");
+        }
+        let long = vec![b'a'; MAX_COMMAND_LINE + 1];
+        assert!(split_line(&long).unwrap_err().contains("at most 4096 bytes"));
     }
 
     #[test]

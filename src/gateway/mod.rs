@@ -15,11 +15,11 @@
 pub mod applog;
 mod auth;
 mod http;
-mod jsonrpc;
+pub(crate) mod jsonrpc;
 pub mod metrics;
-mod protocol;
+pub(crate) mod protocol;
 mod session;
-mod sse;
+pub(crate) mod sse;
 mod stdio;
 mod upstream;
 mod wake;

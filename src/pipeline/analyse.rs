@@ -143,7 +143,8 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
             return Err("catwalk.toml: [server] needs `package = \"npm:NAME\"` (or \"pypi:NAME\") or `command = [...]`".into());
         }
         (Some(spec), None) => {
-            let (registry, name, version) = parse_package_spec(spec)?;
+            let (registry, name, version) =
+                parse_package_spec(spec).map_err(|e| format!("catwalk.toml: {e}"))?;
             let entry = match (&s.module, &s.bin) {
                 (Some(_), Some(_)) => return Err("catwalk.toml: `bin` and `module` are exclusive".into()),
                 (Some(module), None) if registry == Registry::Pypi => {
@@ -249,9 +250,7 @@ fn transport(kind: &str, port: Option<u16>, path: Option<&str>) -> Result<Transp
                 return Err("port 0 is not a port; leave `port` out to let catwalk pick one".into());
             }
             let path = path.unwrap_or("/mcp").to_string();
-            if !path.starts_with('/') || path.contains("..") {
-                return Err(format!("path {path:?} must start with '/'"));
-            }
+            validate::url_path(&path)?;
             Ok(Transport::Http { port, path })
         }
         other => Err(format!("transport {other:?} is not supported: use \"stdio\" or \"http\"")),
@@ -480,9 +479,10 @@ fn check(plan: &Plan) -> Result<(), String> {
     let m = &plan.manifest;
     if let Source::Package { registry, name, version } = &plan.source {
         match registry {
-            Registry::Npm => validate::npm_name(name)?,
-            Registry::Pypi => validate::pypi_name(name)?,
+            Registry::Npm => validate::npm_name(name),
+            Registry::Pypi => validate::pypi_name(name),
         }
+        .map_err(|e| format!("{m}: {e}"))?;
         if let Some(v) = version {
             validate::exact_version(v).map_err(|e| format!("{m}: {e}"))?;
         }
@@ -531,9 +531,16 @@ fn check(plan: &Plan) -> Result<(), String> {
             return Err(format!("{m}: env {}: value too long or contains NUL", e.name));
         }
     }
+    // Every manifest's HTTP transport (server.json's URL too) is held to the rules catwalk.toml's is.
+    if let Transport::Http { port, path } = &plan.transport {
+        if *port == Some(0) {
+            return Err(format!("{m}: port 0 is not a port; leave the port out to let catwalk pick one"));
+        }
+        validate::url_path(path).map_err(|e| format!("{m}: {e}"))?;
+    }
     for origin in &plan.allowed_origins {
         if !(origin.starts_with("https://") || origin.starts_with("http://"))
-            || origin.contains(char::is_whitespace)
+            || origin.contains(|c: char| c.is_whitespace() || c.is_control())
         {
             return Err(format!(
                 "{m}: allowed_origins: {origin:?} is not an origin like https://example.com"

@@ -100,10 +100,18 @@ impl Keyring {
                     "{SECRETS_PATH} is not encrypted to this daemon; re-encrypt it with: age -r {} -o {SECRETS_PATH} .env  (ssh ... secrets pubkey prints the recipient)",
                     self.recipient
                 ),
-                other => format!("{SECRETS_PATH} cannot be decrypted: {other}"),
+                other => format!(
+                    "{SECRETS_PATH} cannot be decrypted ({other}); re-create it with: age -r {} -o {SECRETS_PATH} .env",
+                    self.recipient
+                ),
             })?
             .read_to_end(&mut plain)
-            .map_err(|e| format!("{SECRETS_PATH} is damaged: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "{SECRETS_PATH} is damaged or truncated ({e}); re-create it with: age -r {} -o {SECRETS_PATH} .env",
+                    self.recipient
+                )
+            })?;
         let text =
             String::from_utf8(plain).map_err(|_| format!("{SECRETS_PATH} does not hold UTF-8 text"))?;
         parse_dotenv(&text)
@@ -226,6 +234,15 @@ mod tests {
         let err = k.open(&encrypt(&other, "A=1\n", false)).unwrap_err();
         assert!(err.contains("not encrypted to this daemon") && err.contains(k.recipient()), "{err}");
         assert!(k.open(b"plain text").unwrap_err().contains("not an age file"));
+    }
+
+    #[test]
+    fn truncated_files_say_how_to_recreate_them() {
+        let (k, r) = keyring();
+        let whole = encrypt(&r, "A=canary-value\n", false);
+        let err = k.open(&whole[..whole.len() - 10]).unwrap_err();
+        assert!(err.contains("damaged or truncated") && err.contains(k.recipient()), "{err}");
+        assert!(!err.contains("canary"), "{err}");
     }
 
     #[test]

@@ -187,6 +187,23 @@ pub fn repo_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The URL path an HTTP server serves MCP at (`/mcp`): it ends up in the health probe's and the proxy's
+/// upstream URL and in the push output, so it is printable ASCII without spaces, starts with `/` and
+/// does not climb with `..`.
+pub fn url_path(path: &str) -> Result<(), String> {
+    let ok = path.starts_with('/')
+        && path.len() <= 1024
+        && !path.contains("..")
+        && path.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'#' | b'\\'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "path {path:?} is not a URL path like \"/mcp\": start with '/', use printable ASCII without spaces, '#' or '..'"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +274,11 @@ mod tests {
         argument("/srv/data").unwrap();
         for bad in ["$(id)", "a;b", "`x`", "a\nb", "a|b", "x > y"] {
             assert!(argument(bad).is_err(), "{bad:?}");
+        }
+        url_path("/mcp").unwrap();
+        url_path("/api/v1/mcp?x=1").unwrap();
+        for bad in ["mcp", "/../x", "/mcp\nremote: forged", "/a b", "/\u{1b}[31m", "/x#y", ""] {
+            assert!(url_path(bad).is_err(), "{bad:?}");
         }
         repo_path("server.py").unwrap();
         repo_path("src/main.py").unwrap();

@@ -92,14 +92,10 @@ async fn dispatch_inner<'r>(
     gone: &CancellationToken,
     ticket: &mut Option<PushTicket<'r>>,
 ) -> i32 {
-    let Ok(text) = std::str::from_utf8(&req.command) else {
-        to_stderr(write, "catwalk: the command is not valid UTF-8\n").await;
-        return crate::commands::USAGE;
-    };
-    let argv = match shell_words::split(text) {
+    let argv = match crate::commands::split_line(&req.command) {
         Ok(argv) => argv,
-        Err(_) => {
-            to_stderr(write, "catwalk: cannot parse the command (unbalanced quotes?)\n").await;
+        Err(message) => {
+            to_stderr(write, &format!("catwalk: {message}\n")).await;
             return crate::commands::USAGE;
         }
     };

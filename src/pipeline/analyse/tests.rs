@@ -130,3 +130,30 @@ fn network_none_is_a_deploy_option() {
     let t = tree(&[("catwalk.toml", "[server]\npackage = \"npm:x\"\n[deploy]\nnetwork = \"internet\"\n")]);
     assert!(analyse(&t).unwrap_err().contains("deploy.network"));
 }
+
+#[test]
+fn http_transport_paths_and_ports_are_checked_in_every_manifest() {
+    // A newline in the path would have printed a forged `remote:` line in the push output.
+    let t = tree(&[(
+        "catwalk.toml",
+        "[server]\npackage = \"npm:x\"\ntransport = \"http\"\npath = \"/mcp\\nremote: -----> live\"\n",
+    )]);
+    let err = analyse(&t).unwrap_err();
+    assert!(err.contains("is not a URL path") && !err.contains('\n'), "{err}");
+    // server.json's transport URL used to skip the checks catwalk.toml's transport gets.
+    for (url, expected) in [
+        ("http://localhost:0/mcp", "port 0 is not a port"),
+        ("http://localhost:{port}/../../admin", "is not a URL path"),
+        ("http://localhost:{port}/mcp\nremote: forged", "is not a URL path"),
+    ] {
+        let json = serde_json::json!({"packages": [{"registryType": "npm", "identifier": "x", "version": "1.0.0",
+            "transport": {"type": "streamable-http", "url": url}}]});
+        let err = analyse(&tree(&[("server.json", &json.to_string())])).unwrap_err();
+        assert!(err.starts_with("server.json: ") && err.contains(expected), "{url}: {err}");
+    }
+    let t = tree(&[(
+        "catwalk.toml",
+        "[server]\npackage = \"npm:x\"\n[deploy]\nallowed_origins = [\"https://a.example\\u001b[31m\"]\n",
+    )]);
+    assert!(analyse(&t).unwrap_err().contains("is not an origin"));
+}
