@@ -325,6 +325,8 @@ async fn first_deploy_serves_mcp_with_secrets_outside_machine_config() {
     assert_eq!(body["config"]["metadata"]["catwalk_launch"].as_str().map(str::len), Some(26));
     assert_eq!(body["config"]["checks"]["bridge"]["interval"], "15s");
     assert_eq!(body["config"]["guest"]["cpu_kind"], "shared");
+    // The install survives restarts and scale-to-zero stops (no reinstall at every wake).
+    assert_eq!(body["config"]["rootfs"]["persist"], "always");
     let app_create =
         requests.iter().find(|r| r.method == "POST" && r.path == "/v1/apps").expect("app create");
     assert!(app_create.body.contains("\"org_slug\":\"personal\""), "{}", app_create.body);

@@ -31,15 +31,17 @@ pub fn machine_config(
     let plan_json = serde_json::to_string(plan).map_err(|e| format!("serialising the plan: {e}"))?;
     let mut env = BTreeMap::new();
     env.insert(PLAN_ENV.to_string(), plan_json);
-    let rootfs = match (&plan.source, source_url) {
-        (Source::Package { version: Some(_), .. }, _) => None,
+    // The runner installs (or builds) on the machine's root file system. Persisting it means a
+    // restart or a wake from scale to zero re-uses that install instead of installing again; a new
+    // release always gets a new machine, so nothing stale survives a deploy.
+    // (A repository's source is downloaded once, with a single-use token: it must survive too.)
+    let rootfs = Some(Rootfs { persist: "always".into() });
+    match (&plan.source, source_url) {
+        (Source::Package { version: Some(_), .. }, _) => {}
         (Source::Repository, Some(url)) => {
             env.insert(SOURCE_URL_ENV.to_string(), url.to_string());
             let commit: String = release.commit.chars().take(12).collect();
             env.insert(SOURCE_ID_ENV.to_string(), format!("{}-v{}-{commit}", release.app, release.version));
-            // The source is downloaded once (single-use token) and built on the root file system:
-            // it must survive restarts and scale-to-zero stops.
-            Some(Rootfs { persist: "always".into() })
         }
         _ => {
             return Err(format!(
