@@ -197,10 +197,10 @@ fuzz_target!(|data: &[u8]| {
     };
     stdout_line(data, stream, seq);
     stdout_line(data.get(2..).unwrap_or_default(), stream, seq);
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Some((s, q)) = sse::parse_event_id(text) {
-            assert_eq!(sse::parse_event_id(&format!("{s}-{q}")), Some((s, q)));
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Some((s, q)) = sse::parse_event_id(text)
+    {
+        assert_eq!(sse::parse_event_id(&format!("{s}-{q}")), Some((s, q)));
     }
     headers_checks(data);
 });
