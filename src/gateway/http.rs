@@ -160,7 +160,13 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
         None => None,
     };
     let Some(route) = route else {
-        return p::error(StatusCode::NOT_FOUND, -32601, &format!("Not Found: there is no app named {app:?}"));
+        // With tokens, an unknown app was already refused (401, so app names do not leak): this app
+        // exists but serves nothing yet (or was destroyed).
+        return p::error(
+            StatusCode::NOT_FOUND,
+            -32601,
+            &format!("Not Found: app {app:?} has no live release; push to it first (see `releases {app}`)"),
+        );
     };
     if let (Some(limit), Some(id)) = (route.rate_limit, &identity)
         && let Err(wait) = gw.limiters.check(app, limit, &id.token_id)

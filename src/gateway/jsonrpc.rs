@@ -64,11 +64,17 @@ struct Params<'a> {
     protocol_version: Option<Cow<'a, str>>,
 }
 
+/// `Some` for every present value, `null` included (plain `Option` would turn `"id": null` into a
+/// missing id, and a request with a null id into a notification).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow, default)]
     jsonrpc: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     method: Option<Cow<'a, str>>,
@@ -119,6 +125,11 @@ fn span_of(whole: &[u8], part: &RawValue) -> Range<usize> {
 
 /// Classify one JSON object (not an array) without parsing more than the routing members.
 pub fn classify(msg: &[u8]) -> Result<Classified, Invalid> {
+    // serde_json skips the members it ignores without checking their UTF-8; messages are forwarded
+    // byte for byte, so they must be valid UTF-8 as a whole.
+    if let Err(e) = std::str::from_utf8(msg) {
+        return Err(Invalid::Parse(format!("the message is not valid UTF-8 ({e})")));
+    }
     let env: Envelope<'_> = match serde_json::from_slice(msg) {
         Ok(e) => e,
         Err(e) if e.is_syntax() || e.is_eof() => return Err(Invalid::Parse(e.to_string())),
@@ -273,6 +284,19 @@ pub fn raw_result(msg: &[u8]) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn null_ids_and_invalid_utf8() {
+        // A request with a null id is refused (MCP ids are strings or integers)...
+        let e = classify(br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).unwrap_err();
+        assert_eq!(e, Invalid::Shape("\"id\" must be a string or a number"));
+        // ...while an error response may carry one (JSON-RPC: the id could not be read).
+        let r = classify(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#).unwrap();
+        assert_eq!((r.kind, r.id), (Kind::Response, None));
+        // Invalid UTF-8 in a member nobody parses is still refused.
+        let bad = b"{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"x\":\"\xff\"}";
+        assert!(matches!(classify(bad), Err(Invalid::Parse(m)) if m.contains("UTF-8")));
+    }
 
     #[test]
     fn classifies_kinds() {

@@ -28,7 +28,13 @@ pub fn event(stream: u64, seq: u64, msg: &[u8]) -> Bytes {
     push_num(&mut b, seq);
     b.extend_from_slice(b"\nevent: message\ndata: ");
     let body = msg.strip_suffix(b"\n").unwrap_or(msg);
-    b.extend_from_slice(body);
+    // A bare CR or LF would end the `data:` line early for an SSE reader. Outside strings they are
+    // JSON whitespace and inside strings JSON cannot hold them raw, so a space changes no value.
+    if body.iter().any(|&c| c == b'\r' || c == b'\n') {
+        b.extend(body.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }));
+    } else {
+        b.extend_from_slice(body);
+    }
     b.extend_from_slice(b"\n\n");
     b.freeze()
 }
@@ -137,5 +143,13 @@ mod tests {
         assert_eq!(&priming(0)[..], b"id: 0-0\nretry: 2000\ndata: \n\n");
         assert_eq!(parse_event_id("3-12"), Some((3, 12)));
         assert_eq!(parse_event_id("x"), None);
+    }
+
+    #[test]
+    fn line_breaks_inside_a_message_do_not_end_the_data_line() {
+        assert_eq!(
+            &event(1, 2, b"{\"jsonrpc\":\"2.0\",\r\"method\":\"x\"}\r\n")[..],
+            b"id: 1-2\nevent: message\ndata: {\"jsonrpc\":\"2.0\", \"method\":\"x\"} \n\n"
+        );
     }
 }

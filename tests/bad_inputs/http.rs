@@ -122,10 +122,8 @@ async fn http_jsonrpc_and_headers() {
         case("a JSON array of numbers", "POST", mcp, in_session(&[("mcp-protocol-version", "2025-03-26")]), b"[1, 2]", 400, Some(-32600), "must be a JSON object"),
         case("a JSON string", "POST", mcp, std_headers(&[]), b"\"hello\"", 400, Some(-32600), "must be a JSON object"),
         case("an object id", "POST", mcp, in_session(&[]), br#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#, 400, Some(-32600), "must be a string or a number"),
-        // BUG, reported to the gateway's owner: `"id": null` on a request is taken for a notification
-        // (serde maps `null` to `None` for `Option<&RawValue>`, so `jsonrpc::classify` never sees it) and
-        // answered 202; MCP requires a string or integer id. Enable this row with the fix:
-        // case("a null id on a request", "POST", mcp, in_session(&[]), br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, 400, Some(-32600), "must be a string or a number"),
+        // (serde would map `null` to a missing id, i.e. a notification answered 202; MCP requires a string or integer.)
+        case("a null id on a request", "POST", mcp, in_session(&[]), br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, 400, Some(-32600), "must be a string or a number"),
         case("neither method nor result", "POST", mcp, in_session(&[]), br#"{"jsonrpc":"2.0","id":3}"#, 400, Some(-32600), "neither \"method\" nor"),
         case("a batch on 2025-06-18", "POST", mcp, in_session(&[]), &[b"[".as_slice(), &ping, b"]"].concat(), 400, Some(-32600), "batches are not supported in protocol version 2025-06-18"),
         case("an empty batch", "POST", mcp, in_session(&[("mcp-protocol-version", "2025-03-26")]), b"[]", 400, Some(-32600), "empty batch"),
@@ -142,7 +140,7 @@ async fn http_jsonrpc_and_headers() {
         case("an unknown app", "POST", "/mcp/nosuch", std_headers(&[]), &init, 401, Some(-32001), "not valid for this app"),
         case("an encoded ../ app path", "POST", "/mcp/..%2Fgood", std_headers(&[]), &init, 401, Some(-32001), "not valid for this app"),
         case("an empty app name", "POST", "/mcp/", std_headers(&[]), &init, 404, Some(-32601), "no MCP endpoint at /mcp/"),
-        case("an app without a live release", "POST", "/mcp/other", std_headers(&[("authorization", &format!("Bearer {other_token}"))]), &init, 404, Some(-32601), "there is no app named \"other\""),
+        case("an app without a live release", "POST", "/mcp/other", std_headers(&[("authorization", &format!("Bearer {other_token}"))]), &init, 404, Some(-32601), "app \"other\" has no live release; push to it first"),
         case("a nested app path", "POST", "/mcp/good/x", std_headers(&[]), &init, 404, Some(-32601), "no MCP endpoint at /mcp/good/x"),
         Http { raw: true, ..case("200 headers", "POST", mcp, (0..200).map(|_| ("x-many", "y".to_string())).chain(std_headers(&[])).collect(), b"", 431, None, "") },
     ];
