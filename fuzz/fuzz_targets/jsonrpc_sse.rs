@@ -167,8 +167,19 @@ fn headers_checks(data: &[u8]) {
         );
     }
     let _ = headers::check_origin(&map, none, Some("https://deploy.example"), true);
-    assert!(headers::check_host(&map, false).is_ok());
-    if headers::check_host(&map, true).is_ok()
+    // The next input line plays an HTTP/2 `:authority`: it must pass the same rule as Host.
+    let authority = parts.next().and_then(|a| std::str::from_utf8(a).ok()).filter(|a| !a.is_empty());
+    assert!(headers::check_host(&map, authority, false).is_ok());
+    if let Some(a) = authority
+        && headers::check_host(&HeaderMap::new(), Some(a), true).is_ok()
+    {
+        let a = a.trim().to_ascii_lowercase();
+        assert!(
+            a.starts_with("localhost") || a.starts_with("127.0.0.1") || a.starts_with("[::1"),
+            "authority {a:?} passed the loopback check"
+        );
+    }
+    if headers::check_host(&map, None, true).is_ok()
         && let Some(host) = map.get("host").and_then(|h| h.to_str().ok())
     {
         // Lenient on malformed values a browser never sends (`[::1` without `]`, `127.0.0.1:x`), which
