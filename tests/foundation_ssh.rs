@@ -6,7 +6,7 @@ mod daemon;
 
 use std::sync::Arc;
 
-use daemon::{Daemon, Key, ok, stderr, stdout};
+use daemon::{AcceptAnyHostKey, Daemon, Key, ok, stderr, stdout};
 use russh::keys::PrivateKeyWithHashAlg;
 use russh::keys::agent::AgentIdentity;
 
@@ -21,18 +21,6 @@ fn unknown_key_is_refused() {
         ok(&d.ssh(&d.admin, "whoami", "")).split_whitespace().take(2).collect::<Vec<_>>(),
         ["admin", "(admin)"]
     );
-}
-
-struct AcceptAnyHostKey;
-
-impl russh::client::Handler for AcceptAnyHostKey {
-    type Error = russh::Error;
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
 }
 
 /// A "signer" that cannot sign: it lets the client offer a public key it does not own.

@@ -3,19 +3,7 @@
 use std::sync::Arc;
 
 use crate::Good;
-use crate::daemon::{Daemon, Key, ok, stderr};
-
-struct AcceptAnyHostKey;
-
-impl russh::client::Handler for AcceptAnyHostKey {
-    type Error = russh::Error;
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
+use crate::daemon::{AcceptAnyHostKey, Daemon, Key, ok, stderr};
 
 /// Runs raw exec bytes (which the `ssh` client cannot send: NUL, invalid UTF-8) as `key`; returns
 /// (exit status, stderr).

@@ -396,3 +396,17 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// A russh client handler that trusts any host key (the tests' own throwaway daemons), for tests that
+/// speak SSH directly instead of through the `ssh` binary.
+pub struct AcceptAnyHostKey;
+
+impl russh::client::Handler for AcceptAnyHostKey {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
