@@ -59,37 +59,47 @@ async fn pypi_mcp_server_time_answers_inside_the_sandbox() {
     assert!(!is_error && text.contains("UTC"), "{text}");
 }
 
-/// The local runtime's own path: `install_package` runs pip inside the sandbox (network on, writable:
-/// the install dir and the cache only), then the installed server runs sandboxed read-only.
-#[tokio::test(flavor = "multi_thread")]
-async fn sandboxed_pip_install_then_sandboxed_start() {
+/// The local runtime's install path for `package` (`npm:NAME` / `pypi:NAME`): a sandboxed toolchain
+/// (asserted active), the plan analysed from a one-line catwalk.toml, pinned against the registry, and
+/// `install_package` run inside the sandbox.
+async fn sandboxed_install(
+    data: &FakeData,
+    package: &str,
+) -> (catwalk::runtime::install::Toolchain, catwalk::runtime::install::Installed) {
     use catwalk::pipeline::analyse::analyse;
     use catwalk::pipeline::plan::Source;
     use catwalk::pipeline::registry::{Registries, pin};
     use catwalk::runtime::install::{Toolchain, install_package};
     use std::collections::BTreeMap;
 
-    let data = FakeData::new();
     let mut tools = Toolchain::detect(data.root().join("cache"));
     let configured = catwalk::runtime::sandbox::SandboxPolicy::default()
         .with_catwalk_exe(PathBuf::from(env!("CARGO_BIN_EXE_catwalk")));
     tools.set_sandbox(configured).expect("set_sandbox");
     assert!(tools.sandbox.is_active(), "sandbox not active: {:?}", tools.sandbox.warning());
-
-    let manifest = "[server]\npackage = \"pypi:mcp-server-time\"\n";
-    let tree: BTreeMap<String, Vec<u8>> = [("catwalk.toml".to_string(), manifest.as_bytes().to_vec())].into();
+    let manifest = format!("[server]\npackage = \"{package}\"\n");
+    let tree: BTreeMap<String, Vec<u8>> = [("catwalk.toml".to_string(), manifest.into_bytes())].into();
     let mut plan = analyse(&tree).unwrap();
     if let Source::Package { registry, name, version } = &mut plan.source {
         let p =
             pin(&reqwest::Client::new(), &Registries::default(), None, *registry, name, version.as_deref())
                 .await
-                .expect("pinning mcp-server-time on PyPI");
+                .unwrap_or_else(|e| panic!("pinning {package}: {e}"));
         *version = Some(p.version);
     }
     let progress = |_l: String| {};
     let installed = install_package(&tools, &data.root().join("installs"), &plan, &progress)
         .await
-        .expect("sandboxed install");
+        .unwrap_or_else(|e| panic!("sandboxed install of {package}: {e}"));
+    (tools, installed)
+}
+
+/// The local runtime's own path: `install_package` runs pip inside the sandbox (network on, writable:
+/// the install dir and the cache only), then the installed server runs sandboxed read-only.
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxed_pip_install_then_sandboxed_start() {
+    let data = FakeData::new();
+    let (tools, installed) = sandboxed_install(&data, "pypi:mcp-server-time").await;
     let mut argv = installed.command.clone();
     argv.extend(["--local-timezone".to_string(), "UTC".to_string()]);
     let bridge =
@@ -103,33 +113,10 @@ async fn sandboxed_pip_install_then_sandboxed_start() {
 /// daemon is root: the files it wrote belong to that uid, not to root).
 #[tokio::test(flavor = "multi_thread")]
 async fn sandboxed_npm_install() {
-    use catwalk::pipeline::analyse::analyse;
-    use catwalk::pipeline::plan::Source;
-    use catwalk::pipeline::registry::{Registries, pin};
-    use catwalk::runtime::install::{Toolchain, install_package};
-    use std::collections::BTreeMap;
     use std::os::unix::fs::MetadataExt;
 
     let data = FakeData::new();
-    let mut tools = Toolchain::detect(data.root().join("cache"));
-    let configured = catwalk::runtime::sandbox::SandboxPolicy::default()
-        .with_catwalk_exe(PathBuf::from(env!("CARGO_BIN_EXE_catwalk")));
-    tools.set_sandbox(configured).expect("set_sandbox");
-    assert!(tools.sandbox.is_active(), "sandbox not active: {:?}", tools.sandbox.warning());
-    let manifest = "[server]\npackage = \"npm:@modelcontextprotocol/server-everything\"\n";
-    let tree: BTreeMap<String, Vec<u8>> = [("catwalk.toml".to_string(), manifest.as_bytes().to_vec())].into();
-    let mut plan = analyse(&tree).unwrap();
-    if let Source::Package { registry, name, version } = &mut plan.source {
-        let p =
-            pin(&reqwest::Client::new(), &Registries::default(), None, *registry, name, version.as_deref())
-                .await
-                .expect("pinning server-everything on npm");
-        *version = Some(p.version);
-    }
-    let progress = |_l: String| {};
-    let installed = install_package(&tools, &data.root().join("installs"), &plan, &progress)
-        .await
-        .expect("sandboxed npm install");
+    let (tools, installed) = sandboxed_install(&data, "npm:@modelcontextprotocol/server-everything").await;
     let entry = PathBuf::from(&installed.command[0]);
     assert!(entry.is_file(), "{entry:?}");
     if Identity::current() == Identity::DropToUid {

@@ -90,6 +90,14 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Running {
+    /// Stops the process (SIGTERM, then SIGKILL after the grace) and waits for the supervisor.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// One release's HTTP server (see the module docs). Shared by the route (as its [`Wake`]) and the
 /// deployer (which retires or stops it).
 pub struct HttpServer {
@@ -191,8 +199,7 @@ impl HttpServer {
         let mut state = self.state.lock().await;
         self.awake.store(false, Ordering::SeqCst);
         if let Some(running) = state.take() {
-            running.stop.cancel();
-            let _ = running.task.await;
+            running.stop().await;
         }
     }
 
@@ -210,8 +217,7 @@ impl HttpServer {
             return;
         }
         if let Some(running) = state.take() {
-            running.stop.cancel();
-            let _ = running.task.await;
+            running.stop().await;
             self.event(&format!(
                 "release v{}: stopped after {}s without requests (scale to zero); the next request starts it",
                 self.spec.release,

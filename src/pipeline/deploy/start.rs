@@ -12,7 +12,7 @@ use super::super::secrets::Secrets;
 use super::{Deployer, Output};
 use crate::gateway::{AppRoute, Backend, Gateway, GatewayConfig, Mount, NoAudit, WakeHandle};
 use crate::names::AppName;
-use crate::runtime::http_server::{self, HttpServer, HttpServerSpec, Lifecycle};
+use crate::runtime::http_server::{self, HttpServer, HttpServerSpec};
 use crate::runtime::install::{self, Installed};
 use crate::runtime::sandbox::{self, AppSandbox};
 use crate::store::{Introspection, ReleaseRecord};
@@ -155,11 +155,7 @@ impl Deployer {
                     port,
                     fixed_port,
                 };
-                let server = HttpServer::new(
-                    spec,
-                    Lifecycle { start_timeout: self.health_timeout, ..self.lifecycle },
-                    self.logs.clone(),
-                );
+                let server = HttpServer::new(spec, self.lifecycle, self.logs.clone());
                 let backend = Backend::Http {
                     url: server.url(path),
                     headers: Vec::new(),
