@@ -152,13 +152,12 @@ pub async fn install_package(
         key.update([0]);
     }
     key.update(tools.python.to_string_lossy().as_bytes());
-    let dir = installs_dir.join(&hex::encode(key.finalize())[..24]);
-    let marker = dir.join(".catwalk-complete");
+    let key = &hex::encode(key.finalize())[..24];
+    let dir = installs_dir.join(key);
+    let marker = completion_marker(installs_dir, key);
     let reused = marker.exists();
     if !reused {
-        // A half-finished directory from an interrupted install is discarded, never trusted.
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        fresh_install_dir(installs_dir, key).await?;
         match registry {
             Registry::Npm => npm_install(tools, &dir, name, version, plan.install_scripts, progress).await?,
             Registry::Pypi => pip_install(tools, &dir, &format!("{name}=={version}"), progress).await?,
@@ -173,9 +172,72 @@ pub async fn install_package(
         (_, entry) => return Err(format!("internal: entry {entry:?} does not apply to a registry package")),
     };
     if !reused {
+        // `installs/` itself is the daemon's: no sandbox ever sees it, so this path is not shaped by
+        // the install that just ran (see [`completion_marker`]).
         tokio::fs::write(&marker, b"").await.map_err(|e| format!("marking the install complete: {e}"))?;
     }
     Ok(Installed { dir, command, reused })
+}
+
+/// Where the "this install finished" marker of install `key` lives: `installs/<key>.complete`, a
+/// sibling of the install directory `installs/<key>/`.
+///
+/// Not inside it: the install directory is the sandboxed install's home, so anything at a path in it
+/// may be a link the package planted (`.catwalk-complete -> /etc/shadow` would have the daemon
+/// truncate that file as root). The sandbox is given `installs/<key>/` alone, never `installs/`.
+/// Markers of older catwalk versions inside install directories are ignored: such an install is
+/// redone once.
+fn completion_marker(installs_dir: &Path, key: &str) -> PathBuf {
+    installs_dir.join(format!("{key}.complete"))
+}
+
+/// Makes `installs/<key>/` a new, empty directory made by the daemon.
+///
+/// A half-finished directory from an interrupted install is discarded, never trusted; if it cannot be
+/// removed completely the install fails instead of re-using what a package left there. std's
+/// `remove_dir_all` walks with `openat`/`O_NOFOLLOW`, so links the package planted are removed, not
+/// followed. `create_dir` (not `create_dir_all`) fails if anything is still at that name.
+async fn fresh_install_dir(installs_dir: &Path, key: &str) -> Result<(), String> {
+    let dir = installs_dir.join(key);
+    tokio::fs::create_dir_all(installs_dir)
+        .await
+        .map_err(|e| format!("creating {}: {e}", installs_dir.display()))?;
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("removing the unfinished install {}: {e}", dir.display())),
+    }
+    tokio::fs::create_dir(&dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))
+}
+
+/// The install directory `dir` as a capability: reads through it resolve only beneath it, so a link a
+/// package planted (`node_modules/x/package.json -> /etc/shadow`) cannot make the daemon read a host
+/// file.
+fn open_confined(dir: &Path) -> Result<cap_std::fs::Dir, String> {
+    cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| format!("opening {}: {e}", dir.display()))
+}
+
+/// The largest manifest the daemon reads from an install directory.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Reads the regular file `rel` beneath `dir` without following a link out of it, without blocking on
+/// a FIFO or device node, and at most [`MAX_MANIFEST_BYTES`].
+fn read_confined(dir: &cap_std::fs::Dir, rel: &Path) -> std::io::Result<Vec<u8>> {
+    use cap_fs_ext::OpenOptionsSyncExt;
+    use std::io::Read;
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.read(true).nonblock(true);
+    let file = dir.open_with(rel, &options)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(std::io::Error::other(format!("larger than {} KiB", MAX_MANIFEST_BYTES >> 10)));
+    }
+    Ok(bytes)
 }
 
 /// Installs a repository source checked out at `src` (its own lockfile / requirements).
@@ -185,11 +247,14 @@ pub async fn install_repository(
     plan: &Plan,
     progress: Progress<'_>,
 ) -> Result<Installed, String> {
+    // The pushed tree (and, after the first step, what the sandboxed build wrote) is the pusher's:
+    // the daemon looks at it only through a handle confined to `src`.
+    let tree = open_confined(src)?;
     match plan.language {
         Language::Node => {
-            if src.join("package.json").exists() {
+            if tree.exists("package.json") {
                 let mut args: Vec<String> = vec![
-                    if src.join("package-lock.json").exists() { "ci" } else { "install" }.into(),
+                    if tree.exists("package-lock.json") { "ci" } else { "install" }.into(),
                     "--no-audit".into(),
                     "--no-fund".into(),
                 ];
@@ -200,19 +265,18 @@ pub async fn install_repository(
             }
         }
         // A script with no requirements runs on the host's Python: no venv to build.
-        Language::Python
-            if !src.join("requirements.txt").exists() && !src.join("pyproject.toml").exists() => {}
+        Language::Python if !tree.exists("requirements.txt") && !tree.exists("pyproject.toml") => {}
         Language::Python => {
             run(tools, src, &tools.python, &["-m".into(), "venv".into(), "venv".into()], progress).await?;
             let pip = src.join("venv/bin/pip");
             let base: Vec<String> =
                 vec!["install".into(), "--no-input".into(), "--disable-pip-version-check".into()];
-            if src.join("requirements.txt").exists() {
+            if tree.exists("requirements.txt") {
                 let mut args = base.clone();
                 args.extend(["-r".into(), "requirements.txt".into()]);
                 run(tools, src, &pip, &args, progress).await?;
             }
-            if src.join("pyproject.toml").exists() {
+            if tree.exists("pyproject.toml") {
                 let mut args = base;
                 args.push(".".into());
                 run(tools, src, &pip, &args, progress).await?;
@@ -226,7 +290,7 @@ pub async fn install_repository(
                 "node" => argv[0] = tools.node.to_string_lossy().into_owned(),
                 "python" | "python3" => {
                     let venv = src.join("venv/bin/python");
-                    argv[0] = if venv.exists() { venv } else { tools.python.clone() }
+                    argv[0] = if tree.exists("venv/bin/python") { venv } else { tools.python.clone() }
                         .to_string_lossy()
                         .into_owned();
                 }
@@ -253,7 +317,14 @@ async fn npm_install(
     progress: Progress<'_>,
 ) -> Result<(), String> {
     // A package.json of our own makes `--prefix DIR` install into DIR, not into a parent project.
-    tokio::fs::write(dir.join("package.json"), b"{\"private\":true}\n").await.map_err(|e| e.to_string())?;
+    // `dir` was just created empty by the daemon; `create_new` still refuses any name already there.
+    let manifest = dir.join("package.json");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&manifest)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"private\":true}\n"))
+        .map_err(|e| format!("writing {}: {e}", manifest.display()))?;
     let mut args: Vec<String> = vec![
         "install".into(),
         "--prefix".into(),
@@ -297,11 +368,13 @@ async fn pip_install(
 
 /// The executable of an installed npm package: the named bin, the only bin, or the one named like the package.
 fn npm_bin(dir: &Path, name: &str, bin: Option<&str>) -> Result<String, String> {
-    let pkg_json = dir.join("node_modules").join(name).join("package.json");
-    let text =
-        std::fs::read_to_string(&pkg_json).map_err(|e| format!("reading {}: {e}", pkg_json.display()))?;
+    // The installed tree is the package's: read it only through a handle confined to `dir`.
+    let rel = Path::new("node_modules").join(name).join("package.json");
+    let pkg_json = dir.join(&rel);
+    let bytes = read_confined(&open_confined(dir)?, &rel)
+        .map_err(|e| format!("reading {}: {e}", pkg_json.display()))?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", pkg_json.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", pkg_json.display()))?;
     let short = name.rsplit('/').next().unwrap_or(name);
     let bins: Vec<(String, String)> = match json.get("bin") {
         Some(serde_json::Value::String(p)) => vec![(short.to_string(), p.clone())],
@@ -332,6 +405,7 @@ fn npm_bin(dir: &Path, name: &str, bin: Option<&str>) -> Result<String, String> 
 /// The console script of an installed Python package.
 fn python_script(dir: &Path, name: &str, bin: Option<&str>) -> Result<String, String> {
     let bin_dir = dir.join("venv/bin");
+    let confined = open_confined(dir)?;
     let normal = crate::pipeline::validate::pypi_normalise(name);
     let candidates: Vec<String> = match bin {
         Some(b) => vec![b.to_string()],
@@ -339,9 +413,8 @@ fn python_script(dir: &Path, name: &str, bin: Option<&str>) -> Result<String, St
     };
     candidates
         .iter()
-        .map(|c| bin_dir.join(c))
-        .find(|p| p.is_file())
-        .map(|p| p.to_string_lossy().into_owned())
+        .find(|c| confined.is_file(Path::new("venv/bin").join(c)))
+        .map(|c| bin_dir.join(c).to_string_lossy().into_owned())
         .ok_or(format!(
             "PyPI package {name} installed no console script named {}; set `bin` or `module` in catwalk.toml",
             candidates.join(" or ")

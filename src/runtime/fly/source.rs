@@ -124,17 +124,99 @@ fn text(status: StatusCode, body: &str) -> Response<GatewayBody> {
     r
 }
 
-/// `dir` as a gzipped tar (symlinks kept as links; the export only contains links inside the tree).
+/// Limits of one archive: content bytes, entries, directory depth (one open handle per level).
+const ARCHIVE_MAX_BYTES: u64 = 512 << 20;
+const ARCHIVE_MAX_ENTRIES: usize = 100_000;
+const ARCHIVE_MAX_DEPTH: usize = 128;
+
+/// `dir` as a gzipped tar of its directories, regular files and symlinks (kept as links).
+///
+/// The release's source is a tree the pusher shaped, so no path beneath `dir` is ever resolved while
+/// packing it (the tar crate's `append_dir_all` walks by path): each directory is opened from its
+/// parent's handle with `O_NOFOLLOW`, each file is opened with `O_NOFOLLOW|O_NONBLOCK` and packed only
+/// if `fstat` says it is a regular file, and a link is packed as its target text (`readlinkat`). A link
+/// therefore never brings a host file into the archive, even if the tree changes while it is packed;
+/// FIFOs, sockets and device nodes are left out.
 pub fn archive(dir: &Path) -> Result<Vec<u8>, String> {
-    if !dir.is_dir() {
-        return Err(format!("{} does not exist", dir.display()));
-    }
+    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| format!("opening {}: {e}", dir.display()))?;
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    tar.follow_symlinks(false);
-    tar.append_dir_all(".", dir).map_err(|e| format!("packing {}: {e}", dir.display()))?;
-    let gz = tar.into_inner().map_err(|e| format!("packing {}: {e}", dir.display()))?;
+    let mut packer = Packer { tar: tar::Builder::new(gz), bytes: 0, entries: 0 };
+    packer.pack_dir(&root, Path::new(""), 0).map_err(|e| format!("packing {}: {e}", dir.display()))?;
+    let gz = packer.tar.into_inner().map_err(|e| format!("packing {}: {e}", dir.display()))?;
     gz.finish().map_err(|e| format!("compressing {}: {e}", dir.display()))
+}
+
+/// The archive being written and what it has used of its limits.
+struct Packer {
+    tar: tar::Builder<flate2::write::GzEncoder<Vec<u8>>>,
+    bytes: u64,
+    entries: usize,
+}
+
+impl Packer {
+    /// Packs the entries of `dir` (whose path in the archive is `at`), sorted by name.
+    fn pack_dir(&mut self, dir: &cap_std::fs::Dir, at: &Path, depth: usize) -> std::io::Result<()> {
+        use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt, OpenOptionsSyncExt};
+        use cap_std::fs::PermissionsExt;
+        use std::io::{Error, Read};
+        if depth >= ARCHIVE_MAX_DEPTH {
+            return Err(Error::other(format!(
+                "{} is nested deeper than {ARCHIVE_MAX_DEPTH} levels",
+                at.display()
+            )));
+        }
+        let mut entries: Vec<(std::ffi::OsString, cap_std::fs::FileType)> = Vec::new();
+        for entry in dir.entries()? {
+            let entry = entry?;
+            entries.push((entry.file_name(), entry.file_type()?));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, kind) in entries {
+            self.entries += 1;
+            if self.entries > ARCHIVE_MAX_ENTRIES {
+                return Err(Error::other(format!("more than {ARCHIVE_MAX_ENTRIES} entries")));
+            }
+            let path = at.join(&name);
+            let mut header = tar::Header::new_gnu();
+            header.set_mtime(0);
+            if kind.is_dir() {
+                // Opened without following: a directory swapped for a link since it was listed fails here.
+                let sub = dir.open_dir_nofollow(&name)?;
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(sub.dir_metadata()?.permissions().mode() & 0o7777);
+                header.set_size(0);
+                self.tar.append_data(&mut header, &path, std::io::empty())?;
+                self.pack_dir(&sub, &path, depth + 1)?;
+            } else if kind.is_symlink() {
+                let target = dir.read_link_contents(&name)?;
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                self.tar.append_link(&mut header, &path, &target)?;
+            } else if kind.is_file() {
+                let mut options = cap_std::fs::OpenOptions::new();
+                options.read(true).follow(FollowSymlinks::No).nonblock(true);
+                let file = dir.open_with(&name, &options)?;
+                let meta = file.metadata()?;
+                if !meta.is_file() {
+                    continue; // replaced since it was listed: pack only regular files
+                }
+                let mut content = Vec::new();
+                file.take(ARCHIVE_MAX_BYTES + 1 - self.bytes).read_to_end(&mut content)?;
+                self.bytes += content.len() as u64;
+                if self.bytes > ARCHIVE_MAX_BYTES {
+                    return Err(Error::other(format!("more than {} MiB", ARCHIVE_MAX_BYTES >> 20)));
+                }
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(meta.permissions().mode() & 0o777);
+                header.set_size(content.len() as u64);
+                self.tar.append_data(&mut header, &path, content.as_slice())?;
+            }
+            // FIFOs, sockets and device nodes: never part of a source tree, never packed.
+        }
+        Ok(())
+    }
 }
 
 /// Unpacks an [`archive`] into `dest` (the tar crate refuses entries that would land outside it).
@@ -181,5 +263,45 @@ mod tests {
         assert_eq!(std::fs::metadata(out.join("run.sh")).unwrap().permissions().mode() & 0o777, 0o755);
         assert_eq!(std::fs::read_link(out.join("link.py")).unwrap(), Path::new("pkg/server.py"));
         assert!(archive(&tmp.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn links_are_packed_as_links_and_never_bring_a_host_file_along() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("secret"), "host-secret-canary").unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("server.py"), "print('hi')\n").unwrap();
+        std::os::unix::fs::symlink(host.join("secret"), src.join("file-link")).unwrap();
+        std::os::unix::fs::symlink(&host, src.join("dir-link")).unwrap();
+        nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let bytes = archive(&src).unwrap();
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes.as_slice()), &mut plain).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&plain).contains("host-secret-canary"),
+            "a link's target was packed"
+        );
+        let mut tar = tar::Archive::new(plain.as_slice());
+        let mut seen: Vec<(String, tar::EntryType)> = tar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().display().to_string(), e.header().entry_type())
+            })
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            seen,
+            [
+                ("dir-link".to_string(), tar::EntryType::Symlink),
+                ("file-link".to_string(), tar::EntryType::Symlink),
+                ("server.py".to_string(), tar::EntryType::Regular),
+            ],
+            "links as links, no FIFO"
+        );
     }
 }

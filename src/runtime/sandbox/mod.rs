@@ -522,21 +522,104 @@ fn traversable_parents(mounts: &[(PathBuf, bool)]) -> Vec<PathBuf> {
     out
 }
 
-/// `chown -R uid:uid dir` without following symlinks.
+/// `chown -R uid:uid dir` without following symlinks: hands `dir` and everything beneath it to `uid`
+/// (directories, files and links themselves).
+///
+/// `dir` is the daemon's path, but what is beneath it was written by the app's own processes, which may
+/// be running while this walks (another session's server in the same home). So no path beneath `dir`
+/// is ever resolved: each directory is opened from its parent's handle with `O_NOFOLLOW`, and each
+/// entry is chowned with `fchownat(parent, name, AT_SYMLINK_NOFOLLOW)`. A directory swapped for a link
+/// mid-walk fails to open (and is skipped: its owner already is the sandbox), a link is chowned as a
+/// link, and nothing outside `dir` changes owner. Hard links to files outside `dir` cannot exist: the
+/// sandbox sees `dir` as its own mount, and `link(2)` across mounts fails (`EXDEV`).
 fn chown_tree(dir: &Path, uid: u32) -> Result<(), String> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        std::os::unix::fs::lchown(&path, Some(uid), Some(uid))
-            .map_err(|e| format!("handing {} to the sandbox's uid {uid}: {e}", path.display()))?;
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.is_dir() {
-            let entries = std::fs::read_dir(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            for entry in entries {
-                stack.push(entry.map_err(|e| format!("reading {}: {e}", path.display()))?.path());
+    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    let owner = Some(nix::unistd::Uid::from_raw(uid));
+    let group = Some(nix::unistd::Gid::from_raw(uid));
+    // The directory itself, through its handle (an `O_PATH` descriptor: hence `AT_EMPTY_PATH`).
+    let itself = nix::fcntl::AtFlags::AT_EMPTY_PATH | nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+    nix::unistd::fchownat(&root, "", owner, group, itself)
+        .map_err(|e| format!("handing {} to the sandbox's uid {uid}: {e}", dir.display()))?;
+    chown_beneath(&root, dir, uid, 0)
+}
+
+/// Directories deeper than this are not descended into: the walk holds one handle per level.
+const CHOWN_MAX_DEPTH: usize = 256;
+
+fn chown_beneath(dir: &cap_std::fs::Dir, shown: &Path, uid: u32, depth: usize) -> Result<(), String> {
+    use cap_fs_ext::DirExt;
+    use nix::errno::Errno;
+    if depth >= CHOWN_MAX_DEPTH {
+        return Err(format!("{} is nested deeper than {CHOWN_MAX_DEPTH} directories", shown.display()));
+    }
+    let owner = Some(nix::unistd::Uid::from_raw(uid));
+    let group = Some(nix::unistd::Gid::from_raw(uid));
+    // The names first, so that only one directory handle per level is open while descending.
+    let mut subdirs = Vec::new();
+    for entry in dir.entries().map_err(|e| format!("reading {}: {e}", shown.display()))? {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", shown.display()))?;
+        let name = entry.file_name();
+        match nix::unistd::fchownat(
+            dir,
+            name.as_os_str(),
+            owner,
+            group,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) => {}
+            // Removed by the app while we walked: nothing left to hand over.
+            Err(Errno::ENOENT) => continue,
+            Err(e) => {
+                return Err(format!(
+                    "handing {} to the sandbox's uid {uid}: {e}",
+                    shown.join(&name).display()
+                ));
             }
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            subdirs.push(name);
+        }
+    }
+    for name in subdirs {
+        match dir.open_dir_nofollow(&name) {
+            Ok(sub) => chown_beneath(&sub, &shown.join(&name), uid, depth + 1)?,
+            // Replaced by a link, a file or nothing since it was listed: not followed, not ours to walk.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::ENOENT)) => {}
+            Err(e) => return Err(format!("opening {}: {e}", shown.join(&name).display())),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod chown_tree_tests {
+    use super::chown_tree;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn hands_over_the_tree_and_never_what_a_link_points_at() {
+        if !nix::unistd::Uid::effective().is_root() {
+            // Only root can chown to another uid; the daemon uses chown_tree only as root.
+            return assert!(chown_tree(std::path::Path::new("/nonexistent-catwalk"), 1).is_err());
+        }
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "x").unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        std::fs::create_dir_all(h.join("a/b")).unwrap();
+        std::fs::write(h.join("a/b/f"), "y").unwrap();
+        std::os::unix::fs::symlink(outside.path(), h.join("dir-link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), h.join("a/file-link")).unwrap();
+        let uid = 54_321;
+        chown_tree(h, uid).unwrap();
+        for inside in ["", "a", "a/b", "a/b/f", "dir-link", "a/file-link"] {
+            assert_eq!(std::fs::symlink_metadata(h.join(inside)).unwrap().uid(), uid, "{inside:?}");
+        }
+        for outside in [outside.path().to_path_buf(), outside.path().join("secret")] {
+            assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0, "{} changed owner", outside.display());
+        }
+    }
 }
 
 /// A shared, activated policy (cheap to clone into every deploy).
