@@ -35,6 +35,56 @@ enum Push {
     Tree(Change),
     /// `git push ARGS...` from the good tree as it is (`{url}` is the daemon's ssh:// base).
     Git(Vec<String>),
+    /// A commit whose root tree is the good tree's entries plus these `(mode, name, content)` entries,
+    /// written byte by byte with git plumbing (names git itself never writes), pushed to main.
+    Crafted(Vec<(&'static str, &'static [u8], Vec<u8>)>),
+}
+
+/// Runs git in `wt` with binary `input`; returns trimmed stdout.
+fn git_input(wt: &WorkTree, args: &[&str], input: &[u8]) -> String {
+    use std::io::Write;
+    let mut cmd = Command::new("git");
+    cmd.current_dir(&wt.path).args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+    crate::daemon::isolate_git(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Commits the good tree plus `extra` entries (contents become blobs; a `40000` entry's content is
+/// the name of one file `x` inside it), unchecked, in git's order; returns the commit.
+fn crafted_commit(wt: &WorkTree, extra: &[(&str, &[u8], Vec<u8>)]) -> String {
+    let blob = |content: &[u8]| git_input(wt, &["hash-object", "-w", "--stdin"], content);
+    let raw_tree = |entries: &mut Vec<(String, Vec<u8>, String)>| {
+        entries.sort_by_key(|(mode, name, _)| {
+            [name.clone(), if mode == "40000" { b"/".to_vec() } else { vec![] }].concat()
+        });
+        let mut raw = Vec::new();
+        for (mode, name, oid) in entries.iter() {
+            raw.extend_from_slice(format!("{mode} ").as_bytes());
+            raw.extend_from_slice(name);
+            raw.push(0);
+            raw.extend((0..oid.len()).step_by(2).map(|i| u8::from_str_radix(&oid[i..i + 2], 16).unwrap()));
+        }
+        git_input(wt, &["hash-object", "-t", "tree", "--literally", "-w", "--stdin"], &raw)
+    };
+    let mut entries: Vec<(String, Vec<u8>, String)> = ["catwalk.toml", "server.py"]
+        .iter()
+        .map(|f| ("100644".to_string(), f.as_bytes().to_vec(), wt.git(&["rev-parse", &format!("HEAD:{f}")])))
+        .collect();
+    for (mode, name, content) in extra {
+        let oid = if *mode == "40000" {
+            raw_tree(&mut vec![("100644".into(), b"x".to_vec(), blob(content))])
+        } else {
+            blob(content)
+        };
+        entries.push((mode.to_string(), name.to_vec(), oid));
+    }
+    let root = raw_tree(&mut entries);
+    let head = wt.git(&["rev-parse", "HEAD"]);
+    wt.git(&["commit-tree", &root, "-p", &head, "-m", "crafted tree"])
 }
 
 fn toml(text: &str) -> Push {
@@ -155,6 +205,13 @@ async fn pushes_manifests_and_secrets() {
         ("a secret set twice", secrets(age_encrypt(&["-r", &recipient], format!("A=1\nA={canary}\n").as_bytes())), "line 2: A is set twice"),
         ("a missing required secret", fixture_with("[env.API_TOKEN]\nrequired = true\nsecret = true\n"), "required env variable is missing: add API_TOKEN"),
         ("secrets over 1 MiB", secrets(vec![b'x'; (1 << 20) + 1]), "larger than 1 MiB"),
+        // crafted trees (receive-pack runs no fsck; the export refuses what git never writes)
+        ("a slash-named tree entry", Push::Crafted(vec![("100644", b"lib/x.py", b"x".to_vec())]), "tree entry \"lib/x.py\" contains '/'"),
+        ("a .. tree entry", Push::Crafted(vec![("40000", b"..", b"x".to_vec())]), "tree entry \"..\" is a relative directory name"),
+        ("a .git tree entry", Push::Crafted(vec![("40000", b".Git", b"[core]\n".to_vec())]), "tree entry \".Git\" is .git"),
+        ("a duplicate tree entry", Push::Crafted(vec![("100644", b"server.py", b"x".to_vec())]), "lists the entry \"server.py\" twice"),
+        ("a symlink out of the repository", Push::Crafted(vec![("120000", b"etc", b"/etc".to_vec())]), "symlink etc -> /etc that points outside the repository"),
+        ("an escape sequence in an entry name", Push::Crafted(vec![("100644", b"\x1b[2J/x", b"x".to_vec())]), "tree entry \"\\x1b[2J/x\" contains '/'"),
     ];
     assert!(cases.len() >= 60);
     g.wt.git(&["tag", "v1"]);
@@ -174,6 +231,9 @@ async fn pushes_manifests_and_secrets() {
                 commit(&g.wt, what)
             }
             Push::Git(args) => args,
+            Push::Crafted(extra) => {
+                vec!["catwalk".into(), format!("{}:refs/heads/main", crafted_commit(&g.wt, &extra))]
+            }
         };
         let out = g.d.git(&d.admin, &g.wt.path).arg("push").args(&args).output().unwrap();
         let output = format!("{}{}", stdout(&out), stderr(&out));
