@@ -290,9 +290,11 @@ pub async fn install_repository(
                 "node" => argv[0] = tools.node.to_string_lossy().into_owned(),
                 "python" | "python3" => {
                     let venv = src.join("venv/bin/python");
-                    argv[0] = if tree.exists("venv/bin/python") { venv } else { tools.python.clone() }
-                        .to_string_lossy()
-                        .into_owned();
+                    // A venv's python is a link to the host interpreter (valid inside the sandbox):
+                    // whether the name exists is all the daemon asks, the link is never followed.
+                    let has_venv = tree.symlink_metadata("venv/bin/python").is_ok();
+                    argv[0] =
+                        if has_venv { venv } else { tools.python.clone() }.to_string_lossy().into_owned();
                 }
                 rel => argv[0] = src.join(rel).to_string_lossy().into_owned(),
             }
