@@ -27,6 +27,9 @@ use daemon::{Daemon, WorkTree, isolate_git, ok, stderr, stdout};
 use mcp::Mcp;
 use serde_json::json;
 
+/// A raw tree entry: git mode (`100644`, `120000`, `40000`), name bytes, object id.
+type Entry<'a> = (&'a str, &'a [u8], &'a str);
+
 /// A directory outside the daemon's data dir that any uid may write: a link-following write lands here.
 struct Canary {
     dir: tempfile::TempDir,
@@ -167,7 +170,7 @@ async fn crafted_trees_are_refused(d: &Daemon) {
 
     // (what, extra root entries, fragment of the refusal the pusher must see)
     #[rustfmt::skip]
-    let cases: Vec<(&str, Vec<(&str, &[u8], &str)>, String)> = vec![
+    let cases: Vec<(&str, Vec<Entry>, String)> = vec![
         ("the symlink chain with a slash-named entry",
             vec![("120000", b"0", &dot), ("120000", b"z", &to_root), ("100644", through_z.as_bytes(), &hostile)],
             format!("tree entry \"{through_z}\" contains '/'")),
