@@ -8,6 +8,8 @@
 //!   link that leaves the tree used by a later entry of the same name, control characters in names;
 //! - an npm package (served by a loopback registry written here) whose sandboxed `postinstall` plants
 //!   a link where the daemon used to write its completion marker.
+//! - a pushed server that plants links in its home, which the daemon (as root) hands to the app's uid
+//!   before every later spawn: the links are chowned as links, their targets keep their owner.
 //!
 //! Each aims at a canary directory outside the data dir that the daemon's user could write (mode 0777),
 //! so a write through a link would land there. Every refusal must name the entry, leave the canary
@@ -383,4 +385,48 @@ async fn an_install_cannot_aim_an_unprivileged_daemons_marker() {
     let registry = FakeNpmRegistry::start(canary.path());
     let d = Daemon::start_unprivileged(&registry_config(&registry));
     an_install_cannot_aim_the_daemons_marker(&d, &registry, &canary).await;
+}
+
+/// A server that plants links in its own home (to a file and a directory outside it) and a nested
+/// directory, then serves like the stdio fixture. Every later spawn of the app hands the home to the
+/// app's uid (daemon as root): that walk must chown the links themselves, never what they point at.
+#[tokio::test(flavor = "multi_thread")]
+async fn handing_a_home_to_the_apps_uid_never_follows_its_links() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start();
+    let canary = Canary::new();
+    let target_file = canary.path().join("owned-by-root");
+    std::fs::write(&target_file, "x").unwrap();
+    let target_dir = canary.path().join("dir-owned-by-root");
+    std::fs::create_dir(&target_dir).unwrap();
+    let wt = WorkTree::new(d.tmp.path(), "planter");
+    let prelude = format!(
+        "import os\nhome = os.environ['HOME']\nos.makedirs(os.path.join(home, 'd/e'), exist_ok=True)\n\
+         for name, target in (('file-link', {f:?}), ('d/e/dir-link', {t:?})):\n    \
+         p = os.path.join(home, name)\n    if not os.path.lexists(p):\n        os.symlink(target, p)\n",
+        f = target_file.display().to_string(),
+        t = target_dir.display().to_string(),
+    );
+    let fixture = std::fs::read_to_string(wt.path.join("server.py")).unwrap();
+    let (shebang, rest) = fixture.split_once('\n').unwrap();
+    wt.commit("server.py", &format!("{shebang}\n{prelude}{rest}"));
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("planter")]);
+    let out = wt.push(&d, &d.admin, &["catwalk", "main"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let home = d.dir.join("apps/planter/home");
+    assert!(home.join("file-link").is_symlink(), "the health check's server planted its links");
+    // A new session spawns a new server: the daemon chowns the home first.
+    let token = d.token("planter");
+    let mut c = Mcp::new(&d.endpoint("planter"), Some(&token));
+    assert_eq!(c.initialize().await.status, 200);
+    assert_eq!(c.call_text("echo", json!({"text": "planted"})).await, "planted");
+    c.close().await;
+    let app_uid = std::fs::metadata(&home).unwrap().uid();
+    assert_ne!(app_uid, 0, "the home belongs to the app's uid");
+    for link in ["file-link", "d/e/dir-link"] {
+        assert_eq!(std::fs::symlink_metadata(home.join(link)).unwrap().uid(), app_uid, "{link} was walked");
+    }
+    for outside in [&target_file, &target_dir] {
+        assert_eq!(std::fs::metadata(outside).unwrap().uid(), 0, "{} changed owner", outside.display());
+    }
 }
