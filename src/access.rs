@@ -9,25 +9,33 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::gateway::{AuditEvent, AuditSink, AuthError, Authenticator, TokenIdentity};
-use crate::store::{AuditRecord, Store, TokenCheck, now};
+use crate::gateway::{AuditEvent, AuditSink, AuthError, AuthMode, Authenticator, TokenIdentity};
+use crate::store::{AuditRecord, Store, now};
 
-/// Bearer tokens from the store, scoped to one app each.
+/// Bearer tokens from the store, scoped to one app each: `tokens create` tokens and OAuth access tokens
+/// (audience-checked against `{public_url}/mcp/APP`; see `oauth::resource`).
 pub struct StoreAuthenticator {
     pub store: Store,
+    /// The daemon's public URL: the OAuth issuer and the base of every endpoint's resource URL.
+    pub public_url: String,
 }
 
 impl Authenticator for StoreAuthenticator {
     fn authenticate(&self, app: &str, bearer: Option<&str>) -> Result<TokenIdentity, AuthError> {
-        let bearer = bearer.ok_or(AuthError::Missing)?;
-        match self.store.check_token(app, bearer) {
-            Ok(TokenCheck::Valid(t)) => Ok(TokenIdentity { token_id: t.id, token_name: t.name }),
-            Ok(_) => Err(AuthError::Invalid),
-            Err(e) => {
-                tracing::error!("token check failed: {e}");
-                Err(AuthError::Invalid)
-            }
-        }
+        self.authenticate_in(app, bearer, AuthMode::default())
+    }
+
+    fn authenticate_in(
+        &self,
+        app: &str,
+        bearer: Option<&str>,
+        mode: AuthMode,
+    ) -> Result<TokenIdentity, AuthError> {
+        crate::oauth::resource::check(&self.store, &self.public_url, app, bearer, mode)
+    }
+
+    fn challenge(&self, app: &str, mode: AuthMode, error: &AuthError) -> String {
+        crate::oauth::resource::challenge(&self.public_url, app, mode, error)
     }
 }
 

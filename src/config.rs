@@ -24,6 +24,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Isolation of deployed servers and their installs (`[sandbox]`; see `runtime::sandbox`).
     pub sandbox: crate::runtime::sandbox::SandboxPolicy,
+    /// The OAuth authorization server in front of every `/mcp/APP` (`[oauth]`; see `oauth`).
+    pub oauth: crate::oauth::OAuthConfig,
     /// Statically declared apps served by the gateway, for servers the operator runs by hand
     /// (the way `mcp-proxy` names servers). Pushed apps live in the store instead.
     pub apps: std::collections::BTreeMap<String, StaticApp>,
@@ -399,7 +401,7 @@ impl Config {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"))
