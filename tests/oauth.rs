@@ -8,10 +8,14 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/deps.rs"]
+mod deps;
 #[path = "common/mcp.rs"]
 mod mcp;
 #[path = "oauth_support/mod.rs"]
 mod oauth_support;
+#[path = "tls_support/mod.rs"]
+mod tls_support;
 
 use daemon::{Daemon, Key, WorkTree, ok, stderr, stdout};
 use mcp::Mcp;
@@ -492,4 +496,173 @@ async fn auth_modes_token_only_and_public() {
         stderr(&out)
     );
     let _ = stdout(&out);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_id_metadata_documents() {
+    let ca = tls_support::TestCa::new();
+    let leaf = ca.leaf("cimd", &[], -1, 30);
+    let callback = "http://127.0.0.1:9/cimd-callback";
+    let server = oauth_support::cimd::CimdServer::start(&leaf.cert_pem, &leaf.key_pem, callback).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(tmp.path());
+    // The test-only escape: loopback fetches allowed, the test CA trusted, a small size limit.
+    let d = daemon_with(&format!(
+        "[oauth]\ncimd_allow_loopback_for_tests = true\ncimd_test_ca = {:?}\ncimd_max_bytes = 4096\n",
+        ca_file.display().to_string()
+    ));
+    let f = Flow::new(&d);
+    let endpoint = d.endpoint("a");
+
+    // A metadata-document client: no registration, the URL is the client_id.
+    let client = server.url("/client.json");
+    let pkce = Pkce::new();
+    let url = f.authorize_url(&client, callback, "m1", &pkce.challenge, &endpoint);
+    let page = f.get(&url).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Metadata Client asks to use a"), "{}", page.body);
+    let fetched = server.hits();
+    assert_eq!(fetched, 1);
+    let code = oauth_support::approval_code(&page.body, d.ssh_port);
+    ok(&d.ssh(&d.admin, &format!("approve {code}"), ""));
+    let back = f.get(&url).await;
+    assert_eq!(back.status, 302, "{}", back.body);
+    assert!(back.header("location").starts_with(callback));
+    let auth_code = query_param(&back.header("location"), "code").unwrap();
+    assert_eq!(server.hits(), fetched, "the document is cached, not fetched on every reload");
+    let t = f.exchange(&client, &auth_code, callback, &pkce.verifier, Some(&endpoint)).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    assert!(mcp_works(&endpoint, t.json()["access_token"].as_str().unwrap()).await);
+    // A redirect URI the document does not list is refused like for registered clients.
+    let page = f.get(&f.authorize_url(&client, REDIRECT, "m2", &pkce.challenge, &endpoint)).await;
+    assert_eq!(page.status, 400);
+
+    // Documents that must be refused: too large, naming another client, redirecting.
+    for (path, needle) in [
+        ("/big.json", "larger than 4096 bytes"),
+        ("/wrong.json", "is not the URL it was fetched from"),
+        ("/redirect.json", "redirects are not followed"),
+    ] {
+        let page =
+            f.get(&f.authorize_url(&server.url(path), callback, "m", &pkce.challenge, &endpoint)).await;
+        assert_eq!(page.status, 400, "{path}: {}", page.body);
+        assert!(page.body.contains(needle), "{path}: {}", page.body);
+    }
+    // Private addresses are refused before any connection, even with the test escape on; so is http.
+    for (id, needle) in [
+        ("https://10.0.0.1/client.json", "non-public address"),
+        ("https://169.254.169.254/latest/meta-data", "non-public address"),
+        ("http://localhost/client.json", "not registered"),
+    ] {
+        let page = f.get(&f.authorize_url(id, callback, "m", &pkce.challenge, &endpoint)).await;
+        assert_eq!(page.status, 400, "{id}: {}", page.body);
+        assert!(page.body.contains(needle), "{id}: {}", page.body);
+    }
+
+    // Without the escape (production settings) loopback is refused: nothing is fetched.
+    let strict = daemon_with("");
+    let f = Flow::new(&strict);
+    let before = server.hits();
+    for id in [server.url("/client.json"), format!("https://127.0.0.1:{}/client.json", server.port)] {
+        let page = f.get(&f.authorize_url(&id, callback, "m", &pkce.challenge, &strict.endpoint("a"))).await;
+        assert_eq!(page.status, 400, "{id}: {}", page.body);
+        assert!(page.body.contains("non-public address"), "{id}: {}", page.body);
+    }
+    assert_eq!(server.hits(), before, "no request reached the loopback server");
+}
+
+/// Runs the official TS SDK 2.x client's own OAuth implementation against `url` (see the script).
+fn sdk_client(d: &Daemon, url: &str, cimd: Option<&str>) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ts_oauth_client.mjs");
+    let mut approve: Vec<String> = vec!["ssh".into()];
+    approve.extend(d.ssh_args(&d.admin));
+    approve.push("git@127.0.0.1".into());
+    let mut cmd = std::process::Command::new(deps::node22());
+    cmd.arg(script).args(["--url", url, "--approve-cmd", &serde_json::to_string(&approve).unwrap()]);
+    if let Some(c) = cimd {
+        cmd.args(["--cimd", c]);
+    }
+    // The client's own fetch must not go through a proxy, and must trust only the system CAs.
+    cmd.env_remove("HTTP_PROXY").env_remove("HTTPS_PROXY").env_remove("http_proxy").env_remove("https_proxy");
+    let (success, out, err) =
+        deps::run_with_timeout("ts_oauth_client", &mut cmd, std::time::Duration::from_secs(120));
+    let summary: Value = serde_json::from_str(out.lines().last().unwrap_or("null"))
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\nstdout:\n{out}\nstderr:\n{err}"));
+    assert!(success, "the SDK client failed: {summary:#}\nstderr:\n{err}");
+    summary
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_ts_sdk_client_completes_the_flow() {
+    let d = daemon_with("");
+    let summary = tokio::task::block_in_place(|| sdk_client(&d, &d.endpoint("a"), None));
+    assert_eq!(summary["ok"], true, "{summary:#}");
+    let steps = summary["steps"].to_string();
+    for s in ["authorization_url", "approved", "called", "refreshed", "revoked"] {
+        assert!(steps.contains(s), "{s} missing: {summary:#}");
+    }
+    // The SDK registered itself (RFC 7591), and its grant is revoked now.
+    let grants: Value = serde_json::from_str(&ok(&d.ssh(&d.admin, "grants list a --json", ""))).unwrap();
+    assert!(
+        grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["client_name"] == "SDK 2.x test client" && g["status"] == "revoked"),
+        "{grants}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_ts_sdk_client_with_a_client_id_metadata_document() {
+    let ca = tls_support::TestCa::new();
+    let leaf = ca.leaf("cimd", &[], -1, 30);
+    let server = oauth_support::cimd::CimdServer::start(
+        &leaf.cert_pem,
+        &leaf.key_pem,
+        "http://127.0.0.1:9/sdk-callback",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(tmp.path());
+    let d = daemon_with(&format!(
+        "[oauth]\ncimd_allow_loopback_for_tests = true\ncimd_test_ca = {:?}\n",
+        ca_file.display().to_string()
+    ));
+    let cimd = server.url("/client.json");
+    let summary = tokio::task::block_in_place(|| sdk_client(&d, &d.endpoint("a"), Some(&cimd)));
+    assert_eq!(summary["steps"][0]["authorization_url"]["client_id"], json!(cimd), "{summary:#}");
+    assert!(server.hits() >= 1);
+    let grants: Value = serde_json::from_str(&ok(&d.ssh(&d.admin, "grants list a --json", ""))).unwrap();
+    assert_eq!(grants[0]["client_id"], json!(cimd), "{grants}");
+    assert_eq!(grants[0]["client_name"], "Metadata Client");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_python_sdk_2_client_completes_the_flow() {
+    let python = deps::deps_dir().join("venv-mcp2/bin/python");
+    assert!(python.exists(), "run ./scripts/test-deps first: {} (mcp 2.x venv) is missing", python.display());
+    let d = daemon_with("");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/py_oauth_client.py");
+    let mut approve: Vec<String> = vec!["ssh".into()];
+    approve.extend(d.ssh_args(&d.admin));
+    approve.push("git@127.0.0.1".into());
+    let url = d.endpoint("a");
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(script).args(["--url", &url, "--approve-cmd", &serde_json::to_string(&approve).unwrap()]);
+    let (success, out, err) = tokio::task::block_in_place(|| {
+        deps::run_with_timeout("py_oauth_client", &mut cmd, std::time::Duration::from_secs(120))
+    });
+    let summary: Value = serde_json::from_str(out.lines().last().unwrap_or("null"))
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\nstdout:\n{out}\nstderr:\n{err}"));
+    assert!(success && summary["ok"] == true, "the Python SDK client failed: {summary:#}\nstderr:\n{err}");
+    let steps = summary["steps"].to_string();
+    for s in ["authorization_url", "approved", "called", "refreshed"] {
+        assert!(steps.contains(s), "{s} missing: {summary:#}");
+    }
+    let grants: Value = serde_json::from_str(&ok(&d.ssh(&d.admin, "grants list a --json", ""))).unwrap();
+    assert!(
+        grants.as_array().unwrap().iter().any(|g| g["client_name"] == "Python SDK 2.x test client"),
+        "{grants}"
+    );
 }

@@ -484,6 +484,7 @@ pub async fn decision(oauth: &OAuth, req: Request<Incoming>) -> Resp {
 pub fn may_approve(oauth: &OAuth, who: &Identity, app: &str) -> Result<(), String> {
     match oauth.store.app(app) {
         Ok(Some(record)) if who.can_manage(&record) => Ok(()),
+        Ok(None) if who.is_admin() => Err(format!("no app named {app} (see `apps`)")),
         Ok(_) => Err(format!(
             "approving access to {app} needs the admin role or ownership of {app} (you are {})",
             who.describe()

@@ -155,7 +155,9 @@ pub fn html(status: StatusCode, body: String, form_action: &[String]) -> Resp {
     }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Nothing of the page's URL leaves for other sites; same-origin requests keep their `Origin` (with
+    // `no-referrer` browsers send `Origin: null` even for the page's own form, which the decision refuses).
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     r
 }
 

@@ -3,6 +3,8 @@
 //! revocation endpoints. Every response is kept whole so tests can check status, headers and body.
 #![allow(dead_code)]
 
+pub mod cimd;
+
 use base64::Engine;
 use rand::RngCore;
 use serde_json::Value;
