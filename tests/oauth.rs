@@ -456,12 +456,25 @@ async fn auth_modes_token_only_and_public() {
     assert_eq!(meta.status(), 404);
 
     // auth = "token": tokens only; no OAuth metadata, no resource_metadata in the challenge, and the
-    // authorization endpoint refuses the resource.
+    // authorization endpoint refuses the resource. The app starts with the default (its push says how to
+    // connect Claude) and an OAuth token; switching the release to "token" ends that token's use.
     let tok = WorkTree::new(d.tmp.path(), "tok");
-    tok.commit("catwalk.toml", "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"server.py\"]\n[deploy]\nauth = \"token\"\n");
     tok.git(&["remote", "add", "catwalk", &d.remote_url("tok")]);
     let out = tok.push(&d, &d.admin, &["catwalk", "main"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let hint = format!(
+        "connect Claude, Claude Code, Cursor or VS Code: ssh -p {} git@127.0.0.1 connect tok",
+        d.ssh_port
+    );
+    assert!(stderr(&out).contains(&hint), "{}", stderr(&out));
+    let client = f.register("token-only", REDIRECT).await;
+    let (access, _) = f.connect(&d, &client, REDIRECT, &d.endpoint("tok")).await;
+    assert_eq!(Mcp::new(&d.endpoint("tok"), Some(&access)).initialize().await.status, 200);
+    tok.commit("catwalk.toml", "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"server.py\"]\n[deploy]\nauth = \"token\"\n");
+    let out = tok.push(&d, &d.admin, &["catwalk", "main"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("connect Claude"), "{}", stderr(&out));
+    assert_eq!(status_of(&d.endpoint("tok"), &access).await, 401, "OAuth tokens stop with auth = \"token\"");
     let resp = f
         .http
         .post(d.endpoint("tok"))
@@ -478,7 +491,6 @@ async fn auth_modes_token_only_and_public() {
         .await
         .unwrap();
     assert_eq!(meta.status(), 404);
-    let client = f.register("token-only", REDIRECT).await;
     let r = f.get(&f.authorize_url(&client, REDIRECT, "s", &Pkce::new().challenge, &d.endpoint("tok"))).await;
     assert_eq!(query_param(&r.header("location"), "error").as_deref(), Some("invalid_target"));
     let token = d.token("tok");
@@ -496,6 +508,14 @@ async fn auth_modes_token_only_and_public() {
         stderr(&out)
     );
     let _ = stdout(&out);
+
+    // The public endpoint's calls are audited under the caller name "public".
+    d.sigterm();
+    let mut d = d;
+    assert!(d.wait_exit().success());
+    let store = catwalk::store::Store::open(&d.dir.join("state.redb")).unwrap();
+    let audit = store.audit("open", 100).unwrap();
+    assert!(audit.iter().any(|r| r.token == "public" && r.method == "tools/list"), "{audit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -131,15 +131,15 @@ fn grant_error(oauth: &OAuth, e: GrantError, client: &ClientRecord) -> Resp {
 }
 
 /// `resource` of a token request: at most one, and an endpoint of this server (RFC 8707 §2).
-fn resource_param<'a>(oauth: &OAuth, params: &'a Params) -> Result<Option<&'a str>, Resp> {
+fn resource_param<'a>(oauth: &OAuth, params: &'a Params) -> Result<Option<&'a str>, Box<Resp>> {
     match params.get("resource") {
         None => Ok(None),
         Some(r) if oauth.app_of_resource(r).is_some() => Ok(Some(r.strip_suffix('/').unwrap_or(r))),
-        Some(r) => Err(oauth_error(
+        Some(r) => Err(Box::new(oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_target",
             &format!("resource {r:?} is not an MCP endpoint of this server"),
-        )),
+        ))),
     }
 }
 
@@ -155,7 +155,7 @@ pub async fn token(oauth: &OAuth, req: Request<Incoming>) -> Resp {
     };
     let resource = match resource_param(oauth, &params) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let lifetimes = oauth.lifetimes();
     match params.get("grant_type") {

@@ -170,7 +170,7 @@ pub struct IssuedTokens {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantError {
     /// `invalid_grant`, with a description. `revoked` names a grant revoked because of this attempt.
-    InvalidGrant { description: String, revoked: Option<GrantRecord> },
+    InvalidGrant { description: String, revoked: Option<Box<GrantRecord>> },
     /// `invalid_target` (RFC 8707): the resource does not match the grant.
     InvalidTarget(String),
 }
@@ -183,7 +183,7 @@ fn invalid(description: impl Into<String>) -> GrantError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessCheck {
     Valid {
-        grant: GrantRecord,
+        grant: Box<GrantRecord>,
         token_id: String,
     },
     /// Malformed, unknown, expired, revoked, or issued for another resource.
@@ -422,7 +422,7 @@ impl Store {
                 return Ok(Err(GrantError::InvalidGrant {
                     description: "the authorization code was already used; the grant it created is revoked"
                         .into(),
-                    revoked: revoked.then_some(grant),
+                    revoked: revoked.then(|| Box::new(grant)),
                 }));
             }
             request.code_used = true;
@@ -492,7 +492,7 @@ impl Store {
                     description:
                         "the refresh token was already used; the whole grant is revoked (sign in again)"
                             .into(),
-                    revoked: revoked.then_some(grant),
+                    revoked: revoked.then(|| Box::new(grant)),
                 }));
             }
             if grant.revoked_at.is_some() || token.revoked_at.is_some() {
@@ -541,7 +541,7 @@ impl Store {
         if grant.revoked_at.is_some() || grant.app != app || grant.resource != resource {
             return Ok(AccessCheck::Invalid);
         }
-        Ok(AccessCheck::Valid { grant, token_id: token.id })
+        Ok(AccessCheck::Valid { grant: Box::new(grant), token_id: token.id })
     }
 
     /// RFC 7009: revokes a token presented by `client_id`. A refresh token revokes its whole grant, an

@@ -149,7 +149,7 @@ async fn http_jsonrpc_and_headers() {
         case("registration with a javascript: redirect", "POST", "/oauth/register", vec![("content-type", "application/json".into())], br#"{"redirect_uris":["javascript:alert(1)"]}"#, 400, None, "invalid_redirect_uri"),
         Http { raw: true, ..case("a registration body over 64 KiB", "POST", "/oauth/register", vec![("content-type", "application/json".into()), ("content-length", "70000".into())], b"", 413, None, "too large") },
         case("a token request as JSON", "POST", "/oauth/token", vec![("content-type", "application/json".into())], br#"{"grant_type":"authorization_code"}"#, 400, None, "application/x-www-form-urlencoded"),
-        case("a token request with a repeated parameter", "POST", "/oauth/token", vec![("content-type", "application/x-www-form-urlencoded".into())], b"client_id=a&client_id=b", 400, None, "\"client_id\" is repeated"),
+        case("a token request with a repeated parameter", "POST", "/oauth/token", vec![("content-type", "application/x-www-form-urlencoded".into())], b"client_id=a&client_id=b", 400, None, "is repeated"),
         case("a token request from an unknown client", "POST", "/oauth/token", vec![("content-type", "application/x-www-form-urlencoded".into())], b"client_id=c_nope&grant_type=authorization_code&code=cwc_x", 401, None, "\"error\":\"invalid_client\""),
         case("a revocation without client", "POST", "/oauth/revoke", vec![("content-type", "application/x-www-form-urlencoded".into())], b"token=cwr_x", 401, None, "invalid_client"),
         case("an authorization request without client_id", "GET", "/oauth/authorize?response_type=code", vec![], b"", 400, None, "client_id is missing"),
