@@ -686,3 +686,149 @@ async fn official_python_sdk_2_client_completes_the_flow() {
         "{grants}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consent_form_refuses_forgeries() {
+    let d = daemon_with("");
+    let f = Flow::new(&d);
+    // A client name is text, never markup.
+    let client = f.register("<script>alert(1)</script> & co", REDIRECT).await;
+    let pkce = Pkce::new();
+    let url = f.authorize_url(&client, REDIRECT, "csrf", &pkce.challenge, &d.endpoint("a"));
+    let page = f.get(&url).await;
+    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co asks to use a"), "{}", page.body);
+    assert!(!page.body.contains("<script>"));
+    assert!(!page.body.contains("<form"), "no form without a session");
+
+    // A browser session from a one-time `login` link (the cookie is HttpOnly and SameSite=Strict).
+    let sign_in = |key: &daemon::Key| {
+        let v: Value = serde_json::from_str(&ok(&d.ssh(key, "login --json", ""))).unwrap();
+        v["url"].as_str().unwrap().to_string()
+    };
+    let opened = f.get(&sign_in(&d.admin)).await;
+    assert_eq!(opened.status, 200, "{}", opened.body);
+    let set_cookie = opened.header("set-cookie");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict") && set_cookie.contains("Path=/oauth"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let with_session = f.http.get(&url).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let field = |name: &str| {
+        let at = with_session.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no {name}: {with_session}"));
+        let rest = &with_session[at + name.len() + 15..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+    let (request, csrf) = (field("request"), field("csrf"));
+    let origin = f.base.clone();
+    let post = |cookie: Option<String>, origin: Option<String>, body: String| {
+        let mut req = f.http.post(format!("{}/oauth/authorize", f.base)).header("content-type", "application/x-www-form-urlencoded");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        async move {
+            let r = req.body(body).send().await.unwrap();
+            (r.status().as_u16(), r.headers().get("location").map(|v| v.to_str().unwrap().to_string()), r.text().await.unwrap())
+        }
+    };
+    let form = |csrf: &str, decision: &str| format!("request={request}&csrf={csrf}&decision={decision}");
+    for (what, cookie, origin, body) in [
+        ("no session cookie", None, Some(origin.clone()), form(&csrf, "allow")),
+        ("a forged session cookie", Some(format!("cw_session=cws_{}", "0".repeat(76))), Some(origin.clone()), form(&csrf, "allow")),
+        ("a wrong CSRF token", Some(cookie.clone()), Some(origin.clone()), form(&"0".repeat(64), "allow")),
+        ("no CSRF token", Some(cookie.clone()), Some(origin.clone()), format!("request={request}&decision=allow")),
+        ("another site's form", Some(cookie.clone()), Some("https://evil.example".into()), form(&csrf, "allow")),
+    ] {
+        let (status, location, body) = post(cookie, origin, body).await;
+        assert_eq!(status, 403, "{what}: {body}");
+        assert!(location.is_none(), "{what}");
+    }
+    assert_eq!(f.get(&url).await.status, 200, "still pending after every forgery");
+
+    // A deployer's browser session cannot allow access to an app it does not manage.
+    let bob = daemon::Key::generate(d.tmp.path(), "bob");
+    ok(&d.ssh(&d.admin, "keys add bob --role deployer", &bob.public_text()));
+    let bob_cookie = f.get(&sign_in(&bob)).await.header("set-cookie").split(';').next().unwrap().to_string();
+    let bob_page = f.http.get(&url).header("cookie", &bob_cookie).send().await.unwrap().text().await.unwrap();
+    let at = bob_page.find("name=\"csrf\" value=\"").unwrap();
+    let bob_csrf = bob_page[at + 19..at + 19 + 64].to_string();
+    let (status, _, body) = post(Some(bob_cookie), Some(origin.clone()), form(&bob_csrf, "allow")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("needs the admin role or ownership of a"), "{body}");
+
+    // The admin's Deny sends the client access_denied; the request is over.
+    let (status, location, _) = post(Some(cookie.clone()), Some(origin.clone()), form(&csrf, "deny")).await;
+    assert_eq!(status, 303);
+    let location = location.unwrap();
+    assert_eq!(query_param(&location, "error").as_deref(), Some("access_denied"));
+    assert_eq!(query_param(&location, "state").as_deref(), Some("csrf"));
+    assert!(query_param(&location, "code").is_none());
+    let (status, _, _) = post(Some(cookie.clone()), Some(origin.clone()), form(&csrf, "allow")).await;
+    assert_eq!(status, 403, "a denied request cannot be allowed afterwards");
+
+    // Allow on a fresh request: 303 to the client with a code that works.
+    let pkce = Pkce::new();
+    let url = f.authorize_url(&client, REDIRECT, "csrf2", &pkce.challenge, &d.endpoint("a"));
+    let page = f.http.get(&url).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let at = page.find("name=\"request\" value=\"").unwrap();
+    let request = page[at + 22..at + 22 + 12].to_string();
+    let at = page.find("name=\"csrf\" value=\"").unwrap();
+    let csrf = page[at + 19..at + 19 + 64].to_string();
+    let (status, location, _) =
+        post(Some(cookie.clone()), Some(origin), format!("request={request}&csrf={csrf}&decision=allow")).await;
+    assert_eq!(status, 303);
+    let code = query_param(&location.unwrap(), "code").unwrap();
+    let t = f.exchange(&client, &code, REDIRECT, &pkce.verifier, None).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn confidential_clients_authenticate_at_the_token_endpoint() {
+    use base64::Engine;
+    let d = daemon_with("");
+    let f = Flow::new(&d);
+    // RFC 7591's default method is client_secret_basic: the answer carries a secret.
+    let r = f.register_raw(json!({"client_name": "confidential", "redirect_uris": [REDIRECT]})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let reg = r.json();
+    assert_eq!(reg["token_endpoint_auth_method"], "client_secret_basic");
+    let (id, secret) = (reg["client_id"].as_str().unwrap().to_string(), reg["client_secret"].as_str().unwrap().to_string());
+    let pkce = Pkce::new();
+    let code = f.code(&d, &id, REDIRECT, &pkce, &d.endpoint("a")).await;
+    let token = |auth: Option<String>, extra: Vec<(&'static str, String)>| {
+        let mut fields: Vec<(&str, String)> = vec![
+            ("grant_type", "authorization_code".into()),
+            ("code", code.clone()),
+            ("redirect_uri", REDIRECT.into()),
+            ("code_verifier", pkce.verifier.clone()),
+        ];
+        fields.extend(extra);
+        let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        let mut req = f.http.post(format!("{}/oauth/token", f.base)).header("content-type", "application/x-www-form-urlencoded");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        async move {
+            let r = req.body(body).send().await.unwrap();
+            let www = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), www, r.json::<Value>().await.unwrap())
+        }
+    };
+    let basic = |s: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{s}")));
+    let (status, www, body) = token(Some(basic("wrong")), vec![]).await;
+    assert_eq!((status, body["error"].clone()), (401, json!("invalid_client")));
+    assert!(www.unwrap_or_default().starts_with("Basic"), "a Basic failure answers a Basic challenge");
+    let (status, _, body) = token(None, vec![("client_id", id.clone())]).await;
+    assert_eq!((status, body["error"].clone()), (401, json!("invalid_client")), "a confidential client must authenticate");
+    let (status, _, body) = token(Some(basic(&secret)), vec![]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["access_token"].as_str().unwrap().starts_with("cwa_"));
+    // The secret is kept as a digest only: it is nowhere in the store file.
+    d.sigterm();
+    let mut d = d;
+    assert!(d.wait_exit().success());
+    let raw = std::fs::read(d.dir.join("state.redb")).unwrap();
+    for secret in [secret.as_str(), body["access_token"].as_str().unwrap(), body["refresh_token"].as_str().unwrap(), &code] {
+        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()), "a plaintext secret is in state.redb");
+    }
+}
