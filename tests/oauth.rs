@@ -696,7 +696,11 @@ async fn the_consent_form_refuses_forgeries() {
     let pkce = Pkce::new();
     let url = f.authorize_url(&client, REDIRECT, "csrf", &pkce.challenge, &d.endpoint("a"));
     let page = f.get(&url).await;
-    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co asks to use a"), "{}", page.body);
+    assert!(
+        page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co asks to use a"),
+        "{}",
+        page.body
+    );
     assert!(!page.body.contains("<script>"));
     assert!(!page.body.contains("<form"), "no form without a session");
 
@@ -708,18 +712,28 @@ async fn the_consent_form_refuses_forgeries() {
     let opened = f.get(&sign_in(&d.admin)).await;
     assert_eq!(opened.status, 200, "{}", opened.body);
     let set_cookie = opened.header("set-cookie");
-    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict") && set_cookie.contains("Path=/oauth"), "{set_cookie}");
+    assert!(
+        set_cookie.contains("HttpOnly")
+            && set_cookie.contains("SameSite=Strict")
+            && set_cookie.contains("Path=/oauth"),
+        "{set_cookie}"
+    );
     let cookie = set_cookie.split(';').next().unwrap().to_string();
     let with_session = f.http.get(&url).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
     let field = |name: &str| {
-        let at = with_session.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no {name}: {with_session}"));
+        let at = with_session
+            .find(&format!("name=\"{name}\" value=\""))
+            .unwrap_or_else(|| panic!("no {name}: {with_session}"));
         let rest = &with_session[at + name.len() + 15..];
         rest[..rest.find('"').unwrap()].to_string()
     };
     let (request, csrf) = (field("request"), field("csrf"));
     let origin = f.base.clone();
     let post = |cookie: Option<String>, origin: Option<String>, body: String| {
-        let mut req = f.http.post(format!("{}/oauth/authorize", f.base)).header("content-type", "application/x-www-form-urlencoded");
+        let mut req = f
+            .http
+            .post(format!("{}/oauth/authorize", f.base))
+            .header("content-type", "application/x-www-form-urlencoded");
         if let Some(c) = cookie {
             req = req.header("cookie", c);
         }
@@ -728,16 +742,35 @@ async fn the_consent_form_refuses_forgeries() {
         }
         async move {
             let r = req.body(body).send().await.unwrap();
-            (r.status().as_u16(), r.headers().get("location").map(|v| v.to_str().unwrap().to_string()), r.text().await.unwrap())
+            (
+                r.status().as_u16(),
+                r.headers().get("location").map(|v| v.to_str().unwrap().to_string()),
+                r.text().await.unwrap(),
+            )
         }
     };
     let form = |csrf: &str, decision: &str| format!("request={request}&csrf={csrf}&decision={decision}");
     for (what, cookie, origin, body) in [
         ("no session cookie", None, Some(origin.clone()), form(&csrf, "allow")),
-        ("a forged session cookie", Some(format!("cw_session=cws_{}", "0".repeat(76))), Some(origin.clone()), form(&csrf, "allow")),
+        (
+            "a forged session cookie",
+            Some(format!("cw_session=cws_{}", "0".repeat(76))),
+            Some(origin.clone()),
+            form(&csrf, "allow"),
+        ),
         ("a wrong CSRF token", Some(cookie.clone()), Some(origin.clone()), form(&"0".repeat(64), "allow")),
-        ("no CSRF token", Some(cookie.clone()), Some(origin.clone()), format!("request={request}&decision=allow")),
-        ("another site's form", Some(cookie.clone()), Some("https://evil.example".into()), form(&csrf, "allow")),
+        (
+            "no CSRF token",
+            Some(cookie.clone()),
+            Some(origin.clone()),
+            format!("request={request}&decision=allow"),
+        ),
+        (
+            "another site's form",
+            Some(cookie.clone()),
+            Some("https://evil.example".into()),
+            form(&csrf, "allow"),
+        ),
     ] {
         let (status, location, body) = post(cookie, origin, body).await;
         assert_eq!(status, 403, "{what}: {body}");
@@ -775,7 +808,8 @@ async fn the_consent_form_refuses_forgeries() {
     let at = page.find("name=\"csrf\" value=\"").unwrap();
     let csrf = page[at + 19..at + 19 + 64].to_string();
     let (status, location, _) =
-        post(Some(cookie.clone()), Some(origin), format!("request={request}&csrf={csrf}&decision=allow")).await;
+        post(Some(cookie.clone()), Some(origin), format!("request={request}&csrf={csrf}&decision=allow"))
+            .await;
     assert_eq!(status, 303);
     let code = query_param(&location.unwrap(), "code").unwrap();
     let t = f.exchange(&client, &code, REDIRECT, &pkce.verifier, None).await;
@@ -792,7 +826,8 @@ async fn confidential_clients_authenticate_at_the_token_endpoint() {
     assert_eq!(r.status, 201, "{}", r.body);
     let reg = r.json();
     assert_eq!(reg["token_endpoint_auth_method"], "client_secret_basic");
-    let (id, secret) = (reg["client_id"].as_str().unwrap().to_string(), reg["client_secret"].as_str().unwrap().to_string());
+    let (id, secret) =
+        (reg["client_id"].as_str().unwrap().to_string(), reg["client_secret"].as_str().unwrap().to_string());
     let pkce = Pkce::new();
     let code = f.code(&d, &id, REDIRECT, &pkce, &d.endpoint("a")).await;
     let token = |auth: Option<String>, extra: Vec<(&'static str, String)>| {
@@ -804,7 +839,10 @@ async fn confidential_clients_authenticate_at_the_token_endpoint() {
         ];
         fields.extend(extra);
         let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
-        let mut req = f.http.post(format!("{}/oauth/token", f.base)).header("content-type", "application/x-www-form-urlencoded");
+        let mut req = f
+            .http
+            .post(format!("{}/oauth/token", f.base))
+            .header("content-type", "application/x-www-form-urlencoded");
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
@@ -814,12 +852,17 @@ async fn confidential_clients_authenticate_at_the_token_endpoint() {
             (r.status().as_u16(), www, r.json::<Value>().await.unwrap())
         }
     };
-    let basic = |s: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{s}")));
+    let basic =
+        |s: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{s}")));
     let (status, www, body) = token(Some(basic("wrong")), vec![]).await;
     assert_eq!((status, body["error"].clone()), (401, json!("invalid_client")));
     assert!(www.unwrap_or_default().starts_with("Basic"), "a Basic failure answers a Basic challenge");
     let (status, _, body) = token(None, vec![("client_id", id.clone())]).await;
-    assert_eq!((status, body["error"].clone()), (401, json!("invalid_client")), "a confidential client must authenticate");
+    assert_eq!(
+        (status, body["error"].clone()),
+        (401, json!("invalid_client")),
+        "a confidential client must authenticate"
+    );
     let (status, _, body) = token(Some(basic(&secret)), vec![]).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["access_token"].as_str().unwrap().starts_with("cwa_"));
@@ -828,7 +871,15 @@ async fn confidential_clients_authenticate_at_the_token_endpoint() {
     let mut d = d;
     assert!(d.wait_exit().success());
     let raw = std::fs::read(d.dir.join("state.redb")).unwrap();
-    for secret in [secret.as_str(), body["access_token"].as_str().unwrap(), body["refresh_token"].as_str().unwrap(), &code] {
-        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()), "a plaintext secret is in state.redb");
+    for secret in [
+        secret.as_str(),
+        body["access_token"].as_str().unwrap(),
+        body["refresh_token"].as_str().unwrap(),
+        &code,
+    ] {
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a plaintext secret is in state.redb"
+        );
     }
 }

@@ -37,13 +37,8 @@ pub fn grant_json(g: &GrantRecord) -> serde_json::Value {
 
 fn redirect_host(uri: &str) -> String {
     url::Url::parse(uri)
-        .ok()
-        .map(|u| match (u.host_str(), u.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_string(),
-            _ => format!("{}:", u.scheme()),
-        })
-        .unwrap_or_else(|| uri.to_string())
+        .map(|u| crate::oauth::authorize::redirect_host(&u))
+        .unwrap_or_else(|_| uri.to_string())
 }
 
 pub fn approve(ctx: &Ctx<'_>, code: &str, json: bool) -> CmdResult {

@@ -70,7 +70,7 @@ fn page_html(title: &str, main: &str, refresh_seconds: Option<u32>) -> String {
 }
 
 /// What the user sees as the client's destination: `host[:port]` (or the private-use scheme).
-fn redirect_host(url: &url::Url) -> String {
+pub fn redirect_host(url: &url::Url) -> String {
     match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_string(),

@@ -111,6 +111,23 @@ fn issued(t: &IssuedTokens) -> Resp {
     json(StatusCode::OK, &body)
 }
 
+/// The token endpoint's answer to an exchange: the tokens (audited as `event`), or the grant error.
+fn answer(
+    oauth: &OAuth,
+    outcome: crate::store::Result<Result<IssuedTokens, GrantError>>,
+    client: &ClientRecord,
+    event: &str,
+) -> Resp {
+    match outcome {
+        Ok(Ok(t)) => {
+            oauth.audit(&t.grant.app, &t.grant.id, event, Some(client.client_name.clone()), 200);
+            issued(&t)
+        }
+        Ok(Err(e)) => grant_error(oauth, e, client),
+        Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e.to_string()),
+    }
+}
+
 fn grant_error(oauth: &OAuth, e: GrantError, client: &ClientRecord) -> Resp {
     match e {
         GrantError::InvalidGrant { description, revoked } => {
@@ -185,39 +202,14 @@ pub async fn token(oauth: &OAuth, req: Request<Incoming>) -> Resp {
                 |challenge| s256_matches(verifier, challenge),
                 lifetimes,
             );
-            match outcome {
-                Ok(Ok(t)) => {
-                    oauth.audit(
-                        &t.grant.app,
-                        &t.grant.id,
-                        "oauth/token",
-                        Some(client.client_name.clone()),
-                        200,
-                    );
-                    issued(&t)
-                }
-                Ok(Err(e)) => grant_error(oauth, e, &client),
-                Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e.to_string()),
-            }
+            answer(oauth, outcome, &client, "oauth/token")
         }
         Some("refresh_token") => {
             let Some(refresh) = params.get("refresh_token") else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is missing");
             };
-            match oauth.store.refresh(refresh, &client.client_id, resource, lifetimes) {
-                Ok(Ok(t)) => {
-                    oauth.audit(
-                        &t.grant.app,
-                        &t.grant.id,
-                        "oauth/refresh",
-                        Some(client.client_name.clone()),
-                        200,
-                    );
-                    issued(&t)
-                }
-                Ok(Err(e)) => grant_error(oauth, e, &client),
-                Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e.to_string()),
-            }
+            let outcome = oauth.store.refresh(refresh, &client.client_id, resource, lifetimes);
+            answer(oauth, outcome, &client, "oauth/refresh")
         }
         Some(other) => oauth_error(
             StatusCode::BAD_REQUEST,

@@ -151,11 +151,12 @@ impl Flow {
         query_param(&location, "code").expect("a code on the redirect")
     }
 
-    pub async fn form(&self, fields: &[(&str, &str)]) -> Page {
+    /// POSTs `fields` as a form to `path` (the token and revocation endpoints).
+    async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Page {
         let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
         Self::page(
             self.http
-                .post(format!("{}/oauth/token", self.base))
+                .post(format!("{}{path}", self.base))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body(body)
                 .send()
@@ -163,6 +164,11 @@ impl Flow {
                 .unwrap(),
         )
         .await
+    }
+
+    /// A token request with `fields`.
+    pub async fn form(&self, fields: &[(&str, &str)]) -> Page {
+        self.post_form("/oauth/token", fields).await
     }
 
     pub async fn exchange(
@@ -196,19 +202,7 @@ impl Flow {
     }
 
     pub async fn revoke(&self, client: &str, token: &str) -> Page {
-        let body: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs([("client_id", client), ("token", token)])
-            .finish();
-        Self::page(
-            self.http
-                .post(format!("{}/oauth/revoke", self.base))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        self.post_form("/oauth/revoke", &[("client_id", client), ("token", token)]).await
     }
 
     /// A whole connection: code, exchange; returns (access token, refresh token).
