@@ -380,6 +380,12 @@ async fn every_refusal_has_its_rfc_error() {
     let code = oauth_support::approval_code(&f.get(&own).await.body, d.ssh_port);
     let approved = ok(&d.ssh(&bob, &format!("approve {}", code.to_lowercase().replace('-', "")), ""));
     assert!(approved.contains("may now use bobs"), "{approved}");
+    // The local CLI (the operator on the host) approves too.
+    let url = f.authorize_url(&client, REDIRECT, "local", &Pkce::new().challenge, &endpoint_a);
+    let code = oauth_support::approval_code(&f.get(&url).await.body, d.ssh_port);
+    let local: Value = serde_json::from_str(&ok(&d.local(&["approve", &code, "--json"], ""))).unwrap();
+    assert_eq!((local["app"].clone(), local["approved_by"].clone()), (json!("a"), json!("local")));
+    assert_eq!(f.get(&url).await.status, 302);
     // Bob cannot list or revoke a's grants either.
     let denied = d.ssh(&bob, "grants list a", "");
     assert!(!denied.status.success() && stderr(&denied).contains("permission denied"), "{}", stderr(&denied));
