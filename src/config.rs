@@ -401,7 +401,7 @@ impl Config {
     }
 }
 
-pub(crate) fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"))

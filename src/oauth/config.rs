@@ -2,9 +2,16 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-use crate::config::duration;
+/// `"30s"`, `"10m"` (humantime), as everywhere in the config. (The config module's own helper sits on a
+/// higher layer than this one: see scripts/check-layers.)
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"))
+    })
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -4,8 +4,9 @@
 //!
 //! One file per concern: [`metadata`] (RFC 9728 and RFC 8414 documents), [`registration`] (RFC 7591),
 //! [`authorize`] (the consent page, RFC 9207 `iss`), [`token`] (code + PKCE, refresh rotation, RFC 7009
-//! revocation), [`cimd`] (Client ID Metadata Documents), [`resource`] (the bearer check and the 401
-//! challenge), [`http`] (form/JSON plumbing). State lives in `store/oauth.rs`, digests only.
+//! revocation), [`cimd`] (Client ID Metadata Documents), [`http`] (form/JSON plumbing). State lives in
+//! `store/oauth.rs`, digests only. The protected-resource side (which bearer tokens `/mcp/APP` accepts,
+//! the 401 challenge) is `access.rs`, which plugs into the gateway beside this module.
 //!
 //! The protocol endpoints are written here rather than with an OAuth server crate: the Rust crates that
 //! exist (oxide-auth and similar) predate OAuth 2.1 and the MCP profile (RFC 8707 audiences, RFC 9207
@@ -19,7 +20,6 @@ mod config;
 mod http;
 pub mod metadata;
 pub mod registration;
-pub mod resource;
 pub mod token;
 
 use std::sync::Arc;
@@ -29,8 +29,7 @@ use sha2::Sha256;
 
 pub use config::OAuthConfig;
 
-use crate::gateway::{AuthMode, GatewayBody, InternalRoutes};
-use crate::runtime::routes::RouteTable;
+use crate::gateway::{AppDirectory, AuthMode, GatewayBody, InternalRoutes};
 use crate::store::{AuditRecord, Store, TokenLifetimes, now};
 
 /// The authorization server's state; one per daemon.
@@ -43,7 +42,8 @@ pub struct OAuth {
     pub ssh_command: String,
     /// Derived from the age identity: approval codes and CSRF tokens are HMACs under it.
     key: [u8; 32],
-    routes: Arc<RouteTable>,
+    /// The live routes (the daemon's route table): each app's auth mode comes with its release.
+    routes: Arc<dyn AppDirectory>,
     cimd: cimd::Fetcher,
 }
 
@@ -54,7 +54,7 @@ impl OAuth {
         issuer: String,
         ssh_command: String,
         key: [u8; 32],
-        routes: Arc<RouteTable>,
+        routes: Arc<dyn AppDirectory>,
     ) -> anyhow::Result<OAuth> {
         let cimd = cimd::Fetcher::new(&cfg)?;
         Ok(OAuth { store, cfg, issuer, ssh_command, key, routes, cimd })
@@ -79,7 +79,7 @@ impl OAuth {
 
     /// The app's auth mode as served now (an app without a live release gets the default).
     pub fn mode(&self, app: &str) -> AuthMode {
-        self.routes.get(app).map(|r| r.auth).unwrap_or_default()
+        self.routes.resolve(app).map(|r| r.auth).unwrap_or_default()
     }
 
     fn lifetimes(&self) -> TokenLifetimes {
