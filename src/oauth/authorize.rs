@@ -307,8 +307,7 @@ pub async fn page(oauth: &OAuth, req: Request<Incoming>) -> Resp {
     };
     // The client stored `redirect_uri` exactly as sent; answer on that very string.
     let uri = request.redirect_uri.clone();
-    if let Some(who) = &request.denied_by {
-        let _ = who;
+    if request.denied_by.is_some() {
         return error_redirect(
             oauth,
             &uri,
@@ -532,7 +531,7 @@ pub fn approve(oauth: &OAuth, who: &Identity, typed: &str) -> Result<(AuthReques
 }
 
 /// `GET /oauth/login/<link>`: spends a one-time link and sets the session cookie.
-pub fn login(oauth: &OAuth, link: &str, _req: &Request<Incoming>) -> Resp {
+pub fn login(oauth: &OAuth, link: &str) -> Resp {
     let opened = oauth.store.open_session(link, oauth.cfg.session_ttl.as_secs());
     let Ok(Some((secret, session))) = opened else {
         let body = page_html(

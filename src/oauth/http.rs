@@ -200,9 +200,13 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// `scheme://host[:port]` of a URL.
+/// `scheme://host[:port]` of a URL, as a CSP source; `scheme:` for URLs without a host (a native app's
+/// private-use scheme, whose origin would serialise as the useless `null`).
 pub fn origin_of(url: &url::Url) -> String {
-    url.origin().ascii_serialization()
+    match url.origin() {
+        o @ url::Origin::Tuple(..) => o.ascii_serialization(),
+        url::Origin::Opaque(_) => format!("{}:", url.scheme()),
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +228,14 @@ mod tests {
             escape("<a href=\"x\">'&'</a>\n"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt; "
         );
+    }
+
+    #[test]
+    fn origins_as_csp_sources() {
+        let o = |u: &str| origin_of(&url::Url::parse(u).unwrap());
+        assert_eq!(o("http://127.0.0.1:9/callback?x=1"), "http://127.0.0.1:9");
+        assert_eq!(o("https://claude.ai/api/mcp/auth_callback"), "https://claude.ai");
+        assert_eq!(o("cursor.anysphere:/oauth/cb"), "cursor.anysphere:");
     }
 
     #[test]

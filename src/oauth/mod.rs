@@ -170,7 +170,7 @@ impl OAuth {
             (Method::POST, "/oauth/token") => token::token(self, req).await,
             (Method::POST, "/oauth/revoke") => token::revoke(self, req).await,
             (Method::GET, p) if p.starts_with("/oauth/login/") => {
-                authorize::login(self, &p["/oauth/login/".len()..], &req)
+                authorize::login(self, &p["/oauth/login/".len()..])
             }
             (m, p)
                 if matches!(p, "/oauth/register" | "/oauth/authorize" | "/oauth/token" | "/oauth/revoke")
