@@ -889,3 +889,69 @@ async fn confidential_clients_authenticate_at_the_token_endpoint() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth_tokens_never_reach_the_server() {
+    // An HTTP MCP upstream that records every request it gets, and answers a JSON-RPC result.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let upstream = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            record.lock().unwrap().push(text.clone());
+                            let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#;
+                            let _ = s
+                                .write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}", answer.len()).as_bytes())
+                                .await;
+                            buf.clear();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let d = daemon_with(&format!("[apps.up]\nurl = \"http://127.0.0.1:{port}/mcp\"\n"));
+    let f = Flow::new(&d);
+    let client = f.register("forwarding", REDIRECT).await;
+    let (access, _) = f.connect(&d, &client, REDIRECT, &d.endpoint("up")).await;
+    let resp = f
+        .http
+        .post(d.endpoint("up"))
+        .bearer_auth(&access)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(requests[0].contains("tools/list"), "{}", requests[0]);
+    assert!(!requests[0].to_ascii_lowercase().contains("authorization"), "forwarded: {}", requests[0]);
+    assert!(!requests[0].contains(&access), "the access token reached the server");
+    upstream.abort();
+}
