@@ -406,7 +406,7 @@ async fn every_refusal_has_its_rfc_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_codes_and_tokens_are_refused() {
     // Zero lifetimes: every code is already expired when it is exchanged; every access token at once.
-    let codes = daemon_with("[oauth]\ncode_ttl = \"0s\"\n");
+    let codes = daemon_with("[oauth]\ncode_ttl = \"0s\"\nmax_clients = 2\n");
     let f = Flow::new(&codes);
     let client = f.register("expiry", REDIRECT).await;
     let pkce = Pkce::new();
@@ -414,6 +414,16 @@ async fn expired_codes_and_tokens_are_refused() {
     let r = f.exchange(&client, &code, REDIRECT, &pkce.verifier, None).await;
     assert_eq!(r.json()["error"], "invalid_grant");
     assert!(r.json()["error_description"].as_str().unwrap().contains("expired"), "{}", r.body);
+    // Registration is open but bounded (`max_clients`; here 2): past it, 503 temporarily_unavailable.
+    f.register("second", REDIRECT).await;
+    let third =
+        f.register_raw(json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"})).await;
+    assert_eq!(
+        (third.status, third.json()["error"].clone()),
+        (503, json!("temporarily_unavailable")),
+        "{}",
+        third.body
+    );
 
     let tokens = daemon_with("[oauth]\naccess_token_ttl = \"0s\"\n");
     let f = Flow::new(&tokens);

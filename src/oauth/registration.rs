@@ -131,7 +131,14 @@ pub async fn register(oauth: &OAuth, req: Request<Incoming>) -> Resp {
     if response_types.iter().any(|r| r != "code") {
         return refuse("invalid_client_metadata", "only the response type \"code\" is supported");
     }
-    match oauth.store.oauth_client_count() {
+    // At the limit, registrations older than a day that never led to a grant make room first.
+    let count = match oauth.store.oauth_client_count() {
+        Ok(n) if n >= oauth.cfg.max_clients => {
+            oauth.store.prune_oauth_clients(24 * 3600).and_then(|_| oauth.store.oauth_client_count())
+        }
+        other => other,
+    };
+    match count {
         Ok(n) if n >= oauth.cfg.max_clients => {
             return oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,

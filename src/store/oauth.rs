@@ -237,6 +237,31 @@ impl Store {
         self.put(CLIENTS, &client.client_id, client)
     }
 
+    /// Removes clients older than `min_age` seconds that no grant names (registrations that never led to an
+    /// approval). Returns how many were removed.
+    pub fn prune_oauth_clients(&self, min_age: u64) -> Result<usize> {
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut used = std::collections::HashSet::new();
+            for entry in txn.open_table(GRANTS)?.iter()? {
+                let (k, v) = entry?;
+                used.insert(decode::<GrantRecord>(k.value(), v.value())?.client_id);
+            }
+            let mut clients = txn.open_table(CLIENTS)?;
+            let before = clients.len()?;
+            let cutoff = now().saturating_sub(min_age);
+            clients.retain(|id, v| {
+                used.contains(id)
+                    || serde_json::from_slice::<ClientRecord>(v)
+                        .map(|c| c.created_at > cutoff)
+                        .unwrap_or(false)
+            })?;
+            (before - clients.len()?) as usize
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
     pub fn oauth_client_count(&self) -> Result<usize> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(CLIENTS)?.len()? as usize)
@@ -772,4 +797,51 @@ pub(super) fn delete_app_in(txn: &redb::WriteTransaction, app: &str) -> Result<(
     let mut requests = txn.open_table(REQUESTS)?;
     requests.retain(|_, v| serde_json::from_slice::<AuthRequest>(v).map(|r| r.app != app).unwrap_or(true))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: &str, created_at: u64) -> ClientRecord {
+        ClientRecord {
+            client_id: id.into(),
+            client_name: id.into(),
+            redirect_uris: vec!["http://127.0.0.1:9/cb".into()],
+            auth_method: "none".into(),
+            secret_digest: None,
+            created_at,
+            metadata_document: false,
+            client_uri: None,
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_clients_with_grants_and_young_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let old = now() - 10 * 24 * 3600;
+        for c in [client("c_old_unused", old), client("c_old_granted", old), client("c_young", now())] {
+            store.put_oauth_client(&c).unwrap();
+        }
+        let grant = GrantRecord {
+            id: "g_1".into(),
+            app: "a".into(),
+            resource: "http://h/mcp/a".into(),
+            client_id: "c_old_granted".into(),
+            client_name: "x".into(),
+            redirect_uri: "http://127.0.0.1:9/cb".into(),
+            scope: None,
+            approved_by: "admin".into(),
+            created_at: old,
+            last_used_at: None,
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        store.put(GRANTS, &grant.id, &grant).unwrap();
+        assert_eq!(store.prune_oauth_clients(24 * 3600).unwrap(), 1);
+        assert!(store.oauth_client("c_old_unused").unwrap().is_none());
+        assert!(store.oauth_client("c_old_granted").unwrap().is_some());
+        assert!(store.oauth_client("c_young").unwrap().is_some());
+    }
 }
