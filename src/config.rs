@@ -24,6 +24,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Isolation of deployed servers and their installs (`[sandbox]`; see `runtime::sandbox`).
     pub sandbox: crate::runtime::sandbox::SandboxPolicy,
+    /// The OAuth authorization server in front of every `/mcp/APP` (`[oauth]`; see `oauth`).
+    pub oauth: crate::oauth::OAuthConfig,
     /// Statically declared apps served by the gateway, for servers the operator runs by hand
     /// (the way `mcp-proxy` names servers). Pushed apps live in the store instead.
     pub apps: std::collections::BTreeMap<String, StaticApp>,
