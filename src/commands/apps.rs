@@ -22,7 +22,7 @@ pub enum AppsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Delete an app: its repository, its record and its tokens. Needs `--confirm NAME`.
+    /// Delete an app: its repository, its record, its tokens and its OAuth grants. Needs `--confirm NAME`.
     Destroy {
         name: String,
         /// The app's name again, to confirm.
@@ -136,7 +136,7 @@ async fn destroy(ctx: &Ctx<'_>, name: &str, confirm: &str) -> CmdResult {
                 .map_err(|e| Failure::Error(format!("removing {}: {e}", path.display())))?;
         }
     }
-    ctx.out.line(format!("destroyed app {app} (repository, record and tokens)"));
+    ctx.out.line(format!("destroyed app {app} (repository, record, tokens and OAuth grants)"));
     Ok(())
 }
 
@@ -158,6 +158,8 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     value["fly"] = machines.json();
     let server = ctx.daemon.deployer.server_status(&record.name);
     value["server"] = server.clone().unwrap_or(serde_json::Value::Null);
+    let (grants, grant_lines) = super::oauth::info_lines(ctx, &record.name);
+    value["grants"] = grants;
     if json {
         ctx.json(&value);
         return Ok(());
@@ -215,5 +217,9 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         out.line(line);
     }
     out.line(format!("endpoint:   {}", value["endpoint"].as_str().unwrap_or_default()));
+    out.line(format!("auth:       {}", ctx.daemon.oauth.mode(&record.name).as_str()));
+    for line in grant_lines {
+        out.line(line);
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //!
 //! Values are JSON-encoded records (see [`records`]); keys are names or sequence numbers.
 
+pub mod oauth;
 mod records;
 mod releases;
 mod tokens;
@@ -18,6 +19,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use oauth::{
+    AccessCheck, AuthRequest, ClientRecord, GrantError, GrantRecord, IssuedTokens, SessionRecord,
+    TokenLifetimes, digest as oauth_digest, random_id as oauth_random_id, secret as oauth_secret,
+};
 pub use records::{AppRecord, AuditRecord, KeyRecord, PushRecord, Role, TokenRecord, now};
 pub use releases::{Introspection, RELEASE_RETENTION, ReleaseRecord, ReleaseStatus};
 pub use tokens::{NewToken, TokenCheck};
@@ -109,6 +114,11 @@ impl Store {
             txn.open_table(AUDIT)?;
             txn.open_table(CACHE)?;
             txn.open_table(releases::RELEASES)?;
+            for table in
+                [oauth::CLIENTS, oauth::REQUESTS, oauth::GRANTS, oauth::OAUTH_TOKENS, oauth::SESSIONS]
+            {
+                txn.open_table(table)?;
+            }
         }
         txn.commit()?;
         Ok(())
@@ -206,7 +216,7 @@ impl Store {
         self.put(APPS, &app.name, app)
     }
 
-    /// Removes an app and every token scoped to it, in one transaction.
+    /// Removes an app, every token scoped to it and its OAuth grants, in one transaction.
     pub fn destroy_app(&self, name: &str) -> Result<AppRecord> {
         let txn = self.db.begin_write()?;
         let removed = {
@@ -219,6 +229,8 @@ impl Store {
             tokens.retain(|_, v| {
                 serde_json::from_slice::<TokenRecord>(v).map(|t| t.app != name).unwrap_or(true)
             })?;
+            drop(tokens);
+            oauth::delete_app_in(&txn, name)?;
             removed
         };
         txn.commit()?;
