@@ -103,7 +103,9 @@ mod tests {
 
     #[test]
     fn ordinary_text_is_borrowed_unchanged() {
-        for text in ["", "plain ascii", "naïve café – 日本語 🚀", r"a literal \x1b stays as typed", "tab\there"] {
+        for text in
+            ["", "plain ascii", "naïve café – 日本語 🚀", r"a literal \x1b stays as typed", "tab\there"]
+        {
             assert!(matches!(visible(text), Cow::Borrowed(t) if t == text), "{text}");
             assert!(matches!(visible_lines(text), Cow::Borrowed(t) if t == text), "{text}");
         }

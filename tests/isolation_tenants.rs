@@ -47,14 +47,14 @@ impl russh::Signer for ForgingSigner {
             vec![7u8; 10].encode(&mut blob).expect("encodes");
             blob.encode(&mut to_sign).expect("encodes");
         } else {
-            let signature: russh::keys::ssh_key::Signature = self.own.try_sign(&to_sign).expect("ed25519 signs");
+            let signature: russh::keys::ssh_key::Signature =
+                self.own.try_sign(&to_sign).expect("ed25519 signs");
             // What an SSH agent answers: the request with the signature blob appended.
             signature.encode_prefixed(&mut to_sign).expect("encodes");
         }
         Ok(to_sign)
     }
 }
-
 
 /// The escape sequences a hostile server writes to stderr: retitle the terminal, clear the screen.
 const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2J";
@@ -95,7 +95,10 @@ fn hostile_tree(d: &Daemon, name: &str, marker: &str) -> WorkTree {
 }
 
 fn no_raw_escape(what: &str, text: &str) {
-    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{what} carries raw control characters: {text:?}");
+    assert!(
+        !text.contains('\x1b') && !text.contains('\x07'),
+        "{what} carries raw control characters: {text:?}"
+    );
 }
 
 /// Every command a deployer may run on an app of theirs, for `app`.
@@ -218,7 +221,8 @@ fn a_destroyed_name_created_again_shows_nothing_of_the_old_tenant() {
             assert!(!seen.contains(marker), "{round}: bob sees {marker:?} of the old tenant:\n{seen}");
         }
         let cloned = clone(&d, &bob, "reused", "bobs-clone");
-        let log = d.git(&bob, &d.tmp.path().join("bobs-clone")).args(["log", "--all", "--format=%H"]).output();
+        let log =
+            d.git(&bob, &d.tmp.path().join("bobs-clone")).args(["log", "--all", "--format=%H"]).output();
         let history = log.map(|o| stdout(&o)).unwrap_or_default();
         assert!(!history.contains(&alice_head), "{round}: bob cloned alice's commits: {}", all(&cloned));
         assert!(!d.dir.join("apps/reused/home/alice-file-marker").exists(), "{round}: alice's files remain");
@@ -256,14 +260,16 @@ fn escape_sequences_are_shown_never_obeyed() {
     let push = wt.push(&d, &alice, &["-o", &option, &d.remote_url("loud"), "main"]);
     let echoed = all(&push);
     assert!(push.status.success(), "{echoed}");
-    assert!(echoed.contains(&format!("push options: note={SHOWN}")), "the option is echoed escaped: {echoed}");
+    assert!(
+        echoed.contains(&format!("push options: note={SHOWN}")),
+        "the option is echoed escaped: {echoed}"
+    );
     no_raw_escape("the push output", &echoed);
 
     // The server's stderr, through SSH and through the local CLI.
-    for (via, logs) in [
-        ("ssh", ok(&d.ssh(&alice, "logs loud", ""))),
-        ("local", ok(&d.local(&["logs", "loud"], ""))),
-    ] {
+    for (via, logs) in
+        [("ssh", ok(&d.ssh(&alice, "logs loud", ""))), ("local", ok(&d.local(&["logs", "loud"], "")))]
+    {
         assert!(logs.contains(&format!("stderr {SHOWN} marker")), "{via}: {logs}");
         no_raw_escape(via, &logs);
     }
@@ -306,7 +312,7 @@ async fn forged_signature_gets_an_immediate_failure() {
         }
         let russh::client::AuthResult::Failure { remaining_methods, .. } = &forged else { unreachable!() };
         assert!(
-            remaining_methods.iter().any(|m| *m == russh::MethodKind::PublicKey),
+            remaining_methods.contains(&russh::MethodKind::PublicKey),
             "USERAUTH_FAILURE must still offer publickey: {forged:?}"
         );
         // The same connection goes on, and is whoever really signs: mallory, never the admin.
