@@ -193,6 +193,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         allowed_origins: args.allow_origin.clone(),
         shared: args.shared,
         rate_limit: None,
+        auth: Default::default(),
     };
     let auth: Option<Arc<dyn Authenticator>> = match &args.token_env {
         Some(var) => match std::env::var(var) {

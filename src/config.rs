@@ -24,6 +24,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Isolation of deployed servers and their installs (`[sandbox]`; see `runtime::sandbox`).
     pub sandbox: crate::runtime::sandbox::SandboxPolicy,
+    /// The OAuth authorization server in front of every `/mcp/APP` (`[oauth]`; see `oauth`).
+    pub oauth: crate::oauth::OAuthConfig,
     /// Statically declared apps served by the gateway, for servers the operator runs by hand
     /// (the way `mcp-proxy` names servers). Pushed apps live in the store instead.
     pub apps: std::collections::BTreeMap<String, StaticApp>,
@@ -366,26 +368,54 @@ impl Config {
     }
 
     /// The `[sandbox]` policy with the daemon's own ports (unreachable from servers in strict mode) and
-    /// the catwalk-owned files outside the data dir (`authorized_keys_file`, the TLS key's directory, the
-    /// ACME cache), masked in every sandbox when they live under a visible directory such as `/etc`.
+    /// every secret-bearing file the config names outside the data dir ([`Config::named_secret_files`]),
+    /// masked in every sandbox when it lives under a visible directory such as `/etc`.
     /// Call [`crate::runtime::sandbox::SandboxPolicy::activate`] on it once at start-up.
     pub fn sandbox_policy(&self) -> crate::runtime::sandbox::SandboxPolicy {
-        let mut hidden: Vec<PathBuf> = self.ssh.authorized_keys_file.iter().cloned().collect();
-        if let Some(tls) = &self.http.tls {
-            // The TLS private key's directory (and, for certbot's symlinks, the real one) and the ACME cache.
-            if let Some(key) = &tls.key {
-                hidden.extend(key.parent().map(Path::to_path_buf));
-                if let Ok(real) = std::fs::canonicalize(key) {
-                    hidden.extend(real.parent().map(Path::to_path_buf));
-                }
-            }
-            hidden.extend(tls.acme.iter().filter_map(|a| a.cache_dir.clone()));
-        }
-        hidden.retain(|p| p.is_absolute());
         self.sandbox
             .clone()
             .with_protected_ports(&[self.ssh.listen.port(), self.http.listen.port()])
-            .with_hidden(&hidden)
+            .with_hidden(&self.named_secret_files())
+    }
+
+    /// The files and directories the config names that a server or install must never read: the
+    /// `authorized_keys_file`, the TLS private key's directory (and, for certbot's symlinks, the real
+    /// one), the ACME cache (account key, certificates), the Fly API token file and the enrichment API
+    /// key file. Each is given as written and, when it resolves elsewhere (a symlink, a relative path),
+    /// also as its real path, since the sandbox masks paths, not inodes. In user-namespace mode the
+    /// sandbox's uid maps to the daemon's own user, so file modes alone would not keep these out.
+    pub fn named_secret_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.ssh.authorized_keys_file.iter().cloned().collect();
+        let mut dirs_of: Vec<PathBuf> = Vec::new();
+        if let Some(tls) = &self.http.tls {
+            dirs_of.extend(tls.key.iter().cloned());
+            files.extend(tls.acme.iter().filter_map(|a| a.cache_dir.clone()));
+        }
+        if let Some(fly) = &self.runtime.fly {
+            files.extend(fly.token_file.iter().cloned());
+        }
+        if let Some(enrich) = &self.deploy.enrich {
+            files.extend(enrich.api_key_file.iter().cloned());
+        }
+        let mut hidden: Vec<PathBuf> = Vec::new();
+        let mut add = |p: PathBuf| {
+            if p.is_absolute() && !hidden.contains(&p) {
+                hidden.push(p);
+            }
+        };
+        for file in files {
+            if let Ok(real) = std::fs::canonicalize(&file) {
+                add(real);
+            }
+            add(file);
+        }
+        for key in dirs_of {
+            if let Ok(real) = std::fs::canonicalize(&key) {
+                real.parent().map(Path::to_path_buf).into_iter().for_each(&mut add);
+            }
+            key.parent().map(Path::to_path_buf).into_iter().for_each(&mut add);
+        }
+        hidden
     }
 
     /// `host` and `port` for `ssh://git@HOST:PORT/APP` hints.
@@ -485,6 +515,14 @@ mod tests {
         let hidden = c.sandbox_policy().runtime.hidden_paths;
         assert!(hidden.contains(&PathBuf::from("/etc/catwalk/keys")), "{hidden:?}");
         assert!(hidden.contains(&PathBuf::from("/etc/tls/private")), "{hidden:?}");
+        let c = Config::parse(
+            "[runtime.fly]\ntoken_file = \"/etc/catwalk/fly-token\"\n[deploy.enrich]\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\napi_key_file = \"/etc/catwalk/enrich-key\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let hidden = c.sandbox_policy().runtime.hidden_paths;
+        assert!(hidden.contains(&PathBuf::from("/etc/catwalk/fly-token")), "{hidden:?}");
+        assert!(hidden.contains(&PathBuf::from("/etc/catwalk/enrich-key")), "{hidden:?}");
         let err = Config::parse("[sandbox]\nmemory = 5\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("memory"), "{err}");
         let err = Config::parse("[sandbox]\nmode = \"paranoid\"\n", Path::new("x.toml")).unwrap_err();

@@ -45,6 +45,8 @@ pub struct Daemon {
     pub routes: Arc<RouteTable>,
     /// The deploy pipeline (pushes, rollbacks, restarts).
     pub deployer: Arc<Deployer>,
+    /// The OAuth authorization server (`/oauth/*`, `/.well-known/*`, `approve`, `grants`, `login`).
+    pub oauth: Arc<crate::oauth::OAuth>,
 }
 
 impl Daemon {
@@ -75,7 +77,7 @@ impl Daemon {
         let gateway = Gateway::new(
             gateway_cfg,
             routes.clone(),
-            Some(Arc::new(StoreAuthenticator { store: store.clone() })),
+            Some(Arc::new(StoreAuthenticator { store: store.clone(), public_url: public_url.clone() })),
             Arc::new(StoreAudit::start(store.clone(), std::time::Duration::from_millis(200))),
             logs,
             Some(crate::gateway::metrics::install()),
@@ -124,6 +126,15 @@ impl Daemon {
             deployer.fly = Some(Arc::new(runtime));
         }
         deployer.extra_origins = config.gateway.allowed_origins.clone();
+        let oauth = Arc::new(crate::oauth::OAuth::new(
+            store.clone(),
+            config.oauth.clone(),
+            config.public_url(),
+            format!("ssh -p {port} git@{host}"),
+            deployer.keyring.derive_key("oauth approval codes and csrf tokens"),
+            routes.clone(),
+        )?);
+        gateway.set_oauth_routes(oauth.clone());
         if let Some(enrich) = &config.deploy.enrich {
             let key = std::env::var(crate::pipeline::enrich::API_KEY_ENV).ok();
             let enricher = crate::pipeline::enrich::Enricher::new(enrich, dir.root(), key)
@@ -142,6 +153,7 @@ impl Daemon {
             gateway,
             routes,
             deployer: Arc::new(deployer),
+            oauth,
         })
     }
 
@@ -176,6 +188,7 @@ impl Daemon {
                     allowed_origins,
                     shared: app.shared,
                     rate_limit: rate_limit(self.config.gateway.rate_limit_per_minute),
+                    auth: Default::default(),
                 },
             );
         }

@@ -16,6 +16,7 @@ pub mod git;
 pub mod identity;
 pub mod init;
 pub mod names;
+pub mod oauth;
 pub mod output;
 pub mod pipeline;
 pub mod runtime;

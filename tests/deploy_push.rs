@@ -452,3 +452,19 @@ async fn kill9_mid_deploy_then_restart() {
     assert_eq!(rel[1]["status"], "live");
     assert_serves(&d, "crash", &token, "after the crash").await;
 }
+
+/// The systemd unit's setup: the daemon is an ordinary user, so servers are sandboxed in a user namespace.
+/// A push deploys and the release answers through the gateway just as with a root daemon.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_daemon_deploys_and_serves() {
+    let d = Daemon::start_unprivileged("");
+    let wt = WorkTree::new(d.tmp.path(), "plain");
+    let head = wt.git(&["rev-parse", "HEAD"]);
+    let (pushed, output) = push(&wt, &d, &[&d.remote_url("plain"), "main"]);
+    assert!(pushed, "{output}");
+    assert!(output.contains("healthy in"), "{output}");
+    assert!(!output.contains("WARNING: servers run without a sandbox"), "{output}");
+    assert_eq!(d.server_ref("plain", "main").as_deref(), Some(head.as_str()));
+    let token = d.token("plain");
+    assert_serves(&d, "plain", &token, "as an ordinary user").await;
+}

@@ -58,6 +58,7 @@ async fn fly_live_optional() {
             runtime: Some("fly".into()),
             allowed_origins: Vec::new(),
             no_network: false,
+            auth: Default::default(),
         },
         status: ReleaseStatus::Deploying,
         created_at: 0,

@@ -153,6 +153,7 @@ fn release(app: &str, version: u32) -> ReleaseRecord {
             runtime: Some("fly".into()),
             allowed_origins: Vec::new(),
             no_network: false,
+            auth: Default::default(),
         },
         status: ReleaseStatus::Deploying,
         created_at: 0,

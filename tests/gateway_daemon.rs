@@ -61,6 +61,7 @@ fn stdio_route(marker: &std::path::Path, limit: Option<RateLimit>) -> Arc<AppRou
         allowed_origins: vec!["https://extra.example".into()],
         shared: false,
         rate_limit: limit,
+        auth: Default::default(),
     })
 }
 

@@ -118,6 +118,10 @@ fn app_commands(app: &str) -> Vec<String> {
         "tokens list {}",
         "tokens list {} --json",
         "tokens revoke {} abcd1234",
+        "grants list {}",
+        "grants list {} --json",
+        "grants revoke {} abcd1234",
+        "connect {}",
         "apps destroy {0} --confirm {0}",
     ]
     .iter()

@@ -23,8 +23,8 @@ pub enum AppsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Delete an app and everything of it: repository, files, releases, tokens, push records, log.
-    /// Needs `--confirm NAME`.
+    /// Delete an app and everything of it: repository, files, releases, tokens, OAuth grants, push
+    /// records, log. Needs `--confirm NAME`.
     Destroy {
         name: String,
         /// The app's name again, to confirm.
@@ -150,7 +150,7 @@ async fn destroy(ctx: &Ctx<'_>, name: &str, confirm: &str) -> CmdResult {
         .await;
     let erased = super::erase::destroy(daemon, &app, &ctx.who.name).await.map_err(Failure::Error)?;
     ctx.out.line(format!(
-        "destroyed app {app}: its repository, files, releases ({}), tokens ({}), push records ({}) and log",
+        "destroyed app {app}: its repository, files, releases ({}), tokens ({}), OAuth grants, push records ({}) and log",
         erased.releases, erased.tokens, erased.pushes
     ));
     Ok(())
@@ -174,6 +174,8 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     value["fly"] = machines.json();
     let server = ctx.daemon.deployer.server_status(&record.name);
     value["server"] = server.clone().unwrap_or(serde_json::Value::Null);
+    let (grants, grant_lines) = super::oauth::info_lines(ctx, &record.name);
+    value["grants"] = grants;
     if json {
         ctx.json(&value);
         return Ok(());
@@ -233,5 +235,10 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         line(text);
     }
     line(format!("endpoint:   {}", value["endpoint"].as_str().unwrap_or_default()));
+    line(format!("auth:       {}", ctx.daemon.oauth.mode(&record.name).as_str()));
+    // Grant lines name OAuth clients, whose names the clients registered themselves.
+    for text in grant_lines {
+        line(text);
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod apps;
 pub mod erase;
 mod keys;
 mod machines;
+mod oauth;
 mod releases;
 mod render;
 mod tokens;
@@ -92,6 +93,28 @@ pub enum Cmd {
     Tokens {
         #[command(subcommand)]
         action: tokens::TokensCmd,
+    },
+    /// Approve an OAuth authorization request with the code its page shows (admins and the app's owners).
+    Approve {
+        code: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a one-time link that signs a browser in as your key (to click Allow on authorization pages).
+    Login {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List or revoke the OAuth grants of an app (admins and the app's owners).
+    Grants {
+        #[command(subcommand)]
+        action: oauth::GrantsCmd,
+    },
+    /// Print what to paste into Claude, Claude Code, Cursor and VS Code to use APP.
+    Connect {
+        app: String,
+        #[arg(long)]
+        json: bool,
     },
     /// The daemon's age recipient, to encrypt `.catwalk/secrets.age`.
     Secrets {
@@ -185,6 +208,10 @@ pub async fn run(daemon: &Daemon, who: &Identity, argv: &[String], input: &mut I
         Cmd::Logs { app, follow, lines } => releases::logs(&ctx, &app, follow, lines).await,
         Cmd::Keys { action } => keys::run(&ctx, action, input).await,
         Cmd::Tokens { action } => tokens::run(&ctx, action),
+        Cmd::Approve { code, json } => oauth::approve(&ctx, &code, json),
+        Cmd::Login { json } => oauth::login(&ctx, json),
+        Cmd::Grants { action } => oauth::grants(&ctx, action),
+        Cmd::Connect { app, json } => oauth::connect(&ctx, &app, json),
         Cmd::Secrets { action: SecretsCmd::Pubkey } => match crate::init::age_recipient(&daemon.dir) {
             Ok(recipient) => {
                 out.line(recipient);
@@ -312,6 +339,12 @@ mod tests {
             "rollback hello v2",
             "restart hello",
             "logs hello -f -n 5",
+            "approve K7QX-M2PD",
+            "approve k7qxm2pd --json",
+            "login",
+            "grants list hello --json",
+            "grants revoke hello g_0123abcd",
+            "connect hello --json",
         ] {
             let r = parse(ok);
             assert!(

@@ -116,6 +116,12 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>, local: SocketAddr
         let rest = rest.to_string();
         return internal.serve(&rest, req).await;
     }
+    if (path.starts_with("/.well-known/") || path.starts_with("/oauth/"))
+        && let Some(oauth) = gw.oauth.get()
+    {
+        let path = path.to_string();
+        return oauth.serve(&path, req).await;
+    }
     let app = match &gw.cfg.mount {
         Mount::Single { path: mp, app } if path == mp => app.clone(),
         Mount::Prefix(prefix) => match path.strip_prefix(prefix.as_str()) {
@@ -147,17 +153,21 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
     if let Err(r) = p::check_origin(headers, allowed, gw.cfg.public_origin.as_deref(), loopback) {
         return *r;
     }
+    let mode = route.as_deref().map(|r| r.auth).unwrap_or_default();
     if query_has_token(req.uri().query()) {
+        let challenge = gw.auth.as_ref().map(|a| a.challenge(app, mode, &super::AuthError::Invalid));
         return unauthorized(
             "tokens in the URL are refused (URLs end up in logs): send `Authorization: Bearer <token>` instead",
+            challenge,
         );
     }
-    let identity = match &gw.auth {
-        Some(auth) => match auth.authenticate(app, bearer(headers)) {
+    let identity = match (&gw.auth, mode) {
+        (_, super::AuthMode::Public) => Some(TokenIdentity::public()),
+        (Some(auth), mode) => match auth.authenticate_in(app, bearer(headers), mode) {
             Ok(id) => Some(id),
-            Err(e) => return unauthorized(&e.to_string()),
+            Err(e) => return unauthorized(&e.to_string(), Some(auth.challenge(app, mode, &e))),
         },
-        None => None,
+        (None, _) => None,
     };
     let Some(route) = route else {
         // With tokens, an unknown app was already refused (401, so app names do not leak): this app
@@ -204,9 +214,11 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
     }
 }
 
-fn unauthorized(msg: &str) -> Resp {
+fn unauthorized(msg: &str, challenge: Option<String>) -> Resp {
     let mut r = p::error(StatusCode::UNAUTHORIZED, -32001, &format!("Unauthorized: {msg}"));
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let challenge = challenge.and_then(|c| HeaderValue::from_str(&c).ok());
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge.unwrap_or_else(|| HeaderValue::from_static("Bearer")));
     r
 }
 

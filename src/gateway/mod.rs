@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use applog::{AppLogs, LogKind, LogLine};
-pub use auth::{AuthError, EnvTokenAuthenticator, TokenIdentity};
+pub use auth::{AuthError, AuthMode, EnvTokenAuthenticator, TokenIdentity};
 pub use protocol::GatewayBody;
 pub use wake::{Activity, InFlight, Wake, WakeHandle};
 
@@ -67,6 +67,8 @@ pub struct AppRoute {
     /// One child shared by all sessions (ids rewritten) instead of one child per session.
     pub shared: bool,
     pub rate_limit: Option<RateLimit>,
+    /// Which credentials the endpoint accepts (`Public`: none at all).
+    pub auth: AuthMode,
 }
 
 /// The daemon's own endpoints under `/_catwalk/` (e.g. release source downloads for Fly machines),
@@ -89,6 +91,22 @@ pub trait AppDirectory: Send + Sync {
 /// Implementations must compare in constant time and must fail for unknown apps.
 pub trait Authenticator: Send + Sync {
     fn authenticate(&self, app: &str, bearer: Option<&str>) -> Result<TokenIdentity, AuthError>;
+
+    /// Like [`Authenticator::authenticate`], knowing the app's [`AuthMode`] (never `Public`: the gateway
+    /// lets those through itself). The default ignores the mode (a single-token authenticator).
+    fn authenticate_in(
+        &self,
+        app: &str,
+        bearer: Option<&str>,
+        _mode: AuthMode,
+    ) -> Result<TokenIdentity, AuthError> {
+        self.authenticate(app, bearer)
+    }
+
+    /// The `WWW-Authenticate` value of a 401 for `app` (the daemon adds RFC 9728 `resource_metadata`).
+    fn challenge(&self, _app: &str, _mode: AuthMode, _error: &AuthError) -> String {
+        "Bearer".into()
+    }
 }
 
 /// One audit record per JSON-RPC request that reached a backend (or was refused by it).
@@ -194,6 +212,8 @@ pub struct Gateway {
     limiters: auth::Limiters,
     proxy: upstream::Proxy,
     internal: std::sync::OnceLock<Arc<dyn InternalRoutes>>,
+    /// OAuth endpoints (`/.well-known/...`, `/oauth/...`), given the whole path.
+    oauth: std::sync::OnceLock<Arc<dyn InternalRoutes>>,
 }
 
 impl Gateway {
@@ -219,12 +239,19 @@ impl Gateway {
             limiters: auth::Limiters::default(),
             proxy: upstream::Proxy::new(),
             internal: std::sync::OnceLock::new(),
+            oauth: std::sync::OnceLock::new(),
         })
     }
 
     /// Serves `/_catwalk/...` with `routes` (set once, by the daemon; later calls are ignored).
     pub fn set_internal_routes(&self, routes: Arc<dyn InternalRoutes>) {
         let _ = self.internal.set(routes);
+    }
+
+    /// Serves `/.well-known/*` and `/oauth/*` with `routes` (the daemon's OAuth authorization server and
+    /// protected-resource metadata), passing the whole path; set once.
+    pub fn set_oauth_routes(&self, routes: Arc<dyn InternalRoutes>) {
+        let _ = self.oauth.set(routes);
     }
 
     /// The per-app logs (child stderr and lifecycle events) for the `logs` command.

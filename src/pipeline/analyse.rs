@@ -123,6 +123,8 @@ struct DeploySection {
     allowed_origins: Vec<String>,
     /// `"default"` (the host's network) or `"none"`.
     network: Option<String>,
+    /// `"oauth+token"` (default), `"token"` or `"none"` (a public endpoint).
+    auth: Option<String>,
 }
 
 fn default_transport() -> String {
@@ -193,6 +195,14 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
             return Err(format!("catwalk.toml: deploy.network {other:?}: use \"default\" or \"none\""));
         }
     };
+    let auth = match manifest.deploy.auth.as_deref() {
+        None => crate::gateway::AuthMode::default(),
+        Some(text) => crate::gateway::AuthMode::parse(text).ok_or_else(|| {
+            format!(
+                "catwalk.toml: deploy.auth {text:?}: use \"oauth+token\" (default), \"token\" or \"none\" (public)"
+            )
+        })?,
+    };
     Ok(Plan {
         manifest: "catwalk.toml".into(),
         language,
@@ -206,6 +216,7 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
         runtime: manifest.deploy.runtime,
         allowed_origins: manifest.deploy.allowed_origins,
         no_network,
+        auth,
     })
 }
 
@@ -376,6 +387,7 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
         runtime: None,
         allowed_origins: Vec::new(),
         no_network: false,
+        auth: Default::default(),
     })
 }
 
@@ -438,6 +450,7 @@ fn repository_plan(manifest: &str, language: Language, entry: Entry) -> Plan {
         runtime: None,
         allowed_origins: Vec::new(),
         no_network: false,
+        auth: Default::default(),
     }
 }
 

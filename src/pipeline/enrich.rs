@@ -330,6 +330,7 @@ mod tests {
             runtime: None,
             allowed_origins: Vec::new(),
             no_network: false,
+            auth: Default::default(),
         }
     }
 

@@ -148,6 +148,9 @@ pub struct Plan {
     /// `network = "none"`: the server gets no network at all (only a private loopback).
     #[serde(default)]
     pub no_network: bool,
+    /// `[deploy] auth`: which credentials the endpoint accepts (default `oauth+token`).
+    #[serde(default)]
+    pub auth: crate::gateway::AuthMode,
 }
 
 impl Plan {

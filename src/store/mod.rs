@@ -7,6 +7,7 @@
 //!
 //! Values are JSON-encoded records (see [`records`]); keys are names or sequence numbers.
 
+pub mod oauth;
 mod records;
 mod releases;
 mod tokens;
@@ -18,6 +19,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use oauth::{
+    AccessCheck, AuthRequest, ClientRecord, GrantError, GrantRecord, IssuedTokens, SessionRecord,
+    TokenLifetimes, digest as oauth_digest, random_id as oauth_random_id, secret as oauth_secret,
+};
 pub use records::{AppRecord, AuditRecord, KeyRecord, PushRecord, Role, TokenRecord, now};
 pub use releases::{Introspection, RELEASE_RETENTION, ReleaseRecord, ReleaseStatus};
 pub use tokens::{NewToken, TokenCheck};
@@ -109,6 +114,11 @@ impl Store {
             txn.open_table(AUDIT)?;
             txn.open_table(CACHE)?;
             txn.open_table(releases::RELEASES)?;
+            for table in
+                [oauth::CLIENTS, oauth::REQUESTS, oauth::GRANTS, oauth::OAUTH_TOKENS, oauth::SESSIONS]
+            {
+                txn.open_table(table)?;
+            }
         }
         txn.commit()?;
         Ok(())
@@ -211,7 +221,8 @@ impl Store {
     /// deleted. Its audit records are kept for the operator (the trail of what clients did must outlive
     /// a tenant who destroys the app to erase it) but detached from the name: relabelled
     /// [`destroyed_label`], which no app name can equal, so nothing that looks records up by app name
-    /// shows them to whoever creates the name next. One audit record notes the destroy itself.
+    /// shows them to whoever creates the name next. One audit record notes the destroy itself. Its OAuth
+    /// grants (and their refresh and access tokens) are deleted in the same transaction.
     pub fn destroy_app(&self, name: &str, by: &str) -> Result<Erased> {
         let at = now();
         let label = destroyed_label(name, at);
@@ -276,6 +287,8 @@ impl Store {
                 duration_us: 0,
             };
             audit.insert(seq, encode(&note).as_slice())?;
+            drop((tokens, releases, pushes, audit));
+            oauth::delete_app_in(&txn, name)?;
             erased
         };
         txn.commit()?;

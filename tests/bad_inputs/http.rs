@@ -142,6 +142,21 @@ async fn http_jsonrpc_and_headers() {
         case("an empty app name", "POST", "/mcp/", std_headers(&[]), &init, 404, Some(-32601), "no MCP endpoint at /mcp/"),
         case("an app without a live release", "POST", "/mcp/other", std_headers(&[("authorization", &format!("Bearer {other_token}"))]), &init, 404, Some(-32601), "app \"other\" has no live release; push to it first"),
         case("a nested app path", "POST", "/mcp/good/x", std_headers(&[]), &init, 404, Some(-32601), "no MCP endpoint at /mcp/good/x"),
+        // OAuth (src/oauth): answers are RFC 6749 error objects or the authorization error page, not JSON-RPC.
+        case("an OAuth access token that was never issued", "POST", mcp, std_headers(&[("authorization", &format!("Bearer cwa_{}", "0".repeat(76)))]), &init, 401, Some(-32001), "not valid for this app"),
+        case("registration that is not JSON", "POST", "/oauth/register", vec![("content-type", "text/plain".into())], b"redirect_uris=x", 400, None, "\"error\":\"invalid_client_metadata\""),
+        case("registration with an http redirect to another host", "POST", "/oauth/register", vec![("content-type", "application/json".into())], br#"{"redirect_uris":["http://example.com/cb"],"token_endpoint_auth_method":"none"}"#, 400, None, "\"error\":\"invalid_redirect_uri\""),
+        case("registration with a javascript: redirect", "POST", "/oauth/register", vec![("content-type", "application/json".into())], br#"{"redirect_uris":["javascript:alert(1)"]}"#, 400, None, "invalid_redirect_uri"),
+        Http { raw: true, ..case("a registration body over 64 KiB", "POST", "/oauth/register", vec![("content-type", "application/json".into()), ("content-length", "70000".into())], b"", 413, None, "too large") },
+        case("a token request as JSON", "POST", "/oauth/token", vec![("content-type", "application/json".into())], br#"{"grant_type":"authorization_code"}"#, 400, None, "application/x-www-form-urlencoded"),
+        case("a token request with a repeated parameter", "POST", "/oauth/token", vec![("content-type", "application/x-www-form-urlencoded".into())], b"client_id=a&client_id=b", 400, None, "is repeated"),
+        case("a token request from an unknown client", "POST", "/oauth/token", vec![("content-type", "application/x-www-form-urlencoded".into())], b"client_id=c_nope&grant_type=authorization_code&code=cwc_x", 401, None, "\"error\":\"invalid_client\""),
+        case("a revocation without client", "POST", "/oauth/revoke", vec![("content-type", "application/x-www-form-urlencoded".into())], b"token=cwr_x", 401, None, "invalid_client"),
+        case("an authorization request without client_id", "GET", "/oauth/authorize?response_type=code", vec![], b"", 400, None, "client_id is missing"),
+        case("an authorization request with a repeated parameter", "GET", "/oauth/authorize?client_id=a&client_id=b", vec![], b"", 400, None, "is repeated"),
+        case("resource metadata for a path that is no app", "GET", "/.well-known/oauth-protected-resource/mcp/..%2Fgood", vec![], b"", 404, None, "not an app name"),
+        case("GET on the token endpoint", "GET", "/oauth/token", vec![], b"", 405, None, "not allowed"),
+        case("a sign-in link that was never issued", "GET", &format!("/oauth/login/cwl_{}", "0".repeat(76)), vec![], b"", 404, None, "not valid"),
         Http { raw: true, ..case("200 headers", "POST", mcp, (0..200).map(|_| ("x-many", "y".to_string())).chain(std_headers(&[])).collect(), b"", 431, None, "") },
     ];
     assert!(cases.len() >= 35);

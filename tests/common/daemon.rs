@@ -48,6 +48,10 @@ struct Log {
     changed: Condvar,
 }
 
+/// The uid an unprivileged daemon runs as in [`Daemon::start_unprivileged`]: an unused, unprivileged uid
+/// standing in for the systemd unit's `catwalk` user (it owns nothing on the host but the data dir).
+pub const UNPRIVILEGED_UID: u32 = 4343;
+
 /// A running daemon; killed on drop.
 pub struct Daemon {
     pub tmp: tempfile::TempDir,
@@ -55,6 +59,8 @@ pub struct Daemon {
     pub admin: Key,
     pub ssh_port: u16,
     pub http_addr: String,
+    /// `Some(uid)` when the daemon runs as that unprivileged uid instead of the test's (root) user.
+    pub uid: Option<u32>,
     child: Option<Child>,
     log: Arc<Log>,
 }
@@ -67,19 +73,39 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with `extra` TOML replacing the config file's content.
     pub fn start_with_config(extra: &str) -> Daemon {
+        Daemon::start_as(None, extra)
+    }
+
+    /// Like [`Daemon::start_with_config`], with the daemon running as the unprivileged
+    /// [`UNPRIVILEGED_UID`] (the systemd unit's setup: servers are sandboxed in a user namespace).
+    /// The data dir is created and owned by that uid; the daemon's PATH holds only system directories,
+    /// since a toolchain under `/root` (pyenv) is unreachable for it.
+    pub fn start_unprivileged(extra: &str) -> Daemon {
+        Daemon::start_as(Some(UNPRIVILEGED_UID), extra)
+    }
+
+    fn start_as(uid: Option<u32>, extra: &str) -> Daemon {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("cw");
         let admin = Key::generate(tmp.path(), "admin");
-        let out = Command::new(catwalk_bin())
-            .args(["init", "--dir"])
-            .arg(&dir)
-            .arg("--admin-key")
-            .arg(&admin.public)
-            .output()
-            .unwrap();
+        if let Some(uid) = uid {
+            // The temp dir is 0700 root; the daemon's user must reach its data dir and the admin key,
+            // and owns the (empty) data dir that `init` fills.
+            set_mode(tmp.path(), 0o755);
+            set_mode(&admin.public, 0o644);
+            std::fs::create_dir(&dir).unwrap();
+            chown_tree(&dir, uid);
+        }
+        let mut init = Command::new(catwalk_bin());
+        init.args(["init", "--dir"]).arg(&dir).arg("--admin-key").arg(&admin.public);
+        as_user(&mut init, uid);
+        let out = init.output().unwrap();
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
         if !extra.is_empty() {
             std::fs::write(dir.join("catwalk.toml"), extra).unwrap();
+        }
+        if let Some(uid) = uid {
+            chown_tree(&dir, uid);
         }
         let mut daemon = Daemon {
             tmp,
@@ -87,6 +113,7 @@ impl Daemon {
             admin,
             ssh_port: 0,
             http_addr: String::new(),
+            uid,
             child: None,
             log: Arc::new(Log::default()),
         };
@@ -95,7 +122,9 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(catwalk_bin())
+        let mut serve = Command::new(catwalk_bin());
+        as_user(&mut serve, self.uid);
+        let mut child = serve
             .args(["serve", "--ssh-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--dir"])
             .arg(&self.dir)
             .env("CATWALK_LOG", "info")
@@ -245,7 +274,13 @@ impl Daemon {
     pub fn server_ref(&self, app: &str, branch: &str) -> Option<String> {
         let repo = self.dir.join("repos").join(format!("{app}.git"));
         let mut cmd = Command::new("git");
-        cmd.arg("--git-dir").arg(repo).args(["rev-parse", "--verify", "-q", &format!("refs/heads/{branch}")]);
+        // The repository may belong to an unprivileged daemon's uid: git refuses foreign repos by default.
+        cmd.args(["-c", "safe.directory=*", "--git-dir"]).arg(repo).args([
+            "rev-parse",
+            "--verify",
+            "-q",
+            &format!("refs/heads/{branch}"),
+        ]);
         isolate_git(&mut cmd);
         let out = cmd.output().unwrap();
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -257,6 +292,29 @@ impl Drop for Daemon {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` as `uid` (group `uid`, no supplementary groups) with a HOME and PATH that uid can use.
+fn as_user(cmd: &mut Command, uid: Option<u32>) {
+    use std::os::unix::process::CommandExt;
+    let Some(uid) = uid else { return };
+    // std drops root's supplementary groups itself (setgroups(0)) before it changes the uid.
+    cmd.uid(uid).gid(uid).env("PATH", "/usr/local/bin:/usr/bin:/bin").env("HOME", "/nonexistent");
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `chown -R uid:uid path` without following symlinks.
+pub fn chown_tree(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+    if std::fs::symlink_metadata(path).unwrap().is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid);
         }
     }
 }

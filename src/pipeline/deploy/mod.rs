@@ -397,6 +397,7 @@ impl Deployer {
                 let route = AppRoute {
                     rate_limit: self.rate_limit,
                     allowed_origins: self.allowed_origins(&release.plan),
+                    auth: release.plan.auth,
                     ..live_route
                 };
                 self.routes.set(app.as_str(), route);
@@ -428,6 +429,18 @@ impl Deployer {
             "-----> live at {}/mcp/{app}   (tokens: {} tokens create {app})",
             self.public_url, self.ssh_command
         ));
+        match release.plan.auth {
+            crate::gateway::AuthMode::Public => out(format!(
+                "-----> WARNING: auth = \"none\": {}/mcp/{app} is PUBLIC: anyone who can reach it may call its \
+                 tools without a token (requests are still rate-limited and audited)",
+                self.public_url
+            )),
+            crate::gateway::AuthMode::OAuthAndToken => out(format!(
+                "-----> connect Claude, Claude Code, Cursor or VS Code: {} connect {app}",
+                self.ssh_command
+            )),
+            crate::gateway::AuthMode::Token => {}
+        }
         release.version
     }
 
@@ -636,11 +649,12 @@ impl Deployer {
                 .clone()
                 .ok_or("the live release runs on fly, but [runtime.fly] is not configured")?;
             let (routes, name, logs) = (self.routes.clone(), app.to_string(), self.logs.clone());
-            let (allowed_origins, rate_limit) = (self.allowed_origins(&live.plan), self.rate_limit);
+            let (allowed_origins, rate_limit, auth) =
+                (self.allowed_origins(&live.plan), self.rate_limit, live.plan.auth);
             tokio::spawn(async move {
                 match fly.restore_route(&name, &logs).await {
                     Ok(Some(route)) => {
-                        routes.set(&name, AppRoute { allowed_origins, rate_limit, ..route });
+                        routes.set(&name, AppRoute { allowed_origins, rate_limit, auth, ..route });
                     }
                     Ok(None) => tracing::warn!(app = %name, "no live Fly machine found for the live release"),
                     Err(e) => tracing::error!(app = %name, "restoring the Fly route failed: {e}"),

@@ -170,6 +170,7 @@ impl Deployer {
             allowed_origins: self.allowed_origins(&release.plan),
             shared: release.plan.shared,
             rate_limit: self.rate_limit,
+            auth: release.plan.auth,
         };
         Ok((route, server))
     }

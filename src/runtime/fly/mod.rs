@@ -354,6 +354,7 @@ impl FlyRuntime {
             allowed_origins: Vec::new(),
             shared: false,
             rate_limit: None,
+            auth: Default::default(),
         }
     }
 
@@ -370,6 +371,7 @@ impl FlyRuntime {
             allowed_origins: Vec::new(),
             shared: false,
             rate_limit: None,
+            auth: Default::default(),
         }
     }
 
