@@ -22,5 +22,6 @@ pub mod pipeline;
 pub mod runtime;
 pub mod ssh;
 pub mod store;
+pub mod terminal_text;
 pub mod tls;
 pub mod up;

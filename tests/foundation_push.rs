@@ -130,7 +130,8 @@ fn deployers_push_to_their_own_apps_only() {
     ok(&wt.push(&d, &alice, &[&d.remote_url("alices"), "main"]));
     let out = wt.push(&d, &bob, &[&d.remote_url("alices"), "main"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("may not push to app alices"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the app name alices is taken"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("alice,") && !stderr(&out).contains("belongs"), "{}", stderr(&out));
     // Bob can neither clone it nor see it.
     let out =
         d.git(&bob, d.tmp.path()).args(["clone", "-q", &d.remote_url("alices"), "stolen"]).output().unwrap();

@@ -386,9 +386,9 @@ async fn every_refusal_has_its_rfc_error() {
     let local: Value = serde_json::from_str(&ok(&d.local(&["approve", &code, "--json"], ""))).unwrap();
     assert_eq!((local["app"].clone(), local["approved_by"].clone()), (json!("a"), json!("local")));
     assert_eq!(f.get(&url).await.status, 302);
-    // Bob cannot list or revoke a's grants either.
+    // Bob cannot list or revoke a's grants either: to him, a does not exist.
     let denied = d.ssh(&bob, "grants list a", "");
-    assert!(!denied.status.success() && stderr(&denied).contains("permission denied"), "{}", stderr(&denied));
+    assert!(!denied.status.success() && stderr(&denied).contains("no app named a "), "{}", stderr(&denied));
     // `apps destroy` removes the app's grants with it.
     assert_eq!(
         serde_json::from_str::<Value>(&ok(&d.ssh(&bob, "grants list bobs --json", "")))

@@ -8,6 +8,7 @@ use super::{CmdResult, Ctx, Failure};
 use crate::git;
 use crate::names::AppName;
 use crate::store::{AppRecord, now};
+use crate::terminal_text::visible;
 
 #[derive(Subcommand, Debug)]
 pub enum AppsCmd {
@@ -22,7 +23,8 @@ pub enum AppsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Delete an app: its repository, its record, its tokens and its OAuth grants. Needs `--confirm NAME`.
+    /// Delete an app and everything of it: repository, files, releases, tokens, OAuth grants, push
+    /// records, log. Needs `--confirm NAME`.
     Destroy {
         name: String,
         /// The app's name again, to confirm.
@@ -35,7 +37,7 @@ pub async fn run(ctx: &Ctx<'_>, action: Option<AppsCmd>, json: bool) -> CmdResul
     match action {
         None => list(ctx, json),
         Some(AppsCmd::List { json: j }) => list(ctx, json || j),
-        Some(AppsCmd::Create { name, json: j }) => create(ctx, &name, json || j),
+        Some(AppsCmd::Create { name, json: j }) => create(ctx, &name, json || j).await,
         Some(AppsCmd::Destroy { name, confirm }) => destroy(ctx, &name, &confirm).await,
     }
 }
@@ -86,9 +88,24 @@ fn list(ctx: &Ctx<'_>, json: bool) -> CmdResult {
     Ok(())
 }
 
-fn create(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
+async fn create(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     let app = AppName::parse(name).map_err(|e| Failure::Error(e.to_string()))?;
     let daemon = ctx.daemon;
+    // Under the deploy lock, like a first push: nothing else creates, pushes to or destroys it meanwhile.
+    let _guard = daemon
+        .locks
+        .acquire(&app, &ctx.who.name, |holder| {
+            ctx.out.eline(format!("waiting: queued behind {}", holder.describe()))
+        })
+        .await;
+    match daemon.store.app(app.as_str())? {
+        Some(existing) if ctx.who.can_manage(&existing) => {
+            return Err(Failure::Error(format!("app {app} already exists (see `info {app}`)")));
+        }
+        Some(_) => return Err(Failure::Error(git::push::name_taken(app.as_str()))),
+        None => {}
+    }
+    super::erase::clear_before_create(daemon, &app).map_err(Failure::Error)?;
     let record = AppRecord {
         name: app.to_string(),
         created_at: now(),
@@ -97,7 +114,10 @@ fn create(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         deploy_branch: None,
         allowed_origins: Vec::new(),
     };
-    daemon.store.create_app(&record)?;
+    daemon.store.create_app(&record).map_err(|e| match e {
+        crate::store::StoreError::Conflict(_) => Failure::Error(git::push::name_taken(app.as_str())),
+        e => e.into(),
+    })?;
     git::ensure_repo(&daemon.dir, &daemon.config, &app, &daemon.config.git.deploy_branch)
         .map_err(|e| Failure::Error(format!("{e:#}")))?;
     if json {
@@ -128,15 +148,11 @@ async fn destroy(ctx: &Ctx<'_>, name: &str, confirm: &str) -> CmdResult {
             ctx.out.eline(format!("waiting: queued behind {}", holder.describe()))
         })
         .await;
-    daemon.deployer.destroy(&app).await.map_err(Failure::Error)?;
-    daemon.store.destroy_app(app.as_str())?;
-    for path in [daemon.dir.repo(&app), daemon.dir.app(&app)] {
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .map_err(|e| Failure::Error(format!("removing {}: {e}", path.display())))?;
-        }
-    }
-    ctx.out.line(format!("destroyed app {app} (repository, record, tokens and OAuth grants)"));
+    let erased = super::erase::destroy(daemon, &app, &ctx.who.name).await.map_err(Failure::Error)?;
+    ctx.out.line(format!(
+        "destroyed app {app}: its repository, files, releases ({}), tokens ({}), OAuth grants, push records ({}) and log",
+        erased.releases, erased.tokens, erased.pushes
+    ));
     Ok(())
 }
 
@@ -164,12 +180,14 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         ctx.json(&value);
         return Ok(());
     }
-    let out = ctx.out;
-    out.line(format!("app:        {}", record.name));
-    out.line(format!("owners:     {}", record.owners.join(", ")));
-    out.line(format!("created:    {} by {}", time(record.created_at), record.created_by));
-    out.line(format!("repository: {}", repo.display()));
-    out.line(format!(
+    // Each field is one line; tool names, env descriptions and push options come from the tenant's
+    // server or repository, so a newline or escape sequence in them is shown, never obeyed.
+    let line = |text: String| ctx.out.line(visible(&text));
+    line(format!("app:        {}", record.name));
+    line(format!("owners:     {}", record.owners.join(", ")));
+    line(format!("created:    {} by {}", time(record.created_at), record.created_by));
+    line(format!("repository: {}", repo.display()));
+    line(format!(
         "head:       {} ({})",
         value["head"].as_str().unwrap_or("(nothing pushed yet)"),
         value["deploy_branch"].as_str().unwrap_or_default()
@@ -178,7 +196,7 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         Some(p) => {
             let opts =
                 if p.options.is_empty() { String::new() } else { format!(" -o {}", p.options.join(" -o ")) };
-            out.line(format!(
+            line(format!(
                 "last push:  {} by {} at {}: {}{opts}",
                 &p.new[..p.new.len().min(12)],
                 p.key,
@@ -186,40 +204,41 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
                 p.verdict
             ));
         }
-        None => out.line("last push:  none"),
+        None => line("last push:  none".into()),
     }
     match ctx.daemon.store.live_release(&record.name)? {
         Some(r) => {
-            out.line(format!(
+            line(format!(
                 "live:       v{} ({}) {}",
                 r.version,
                 &r.commit[..r.commit.len().min(7)],
                 r.plan.describe()
             ));
             if let Some(i) = &r.introspection {
-                out.line(format!("serves:     {}", crate::pipeline::deploy::describe_introspection(i)));
+                line(format!("serves:     {}", crate::pipeline::deploy::describe_introspection(i)));
             }
             for e in &r.plan.env {
-                out.line(format!("env:        {}", e.summary()));
+                line(format!("env:        {}", e.summary()));
             }
         }
-        None => out.line("live:       no release is live"),
+        None => line("live:       no release is live".into()),
     }
     if let Some(s) = server {
-        out.line(format!(
+        line(format!(
             "server:     http on 127.0.0.1:{} (release v{}): {}",
             s["port"],
             s["release"],
             s["state"].as_str().unwrap_or_default()
         ));
     }
-    for line in machines.info_lines() {
-        out.line(line);
+    for text in machines.info_lines() {
+        line(text);
     }
-    out.line(format!("endpoint:   {}", value["endpoint"].as_str().unwrap_or_default()));
-    out.line(format!("auth:       {}", ctx.daemon.oauth.mode(&record.name).as_str()));
-    for line in grant_lines {
-        out.line(line);
+    line(format!("endpoint:   {}", value["endpoint"].as_str().unwrap_or_default()));
+    line(format!("auth:       {}", ctx.daemon.oauth.mode(&record.name).as_str()));
+    // Grant lines name OAuth clients, whose names the clients registered themselves.
+    for text in grant_lines {
+        line(text);
     }
     Ok(())
 }

@@ -121,7 +121,8 @@ impl Machines {
                 .flat_map(|m| {
                     m.events.iter().map(move |e| {
                         let at = UNIX_EPOCH + Duration::from_millis(e.at_ms.max(0) as u64);
-                        (at, format!("{} fly    machine {}: {}", time(secs(e.at_ms)), m.id, e.text))
+                        let text = crate::terminal_text::visible(&e.text);
+                        (at, format!("{} fly    machine {}: {text}", time(secs(e.at_ms)), m.id))
                     })
                 })
                 .collect(),

@@ -5,6 +5,7 @@
 //! and return an exit code (0 ok, 1 failure or permission denied, 2 usage error).
 
 mod apps;
+pub mod erase;
 mod keys;
 mod machines;
 mod oauth;
@@ -254,9 +255,11 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Prints `value` as pretty JSON on stdout.
+    /// Prints `value` as pretty JSON on stdout, with the characters JSON leaves raw inside strings (C1
+    /// controls, bidi overrides) escaped, so the transports' control-character rendering never touches it.
     pub fn json(&self, value: &serde_json::Value) {
-        self.out.line(serde_json::to_string_pretty(value).expect("JSON values serialise"));
+        let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+        self.out.line(crate::terminal_text::json(text));
     }
 
     /// Refuses non-admins, naming the command and the role needed.
@@ -268,19 +271,22 @@ impl Ctx<'_> {
         }
     }
 
-    /// Loads `name` and checks that the caller manages it. Unknown and foreign apps get the same answer
-    /// for deployers, so app names of other tenants do not leak.
-    pub fn managed_app(&self, name: &str, what: &str) -> Result<crate::store::AppRecord, Failure> {
+    /// Loads `name` and checks that the caller manages it. An app the caller may not manage gets exactly
+    /// the answer a missing app gets ([`no_such_app`]): a deployer cannot tell another tenant's app from
+    /// a name nobody uses, nor learn who owns it.
+    pub fn managed_app(&self, name: &str, _what: &str) -> Result<crate::store::AppRecord, Failure> {
         let app = crate::names::AppName::parse(name).map_err(|e| Failure::Error(e.to_string()))?;
         match self.daemon.store.app(app.as_str())? {
             Some(record) if self.who.can_manage(&record) => Ok(record),
-            Some(_) => Err(Failure::Denied(format!(
-                "`{what}` on app {app} needs the admin role or ownership of the app (you are {})",
-                self.who.describe()
-            ))),
-            None => Err(Failure::Error(format!("no app named {app} (see `apps`)"))),
+            Some(_) | None => Err(Failure::Error(no_such_app(&app))),
         }
     }
+}
+
+/// The one answer for an app the caller cannot see, whether it does not exist or belongs to someone else:
+/// every command and `git clone` use it, byte for byte.
+pub fn no_such_app(app: &crate::names::AppName) -> String {
+    format!("no app named {app} (see `apps` for yours)")
 }
 
 #[cfg(test)]

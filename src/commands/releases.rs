@@ -8,6 +8,7 @@ use super::{CmdResult, Ctx, Failure};
 use crate::gateway::{LogKind, LogLine};
 use crate::names::AppName;
 use crate::store::ReleaseRecord;
+use crate::terminal_text::visible;
 
 fn app_name(ctx: &Ctx<'_>, name: &str, what: &str) -> Result<AppName, Failure> {
     let record = ctx.managed_app(name, what)?;
@@ -59,7 +60,8 @@ pub fn releases(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
                 (None, None, Some(i)) => format!("{} tools", i.tools.len()),
                 _ => String::new(),
             };
-            vec![
+            // The note quotes the server's stderr for a failed release: one visible line per cell.
+            [
                 format!("v{}", r.version),
                 status.to_string(),
                 r.commit[..r.commit.len().min(7)].to_string(),
@@ -68,6 +70,9 @@ pub fn releases(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
                 r.plan.describe(),
                 note,
             ]
+            .iter()
+            .map(|cell| visible(cell).into_owned())
+            .collect()
         })
         .collect();
     ctx.out.out(table(&["release", "status", "commit", "created", "by", "source", "note"], &rows));
@@ -116,13 +121,18 @@ pub async fn restart(ctx: &Ctx<'_>, name: &str) -> CmdResult {
     Ok(())
 }
 
+/// One log entry as text: `TIME KIND TEXT`. The text is the server's own (stderr) or carries it (an exit
+/// event quotes the last stderr lines), so its control characters are made visible, and an entry of
+/// several lines gets the prefix on every line: a server cannot print a line that passes for the
+/// daemon's or another entry's.
 fn log_line(line: &LogLine) -> String {
     let at = line.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let kind = match line.kind {
         LogKind::Stderr => "stderr",
         LogKind::Event => "event ",
     };
-    format!("{} {kind} {}", time(at), line.text)
+    let at = time(at);
+    line.text.split('\n').map(|part| format!("{at} {kind} {}", visible(part))).collect::<Vec<_>>().join("\n")
 }
 
 /// The app log's `backlog` merged in time order with its Fly machines' events; the last `n` lines.

@@ -125,6 +125,9 @@ async fn handle(daemon: Arc<Daemon>, stream: UnixStream) -> Result<()> {
         tokio::select! {
             chunk = out_rx.recv() => match chunk {
                 Some((stream, data)) => {
+                    // What a command or a push prints reaches a terminal (the local CLI's, or the
+                    // pusher's through git's `remote:` lines): control characters made visible.
+                    let data = crate::terminal_text::visible_lines(&data).into_owned();
                     let frame = match stream {
                         Stream::Stdout => DaemonFrame::Stdout { data },
                         Stream::Stderr => DaemonFrame::Stderr { data },

@@ -92,6 +92,15 @@ impl AppLogs {
         (tail, log.tx.subscribe())
     }
 
+    /// Forgets everything logged under `app` (`apps destroy`, and again when the name is created, which
+    /// also drops lines a destroyed app's dying processes wrote after the destroy). Its followers
+    /// (`logs -f`) see the end of the log: the sender they listen to is dropped with it.
+    pub fn erase(&self, app: &str) {
+        if let Ok(mut apps) = self.apps.lock() {
+            apps.remove(app);
+        }
+    }
+
     /// The last `n` stderr lines joined, for exit messages.
     pub fn stderr_tail(&self, app: &str, n: usize) -> String {
         let Ok(apps) = self.apps.lock() else {
@@ -129,5 +138,18 @@ mod tests {
         assert_eq!(rx.try_recv().map(|l| l.text).ok().as_deref(), Some("line 0"));
         assert_eq!(logs.stderr_tail("a", 2), "line 3\nline 4");
         assert!(logs.tail("b", 3).is_empty());
+    }
+
+    #[test]
+    fn erase_forgets_the_app_and_ends_its_followers() {
+        let logs = AppLogs::new(10);
+        logs.push("a", LogKind::Stderr, "old tenant's secret");
+        logs.push("b", LogKind::Stderr, "another app");
+        let (_, mut rx) = logs.subscribe("a", 10);
+        logs.erase("a");
+        assert!(logs.tail("a", 10).is_empty());
+        assert_eq!(logs.stderr_tail("a", 10), "");
+        assert_eq!(logs.tail("b", 10).len(), 1, "other apps keep their logs");
+        assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Closed)));
     }
 }

@@ -103,7 +103,11 @@ pub async fn pre_receive(ctx: &PushContext<'_>) -> Verdict {
             ctx.push.guard.set_sha(&update.new);
             progress.step(format!("{app}: received {} from {}", short_sha(&update.new), who.name));
             if !ctx.options.is_empty() {
-                progress.detail(format!("push options: {}", ctx.options.join(", ")));
+                // Echoed as one visible line: an option is the pusher's text, escape sequences included.
+                progress.detail(crate::terminal_text::visible(&format!(
+                    "push options: {}",
+                    ctx.options.join(", ")
+                )));
             }
             // The objects of `update.new` are readable through `ctx.quarantine`; the ref has not moved.
             // The pipeline streams its steps through `progress`; any failure becomes a rejection.
@@ -143,16 +147,21 @@ pub fn deploy_branch(daemon: &Daemon, app: Option<&AppRecord>) -> String {
 }
 
 /// Whether `who` may push to `app` (`None`: the app does not exist yet and would be created).
+///
+/// A push to a name that another tenant's app holds cannot succeed the way a push to a free name does
+/// (that creates the app), so its refusal necessarily says the name is taken, exactly as `apps create`
+/// does; it says nothing else: not who owns the app, nor anything about it.
 pub fn may_push(who: &Identity, app: Option<&AppRecord>) -> Result<(), String> {
     match app {
-        Some(record) if !who.can_manage(record) => Err(format!(
-            "key {} may not push to app {}: it belongs to {}. Ask an admin to add you as an owner, or push under another name.",
-            who.describe(),
-            record.name,
-            if record.owners.is_empty() { "the admins".to_string() } else { record.owners.join(", ") }
-        )),
+        Some(record) if !who.can_manage(record) => Err(name_taken(&record.name)),
         _ => Ok(()),
     }
+}
+
+/// The answer for creating an app (by `apps create` or a first push) under a name another tenant's app
+/// holds.
+pub fn name_taken(app: &str) -> String {
+    format!("the app name {app} is taken: choose another name (`apps` lists yours)")
 }
 
 /// The policy of this issue: one update, to the deploy branch, not a deletion, by a key with rights.
@@ -223,7 +232,8 @@ fn ensure_app(ctx: &PushContext<'_>) -> Result<(), String> {
     let store = &ctx.daemon.store;
     let app = &ctx.push.app;
     match store.app(app.as_str()) {
-        Ok(Some(_)) => Ok(()),
+        // Created meanwhile (`check` read the store before): the pusher must still be allowed.
+        Ok(Some(record)) => may_push(&ctx.push.pusher, Some(&record)),
         Ok(None) => {
             let record = AppRecord {
                 name: app.to_string(),

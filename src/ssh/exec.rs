@@ -66,10 +66,10 @@ pub async fn run(req: Request, channel: Channel<Msg>) {
     drop(ticket);
 }
 
-/// Writes `text` to the client's stderr.
+/// Writes `text` to the client's stderr (control characters made visible).
 async fn to_stderr(write: &Writer, text: &str) {
     let mut w = write.make_writer_ext(Some(1));
-    let _ = w.write_all(text.as_bytes()).await;
+    let _ = w.write_all(crate::terminal_text::visible_lines(text).as_bytes()).await;
     let _ = w.flush().await;
 }
 
@@ -115,6 +115,7 @@ async fn dispatch_inner<'r>(
     }
     tracing::info!("ssh: {} runs {:?}", req.identity.name, argv.first().map(String::as_str).unwrap_or(""));
     let (out, mut out_rx) = Output::channel();
+    // Every chunk a command prints reaches the terminal with its control characters made visible.
     let forward = {
         let mut stdout = write.make_writer();
         let mut stderr = write.make_writer_ext(Some(1));
@@ -124,7 +125,7 @@ async fn dispatch_inner<'r>(
                     Stream::Stdout => &mut stdout as &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
                     Stream::Stderr => &mut stderr,
                 };
-                if w.write_all(data.as_bytes()).await.is_err() {
+                if w.write_all(crate::terminal_text::visible_lines(&data).as_bytes()).await.is_err() {
                     break;
                 }
                 let _ = w.flush().await;
@@ -161,10 +162,8 @@ async fn git_service<'r>(
             let readable = record.as_ref().is_some_and(|r| who.can_manage(r));
             let repo = daemon.dir.repo(&app);
             if !readable || !repo.exists() {
-                return Err(format!(
-                    "no app named {app} that {} may read (see `apps`); push to it first",
-                    who.describe()
-                ));
+                // The same words as every command's answer for an app the caller cannot see.
+                return Err(crate::commands::no_such_app(&app));
             }
             let cmd = git::command(&daemon.config, &daemon.dir, service, &repo, &env(None));
             relay(cmd, input, write, daemon.pushes.abort.clone()).await
@@ -184,6 +183,11 @@ async fn git_service<'r>(
                 }) => guard,
                 _ = gone.cancelled() => return Ok(1),
             };
+            // A first push creates the app: under the lock, whatever an earlier app of this name left
+            // (a crash mid-destroy, an operator's copy) goes before the new repository is made.
+            if daemon.store.app(app.as_str()).map_err(|e| e.to_string())?.is_none() {
+                crate::commands::erase::clear_before_create(daemon, &app)?;
+            }
             let branch = git::push::deploy_branch(daemon, record.as_ref());
             let repo = git::ensure_repo(&daemon.dir, &daemon.config, &app, &branch)
                 .map_err(|e| format!("preparing the repository of {app}: {e:#}"))?;

@@ -216,25 +216,83 @@ impl Store {
         self.put(APPS, &app.name, app)
     }
 
-    /// Removes an app, every token scoped to it and its OAuth grants, in one transaction.
-    pub fn destroy_app(&self, name: &str) -> Result<AppRecord> {
+    /// Erases an app (`apps destroy`), in one transaction, so that a crash leaves either the whole app
+    /// or nothing a re-creator of the name could read: its record, tokens, releases and push records are
+    /// deleted. Its audit records are kept for the operator (the trail of what clients did must outlive
+    /// a tenant who destroys the app to erase it) but detached from the name: relabelled
+    /// [`destroyed_label`], which no app name can equal, so nothing that looks records up by app name
+    /// shows them to whoever creates the name next. One audit record notes the destroy itself. Its OAuth
+    /// grants (and their refresh and access tokens) are deleted in the same transaction.
+    pub fn destroy_app(&self, name: &str, by: &str) -> Result<Erased> {
+        let at = now();
+        let label = destroyed_label(name, at);
         let txn = self.db.begin_write()?;
-        let removed = {
+        let erased = {
             let mut apps = txn.open_table(APPS)?;
             let removed: AppRecord = match apps.remove(name)? {
                 Some(v) => decode("apps", v.value())?,
                 None => return Err(StoreError::NotFound(format!("no app named {name:?} (see `apps`)"))),
             };
+            let mut erased = Erased {
+                app: removed,
+                tokens: 0,
+                releases: 0,
+                pushes: 0,
+                audit_relabelled: 0,
+                audit_label: label.clone(),
+            };
             let mut tokens = txn.open_table(TOKENS)?;
             tokens.retain(|_, v| {
-                serde_json::from_slice::<TokenRecord>(v).map(|t| t.app != name).unwrap_or(true)
+                let keep = serde_json::from_slice::<TokenRecord>(v).map(|t| t.app != name).unwrap_or(true);
+                erased.tokens += usize::from(!keep);
+                keep
             })?;
-            drop(tokens);
+            let mut releases = txn.open_table(releases::RELEASES)?;
+            let prefix = format!("{name}/");
+            releases.retain(|k, _| {
+                let keep = !k.starts_with(&prefix);
+                erased.releases += usize::from(!keep);
+                keep
+            })?;
+            let mut pushes = txn.open_table(PUSHES)?;
+            pushes.retain(|_, v| {
+                let keep = serde_json::from_slice::<PushRecord>(v).map(|p| p.app != name).unwrap_or(true);
+                erased.pushes += usize::from(!keep);
+                keep
+            })?;
+            let mut audit = txn.open_table(AUDIT)?;
+            let mut relabelled = Vec::new();
+            for entry in audit.iter()? {
+                let (k, v) = entry?;
+                let mut record: AuditRecord = decode("audit", v.value())?;
+                if record.app == name {
+                    record.app = label.clone();
+                    relabelled.push((k.value(), record));
+                }
+            }
+            erased.audit_relabelled = relabelled.len();
+            for (seq, record) in relabelled {
+                audit.insert(seq, encode(&record).as_slice())?;
+            }
+            let seq = audit.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            let note = AuditRecord {
+                seq,
+                at,
+                app: label,
+                token: format!("key:{by}"),
+                method: "apps destroy".into(),
+                tool: None,
+                status: 0,
+                error: false,
+                duration_us: 0,
+            };
+            audit.insert(seq, encode(&note).as_slice())?;
+            drop((tokens, releases, pushes, audit));
             oauth::delete_app_in(&txn, name)?;
-            removed
+            erased
         };
         txn.commit()?;
-        Ok(removed)
+        Ok(erased)
     }
 
     // ---- pushes and audit ----------------------------------------------------------------------
@@ -253,16 +311,22 @@ impl Store {
         self.recent(PUSHES, limit, |p: &PushRecord| app.is_none_or(|a| p.app == a))
     }
 
-    /// Appends a batch of audit records in one transaction (one fsync for many MCP calls).
+    /// Appends a batch of audit records in one transaction (one fsync for many MCP calls). Records of an
+    /// app that no longer exists (calls that were still queued when it was destroyed) are written under
+    /// its [`destroyed_label`], like the records `destroy_app` relabelled.
     pub fn record_audit(&self, records: &mut [AuditRecord]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin_write()?;
         {
+            let apps = txn.open_table(APPS)?;
             let mut table = txn.open_table(AUDIT)?;
             let mut next = table.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
             for record in records.iter_mut() {
+                if apps.get(record.app.as_str())?.is_none() {
+                    record.app = destroyed_label(&record.app, record.at);
+                }
                 record.seq = next;
                 table.insert(next, encode(record).as_slice())?;
                 next += 1;
@@ -375,6 +439,25 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// What `destroy_app` erased (for the destroy's own report and the daemon log).
+#[derive(Debug)]
+pub struct Erased {
+    pub app: AppRecord,
+    pub tokens: usize,
+    pub releases: usize,
+    pub pushes: usize,
+    /// Audit records kept for the operator under [`destroyed_label`]...
+    pub audit_relabelled: usize,
+    /// ... which is this.
+    pub audit_label: String,
+}
+
+/// The app label audit records of a destroyed app are kept under: `NAME~destroyed@UNIXTIME`. `~` and `@`
+/// are outside the app name grammar, so the label never equals the name of an app created later.
+pub fn destroyed_label(name: &str, at: u64) -> String {
+    format!("{name}~destroyed@{at}")
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

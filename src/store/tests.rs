@@ -86,14 +86,71 @@ fn expired_tokens_are_refused() {
     assert_eq!(s.check_token("a", &t.token).unwrap(), TokenCheck::Expired);
 }
 
+fn push(app: &str) -> PushRecord {
+    PushRecord {
+        seq: 0,
+        app: app.into(),
+        refname: "refs/heads/main".into(),
+        old: "0".into(),
+        new: "1".into(),
+        key: "alice".into(),
+        at: 1,
+        options: vec!["note=\x1b[2J".into()],
+        verdict: "accepted".into(),
+    }
+}
+
+fn call(app: &str) -> AuditRecord {
+    AuditRecord {
+        seq: 0,
+        at: 1,
+        app: app.into(),
+        token: "laptop".into(),
+        method: "tools/call".into(),
+        tool: Some("echo".into()),
+        status: 200,
+        error: false,
+        duration_us: 10,
+    }
+}
+
 #[test]
-fn destroying_an_app_drops_its_tokens() {
+fn destroying_an_app_leaves_nothing_under_its_name() {
     let (_d, s) = store();
-    s.create_app(&app("a")).unwrap();
+    for name in ["a", "ab"] {
+        s.create_app(&app(name)).unwrap();
+        s.put_release(&release(name, 1, ReleaseStatus::Live)).unwrap();
+        s.record_push(push(name)).unwrap();
+        s.record_audit(&mut [call(name)]).unwrap();
+    }
     let t = s.create_token("a", "x", None, "alice").unwrap();
-    s.destroy_app("a").unwrap();
+    let kept = s.create_token("ab", "x", None, "alice").unwrap();
+    let erased = s.destroy_app("a", "alice").unwrap();
+    assert_eq!((erased.tokens, erased.releases, erased.pushes, erased.audit_relabelled), (1, 1, 1, 1));
     assert_eq!(s.check_token("a", &t.token).unwrap(), TokenCheck::Unknown);
     assert!(s.tokens("a").unwrap().is_empty());
+    assert!(s.releases("a").unwrap().is_empty());
+    assert!(s.pushes(Some("a"), 10).unwrap().is_empty());
+    assert!(s.audit("a", 10).unwrap().is_empty(), "audit rows are detached from the name");
+    assert_eq!(s.next_release_version("a").unwrap(), 1);
+    // Kept for the operator, under a label no app can be named: the calls and the destroy itself.
+    let label = &erased.audit_label;
+    assert!(crate::names::AppName::parse(label).is_err());
+    let trail = s.audit(label, 10).unwrap();
+    assert_eq!(trail.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), ["apps destroy", "tools/call"]);
+    assert_eq!(trail[0].token, "key:alice");
+    // A call still queued when the app went is not written under its name either.
+    s.record_audit(&mut [call("a")]).unwrap();
+    assert!(s.audit("a", 10).unwrap().is_empty());
+    // The app whose name shares the prefix keeps everything.
+    assert_eq!(s.releases("ab").unwrap().len(), 1);
+    assert_eq!(s.pushes(Some("ab"), 10).unwrap().len(), 1);
+    assert_eq!(s.audit("ab", 10).unwrap().len(), 1);
+    assert!(matches!(s.check_token("ab", &kept.token).unwrap(), TokenCheck::Valid(_)));
+    // Re-created, the name starts empty.
+    s.create_app(&app("a")).unwrap();
+    assert!(s.tokens("a").unwrap().is_empty() && s.pushes(Some("a"), 10).unwrap().is_empty());
+    assert!(matches!(s.destroy_app("nosuch", "alice"), Err(StoreError::NotFound(_))));
 }
 
 #[test]
@@ -117,18 +174,8 @@ fn pushes_and_audit_append_in_order() {
     }
     let a = s.pushes(Some("a"), 10).unwrap();
     assert_eq!(a.iter().map(|p| p.new.as_str()).collect::<Vec<_>>(), ["2", "0"]);
-    let mut audit = vec![AuditRecord {
-        seq: 0,
-        at: 1,
-        app: "a".into(),
-        token: "laptop".into(),
-        method: "tools/call".into(),
-        tool: Some("echo".into()),
-        status: 200,
-        error: false,
-        duration_us: 10,
-    }];
-    s.record_audit(&mut audit).unwrap();
+    s.create_app(&app("a")).unwrap();
+    s.record_audit(&mut [call("a")]).unwrap();
     assert_eq!(s.audit("a", 5).unwrap().len(), 1);
 }
 
