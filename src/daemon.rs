@@ -162,14 +162,7 @@ impl Daemon {
         for (name, app) in &self.config.apps {
             let app_name = AppName::parse(name).map_err(|e| anyhow::anyhow!("[apps.{name}]: {e}"))?;
             if self.store.app(name)?.is_none() {
-                self.store.create_app(&crate::store::AppRecord {
-                    name: name.clone(),
-                    created_at: crate::store::now(),
-                    created_by: "config".into(),
-                    owners: Vec::new(),
-                    deploy_branch: None,
-                    allowed_origins: Vec::new(),
-                })?;
+                self.store.create_app(&crate::store::AppRecord::new(name, "config", Vec::new()))?;
             }
             let backend = match &app.url {
                 Some(url) => Backend::Http { url: url.clone(), headers: Vec::new(), wake: None },

@@ -86,20 +86,6 @@ pub fn init(dir: &DataDir, admin_key: Option<&Path>) -> Result<InitReport> {
     Ok(report)
 }
 
-/// Reads the age recipient (public key) of the daemon's identity.
-pub fn age_recipient(dir: &DataDir) -> Result<String> {
-    let text = fs::read_to_string(dir.age_identity())
-        .with_context(|| format!("reading {} (run `catwalk init` first)", dir.age_identity().display()))?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-        .with_context(|| format!("{} holds no age identity", dir.age_identity().display()))?;
-    let id: age::x25519::Identity = line
-        .parse()
-        .map_err(|e: &str| anyhow::anyhow!("{} is corrupt: {e}", dir.age_identity().display()))?;
-    Ok(id.to_public().to_string())
-}
-
 /// Parses one OpenSSH public key line (`ssh-ed25519 AAAA... comment`), ignoring blank and `#` lines.
 pub fn parse_public_key(text: &str) -> Result<PublicKey> {
     let line =

@@ -125,7 +125,7 @@ fn run_init(dir: &DataDir, admin_key: Option<&std::path::Path>) -> anyhow::Resul
     if let Some(admin) = &report.admin {
         println!("admin key: {admin}");
     }
-    println!("age recipient for secrets: {}", catwalk::init::age_recipient(dir)?);
+    println!("secrets: each app has its own age recipient (`secrets pubkey APP`, after `apps create APP`)");
     Ok(ExitCode::SUCCESS)
 }
 

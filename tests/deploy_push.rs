@@ -294,7 +294,8 @@ async fn health_gate_failure_prints_the_servers_stderr() {
 async fn secrets_reach_the_server_and_nowhere_else() {
     let d = Daemon::start();
     let canary = format!("catwalk-canary-{}", std::process::id() as u64 * 7919 + 1234567);
-    let recipient = ok(&d.ssh(&d.admin, "secrets pubkey", "")).trim().to_string();
+    ok(&d.ssh(&d.admin, "apps create secret", ""));
+    let recipient = ok(&d.ssh(&d.admin, "secrets pubkey secret", "")).trim().to_string();
     let wt = WorkTree::new(d.tmp.path(), "secret");
     std::fs::create_dir_all(wt.path.join(".catwalk")).unwrap();
     std::fs::write(

@@ -71,6 +71,7 @@ async fn fly_live_optional() {
         rollback_of: None,
         install_dir: None,
         command: Vec::new(),
+        secrets_key: Default::default(),
     };
     let out = |l: String| println!("{l}");
     let result = rt.deploy(&release, &Secrets::new(), None, &out).await;

@@ -166,6 +166,7 @@ fn release(app: &str, version: u32) -> ReleaseRecord {
         rollback_of: None,
         install_dir: None,
         command: Vec::new(),
+        secrets_key: Default::default(),
     }
 }
 

@@ -176,8 +176,18 @@ fn json_outputs_parse_and_local_cli_matches_ssh() {
     assert_eq!(names, ["admin", "bob", "carol"]);
     // Text output is the same too.
     assert_eq!(ok(&d.ssh(&d.admin, "apps", "")), ok(&d.local(&["apps"], "")));
-    assert_eq!(ok(&d.ssh(&d.admin, "secrets pubkey", "")), ok(&d.local(&["secrets", "pubkey"], "")));
-    assert!(ok(&d.local(&["secrets", "pubkey"], "")).starts_with("age1"));
+    assert_eq!(
+        ok(&d.ssh(&d.admin, "secrets pubkey hello", "")),
+        ok(&d.local(&["secrets", "pubkey", "hello"], ""))
+    );
+    assert!(ok(&d.local(&["secrets", "pubkey", "hello"], "")).starts_with("age1"));
+    assert_ne!(
+        ok(&d.local(&["secrets", "pubkey", "hello"], "")),
+        ok(&d.local(&["secrets", "pubkey", "world"], ""))
+    );
+    let bare = d.local(&["secrets", "pubkey"], "");
+    assert_eq!(bare.status.code(), Some(1));
+    assert!(stderr(&bare).contains("run `secrets pubkey APP`"), "{}", stderr(&bare));
     assert_eq!(ok(&d.local(&["whoami"], "")).trim(), "local (admin)");
 
     // destroy needs the confirmation and removes the repository.

@@ -122,6 +122,8 @@ fn app_commands(app: &str) -> Vec<String> {
         "grants list {} --json",
         "grants revoke {} abcd1234",
         "connect {}",
+        "secrets pubkey {}",
+        "secrets pubkey {} --json",
         "apps destroy {0} --confirm {0}",
     ]
     .iter()

@@ -7,7 +7,7 @@ use super::render::{table, time};
 use super::{CmdResult, Ctx, Failure};
 use crate::git;
 use crate::names::AppName;
-use crate::store::{AppRecord, now};
+use crate::store::AppRecord;
 use crate::terminal_text::visible;
 
 #[derive(Subcommand, Debug)]
@@ -106,14 +106,7 @@ async fn create(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         None => {}
     }
     super::erase::clear_before_create(daemon, &app).map_err(Failure::Error)?;
-    let record = AppRecord {
-        name: app.to_string(),
-        created_at: now(),
-        created_by: ctx.who.name.clone(),
-        owners: vec![ctx.who.name.clone()],
-        deploy_branch: None,
-        allowed_origins: Vec::new(),
-    };
+    let record = AppRecord::new(app.as_str(), &ctx.who.name, vec![ctx.who.name.clone()]);
     daemon.store.create_app(&record).map_err(|e| match e {
         crate::store::StoreError::Conflict(_) => Failure::Error(git::push::name_taken(app.as_str())),
         e => e.into(),

@@ -116,7 +116,7 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The daemon's age recipient, to encrypt `.catwalk/secrets.age`.
+    /// An app's age recipient, to encrypt its `.catwalk/secrets.age`.
     Secrets {
         #[command(subcommand)]
         action: SecretsCmd,
@@ -125,8 +125,13 @@ pub enum Cmd {
 
 #[derive(Subcommand, Debug)]
 pub enum SecretsCmd {
-    /// Print the age recipient (public key) that pushed secrets must be encrypted to.
-    Pubkey,
+    /// Print the age recipient (public key) APP's `.catwalk/secrets.age` must be encrypted to.
+    Pubkey {
+        /// Each app has its own recipient: a file made for one app never decrypts for another.
+        app: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The longest exec command accepted. Real ones (`git-receive-pack '/app.git'`, `tokens create APP --name
@@ -212,13 +217,9 @@ pub async fn run(daemon: &Daemon, who: &Identity, argv: &[String], input: &mut I
         Cmd::Login { json } => oauth::login(&ctx, json),
         Cmd::Grants { action } => oauth::grants(&ctx, action),
         Cmd::Connect { app, json } => oauth::connect(&ctx, &app, json),
-        Cmd::Secrets { action: SecretsCmd::Pubkey } => match crate::init::age_recipient(&daemon.dir) {
-            Ok(recipient) => {
-                out.line(recipient);
-                Ok(())
-            }
-            Err(e) => Err(Failure::Error(format!("{e:#}"))),
-        },
+        Cmd::Secrets { action: SecretsCmd::Pubkey { app, json } } => {
+            secrets_pubkey(&ctx, app.as_deref(), json)
+        }
     };
     match result {
         Ok(()) => 0,
@@ -283,6 +284,26 @@ impl Ctx<'_> {
     }
 }
 
+/// `secrets pubkey APP`: the app's own recipient (see `pipeline/secrets.rs` for why it is per app).
+fn secrets_pubkey(ctx: &Ctx<'_>, app: Option<&str>, json: bool) -> CmdResult {
+    let Some(name) = app else {
+        return Err(Failure::Error(
+            "secrets are encrypted to each app's own recipient (a file made for one app never decrypts for \
+             another): run `secrets pubkey APP`; for an app that does not exist yet, `apps create APP` first"
+                .into(),
+        ));
+    };
+    let record = ctx.managed_app(name, "secrets pubkey")?;
+    let key_id = crate::pipeline::secrets::AppKeyId { app: &record.name, incarnation: &record.incarnation };
+    let recipient = ctx.daemon.deployer.keyring.app_recipient(key_id);
+    if json {
+        ctx.json(&serde_json::json!({ "app": record.name, "recipient": recipient }));
+    } else {
+        ctx.out.line(recipient);
+    }
+    Ok(())
+}
+
 /// The one answer for an app the caller cannot see, whether it does not exist or belongs to someone else:
 /// every command and `git clone` use it, byte for byte.
 pub fn no_such_app(app: &crate::names::AppName) -> String {
@@ -334,6 +355,7 @@ mod tests {
             "tokens list hello",
             "tokens revoke hello abcd1234",
             "secrets pubkey",
+            "secrets pubkey time-tools --json",
             "releases hello --json",
             "rollback hello",
             "rollback hello v2",

@@ -235,14 +235,8 @@ fn ensure_app(ctx: &PushContext<'_>) -> Result<(), String> {
         // Created meanwhile (`check` read the store before): the pusher must still be allowed.
         Ok(Some(record)) => may_push(&ctx.push.pusher, Some(&record)),
         Ok(None) => {
-            let record = AppRecord {
-                name: app.to_string(),
-                created_at: now(),
-                created_by: ctx.push.pusher.name.clone(),
-                owners: vec![ctx.push.pusher.name.clone()],
-                deploy_branch: None,
-                allowed_origins: Vec::new(),
-            };
+            let pusher = &ctx.push.pusher.name;
+            let record = AppRecord::new(app.as_str(), pusher, vec![pusher.clone()]);
             match store.create_app(&record) {
                 Ok(()) => {
                     ctx.progress.step(format!("created app {app} (owner: {})", ctx.push.pusher.name));

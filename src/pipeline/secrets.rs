@@ -1,8 +1,21 @@
-//! Secrets: `.catwalk/secrets.age` in the pushed repository, decrypted with the daemon's age identity.
+//! Secrets: `.catwalk/secrets.age` in the pushed repository, decrypted with the app's own age identity.
 //!
 //! The file is age-encrypted (binary or ASCII-armored) dotenv text. Values live only in memory, in
 //! [`SecretValue`]s whose `Debug`/`Display` print `<redacted>`, and in the server process's environment.
 //! Errors name files, lines and variables, never values; the store keeps names and a keyed digest only.
+//!
+//! **Why per-app identities.** A secrets file usually sits in a repository other people can read. If every
+//! app decrypted with one daemon-wide identity, a second tenant could copy that file into their own app
+//! and receive its plaintext in their own server's environment. So each app has its own x25519 identity,
+//! derived (never stored) from the daemon's identity, the app's name and the app's *incarnation* (a random
+//! id fixed when the app record is created; see `store::AppRecord`). A file made for app A has no stanza
+//! app B's identity opens, and a file made for a destroyed app does not open for the next tenant who
+//! takes its name. `secrets pubkey APP` prints the app's recipient.
+//!
+//! The derivation is HMAC-SHA256 keyed with the daemon's digest key (itself SHA-256 of the identity's
+//! secret), a PRF over a uniformly random key, which is all an x25519 secret needs (any 32 bytes are
+//! a valid scalar after clamping). The daemon-wide recipient of catwalk before per-app keys is accepted
+//! only to restore or roll back a release that was already deployed with it ([`KeySource::DaemonWide`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +25,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::validate;
+pub use crate::store::KeySource;
 
 /// Path of the secrets file inside a repository.
 pub const SECRETS_PATH: &str = ".catwalk/secrets.age";
@@ -43,10 +57,16 @@ impl fmt::Display for SecretValue {
 /// Decrypted secrets by env name.
 pub type Secrets = BTreeMap<String, SecretValue>;
 
+/// The app a secrets file must belong to: its name and the incarnation id of its store record.
+#[derive(Debug, Clone, Copy)]
+pub struct AppKeyId<'a> {
+    pub app: &'a str,
+    pub incarnation: &'a str,
+}
+
 /// The daemon's identity, loaded once from `age_identity.txt`.
 pub struct Keyring {
     identity: age::x25519::Identity,
-    recipient: String,
     digest_key: [u8; 32],
 }
 
@@ -62,59 +82,59 @@ impl Keyring {
             .ok_or("the age identity file holds no AGE-SECRET-KEY line")?;
         let identity: age::x25519::Identity =
             line.parse().map_err(|e: &str| format!("the age identity is corrupt: {e}"))?;
-        let recipient = identity.to_public().to_string();
         let mut hasher = Sha256::new();
         hasher.update(b"catwalk secret digest v1\0");
         hasher.update(identity.to_string().expose_secret().as_bytes());
-        Ok(Keyring { identity, recipient, digest_key: hasher.finalize().into() })
+        Ok(Keyring { identity, digest_key: hasher.finalize().into() })
     }
 
-    /// The `age1...` recipient users encrypt to.
-    pub fn recipient(&self) -> &str {
-        &self.recipient
+    /// The age identity of one app (see the module doc for why and how it is derived).
+    fn app_identity(&self, id: AppKeyId<'_>) -> age::x25519::Identity {
+        use bech32::ToBase32;
+        let secret = self.derive_key(&format!("app secrets v1\0{}\0{}", id.app, id.incarnation));
+        let encoded = bech32::encode("age-secret-key-", secret.to_base32(), bech32::Variant::Bech32)
+            .expect("the HRP is valid");
+        encoded.to_uppercase().parse().expect("32 bytes always make an x25519 identity")
     }
 
-    /// Decrypts and parses a secrets file.
-    pub fn open(&self, bytes: &[u8]) -> Result<Secrets, String> {
-        if bytes.len() > MAX_SECRETS_FILE {
-            return Err(format!("{SECRETS_PATH} is larger than 1 MiB"));
+    /// The `age1...` recipient secrets of `id` must be encrypted to (`secrets pubkey APP`).
+    pub fn app_recipient(&self, id: AppKeyId<'_>) -> String {
+        self.app_identity(id).to_public().to_string()
+    }
+
+    /// Decrypts and parses the secrets file of app `id`. `daemon_wide_allowed` is true only when the
+    /// file belongs to a release already deployed with the old daemon-wide identity (restore, rollback);
+    /// a new push must use the app's own recipient. Returns the values and which identity opened them.
+    pub fn open_for(
+        &self,
+        id: AppKeyId<'_>,
+        bytes: &[u8],
+        daemon_wide_allowed: bool,
+    ) -> Result<(Secrets, KeySource), String> {
+        let app_identity = self.app_identity(id);
+        let recipient = app_identity.to_public().to_string();
+        let how = format!(
+            "encrypt it to app {}'s own recipient: age -r {recipient} -o {SECRETS_PATH} .env  (`secrets pubkey {}` prints it)",
+            id.app, id.app
+        );
+        match decrypt(bytes, &app_identity, &how) {
+            Ok(plain) => return Ok((parse_dotenv(&plain)?, KeySource::App)),
+            Err(Failure::NoMatchingKey) => {}
+            Err(Failure::Other(message)) => return Err(message),
         }
-        let reader = age::armor::ArmoredReader::new(bytes);
-        let decryptor = age::Decryptor::new(reader).map_err(|e| {
-            format!(
-                "{SECRETS_PATH} is not an age file ({e}); create it with: age -r {} -o {SECRETS_PATH} .env",
-                self.recipient
-            )
-        })?;
-        if decryptor.is_scrypt() {
-            return Err(format!(
-                "{SECRETS_PATH} is encrypted with a passphrase; encrypt it to this daemon instead: age -r {} -o {SECRETS_PATH} .env",
-                self.recipient
-            ));
+        match decrypt(bytes, &self.identity, &how) {
+            Ok(plain) if daemon_wide_allowed => Ok((parse_dotenv(&plain)?, KeySource::DaemonWide)),
+            Ok(_) => Err(format!(
+                "{SECRETS_PATH} is encrypted to the daemon-wide recipient, which catwalk no longer accepts: \
+                 any app on this daemon could replay such a file; {how}"
+            )),
+            Err(Failure::NoMatchingKey) => Err(format!(
+                "{SECRETS_PATH} is not encrypted to app {} (it was made for another app, an earlier app of \
+                 the same name, or another daemon); {how}",
+                id.app
+            )),
+            Err(Failure::Other(message)) => Err(message),
         }
-        let mut plain = Vec::new();
-        decryptor
-            .decrypt(std::iter::once(&self.identity as &dyn age::Identity))
-            .map_err(|e| match e {
-                age::DecryptError::NoMatchingKeys => format!(
-                    "{SECRETS_PATH} is not encrypted to this daemon; re-encrypt it with: age -r {} -o {SECRETS_PATH} .env  (ssh ... secrets pubkey prints the recipient)",
-                    self.recipient
-                ),
-                other => format!(
-                    "{SECRETS_PATH} cannot be decrypted ({other}); re-create it with: age -r {} -o {SECRETS_PATH} .env",
-                    self.recipient
-                ),
-            })?
-            .read_to_end(&mut plain)
-            .map_err(|e| {
-                format!(
-                    "{SECRETS_PATH} is damaged or truncated ({e}); re-create it with: age -r {} -o {SECRETS_PATH} .env",
-                    self.recipient
-                )
-            })?;
-        let text =
-            String::from_utf8(plain).map_err(|_| format!("{SECRETS_PATH} does not hold UTF-8 text"))?;
-        parse_dotenv(&text)
     }
 
     /// A 32-byte key derived from the identity for `purpose` (e.g. Fly bridge credentials): stable across
@@ -134,6 +154,36 @@ impl Keyring {
         mac.update(value.0.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
+}
+
+/// Why a decryption attempt failed: no stanza for this identity (try the next one), or anything else.
+enum Failure {
+    NoMatchingKey,
+    Other(String),
+}
+
+/// Decrypts an age file with one identity into UTF-8 text. `how` (how to make a good file) ends every
+/// error; nothing of the content is ever part of one.
+fn decrypt(bytes: &[u8], identity: &age::x25519::Identity, how: &str) -> Result<String, Failure> {
+    if bytes.len() > MAX_SECRETS_FILE {
+        return Err(Failure::Other(format!("{SECRETS_PATH} is larger than 1 MiB")));
+    }
+    let reader = age::armor::ArmoredReader::new(bytes);
+    let decryptor = age::Decryptor::new(reader)
+        .map_err(|e| Failure::Other(format!("{SECRETS_PATH} is not an age file ({e}); {how}")))?;
+    if decryptor.is_scrypt() {
+        return Err(Failure::Other(format!("{SECRETS_PATH} is encrypted with a passphrase; {how}")));
+    }
+    let mut plain = Vec::new();
+    decryptor
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => Failure::NoMatchingKey,
+            other => Failure::Other(format!("{SECRETS_PATH} cannot be decrypted ({other}); {how}")),
+        })?
+        .read_to_end(&mut plain)
+        .map_err(|e| Failure::Other(format!("{SECRETS_PATH} is damaged or truncated ({e}); {how}")))?;
+    String::from_utf8(plain).map_err(|_| Failure::Other(format!("{SECRETS_PATH} does not hold UTF-8 text")))
 }
 
 /// Parses dotenv text: `NAME=value`, `export NAME=value`, `#` comments, '...' and "..." quoting.
@@ -195,6 +245,9 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    const A: AppKeyId<'static> = AppKeyId { app: "alpha", incarnation: "i_1" };
+    const B: AppKeyId<'static> = AppKeyId { app: "beta", incarnation: "i_2" };
+
     fn keyring() -> (Keyring, age::x25519::Recipient) {
         use age::secrecy::ExposeSecret;
         let id = age::x25519::Identity::generate();
@@ -213,13 +266,23 @@ mod tests {
         out
     }
 
+    fn to_app(k: &Keyring, id: AppKeyId<'_>, text: &str) -> Vec<u8> {
+        encrypt(&k.app_recipient(id).parse().unwrap(), text, false)
+    }
+
     #[test]
     fn decrypts_binary_and_armored() {
-        let (k, r) = keyring();
+        let (k, _) = keyring();
+        let r: age::x25519::Recipient = k.app_recipient(A).parse().unwrap();
         for armor in [false, true] {
-            let s = k
-                .open(&encrypt(&r, "A=1\nexport B='two words'\nC=\"x\\ny\" \n# c\n\nD=v #comment\n", armor))
+            let (s, source) = k
+                .open_for(
+                    A,
+                    &encrypt(&r, "A=1\nexport B='two words'\nC=\"x\\ny\" \n# c\n\nD=v #comment\n", armor),
+                    false,
+                )
                 .unwrap();
+            assert_eq!(source, KeySource::App);
             assert_eq!(s["A"].expose(), "1");
             assert_eq!(s["B"].expose(), "two words");
             assert_eq!(s["C"].expose(), "x\ny");
@@ -228,20 +291,56 @@ mod tests {
     }
 
     #[test]
+    fn app_recipients_are_stable_and_distinct() {
+        let (k, _) = keyring();
+        let (other_daemon, _) = keyring();
+        assert_eq!(k.app_recipient(A), k.app_recipient(A));
+        assert!(k.app_recipient(A).starts_with("age1"));
+        assert_ne!(k.app_recipient(A), k.app_recipient(B));
+        let reborn = AppKeyId { app: "alpha", incarnation: "i_3" };
+        assert_ne!(k.app_recipient(A), k.app_recipient(reborn), "a recreated app gets a new recipient");
+        assert_ne!(k.app_recipient(A), other_daemon.app_recipient(A));
+    }
+
+    #[test]
+    fn a_file_for_another_app_never_opens() {
+        let (k, _) = keyring();
+        let file = to_app(&k, A, "TOKEN=canary-of-alpha\n");
+        for allowed in [false, true] {
+            let err = k.open_for(B, &file, allowed).unwrap_err();
+            assert!(err.contains("not encrypted to app beta") && err.contains(&k.app_recipient(B)), "{err}");
+            assert!(!err.contains("canary"), "{err}");
+        }
+        let reborn = AppKeyId { app: "alpha", incarnation: "i_3" };
+        assert!(k.open_for(reborn, &file, true).unwrap_err().contains("an earlier app of the same name"));
+    }
+
+    #[test]
+    fn the_daemon_wide_recipient_only_opens_recorded_releases() {
+        let (k, daemon_wide) = keyring();
+        let file = encrypt(&daemon_wide, "TOKEN=canary-legacy\n", true);
+        let err = k.open_for(A, &file, false).unwrap_err();
+        assert!(err.contains("daemon-wide recipient") && err.contains(&k.app_recipient(A)), "{err}");
+        assert!(!err.contains("canary"), "{err}");
+        let (s, source) = k.open_for(A, &file, true).unwrap();
+        assert_eq!((s["TOKEN"].expose(), source), ("canary-legacy", KeySource::DaemonWide));
+    }
+
+    #[test]
     fn wrong_recipient_names_the_right_one() {
         let (k, _) = keyring();
         let (_, other) = keyring();
-        let err = k.open(&encrypt(&other, "A=1\n", false)).unwrap_err();
-        assert!(err.contains("not encrypted to this daemon") && err.contains(k.recipient()), "{err}");
-        assert!(k.open(b"plain text").unwrap_err().contains("not an age file"));
+        let err = k.open_for(A, &encrypt(&other, "A=1\n", false), false).unwrap_err();
+        assert!(err.contains("not encrypted to app alpha") && err.contains(&k.app_recipient(A)), "{err}");
+        assert!(k.open_for(A, b"plain text", false).unwrap_err().contains("not an age file"));
     }
 
     #[test]
     fn truncated_files_say_how_to_recreate_them() {
-        let (k, r) = keyring();
-        let whole = encrypt(&r, "A=canary-value\n", false);
-        let err = k.open(&whole[..whole.len() - 10]).unwrap_err();
-        assert!(err.contains("damaged or truncated") && err.contains(k.recipient()), "{err}");
+        let (k, _) = keyring();
+        let whole = to_app(&k, A, "A=canary-value\n");
+        let err = k.open_for(A, &whole[..whole.len() - 10], false).unwrap_err();
+        assert!(err.contains("damaged or truncated") && err.contains(&k.app_recipient(A)), "{err}");
         assert!(!err.contains("canary"), "{err}");
     }
 

@@ -24,7 +24,7 @@ pub use oauth::{
     TokenLifetimes, digest as oauth_digest, random_id as oauth_random_id, secret as oauth_secret,
 };
 pub use records::{AppRecord, AuditRecord, KeyRecord, PushRecord, Role, TokenRecord, now};
-pub use releases::{Introspection, RELEASE_RETENTION, ReleaseRecord, ReleaseStatus};
+pub use releases::{Introspection, KeySource, RELEASE_RETENTION, ReleaseRecord, ReleaseStatus};
 pub use tokens::{NewToken, TokenCheck};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -36,7 +36,8 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
 
 /// Bumped when a record changes incompatibly; `open` refuses a newer store rather than misreading it.
-const SCHEMA_VERSION: u64 = 1;
+/// 2: every app record has an incarnation id (older records get one on open; see `AppRecord`).
+const SCHEMA_VERSION: u64 = 2;
 
 /// How many push and audit records are kept (older ones are pruned on insert).
 const PUSH_RETENTION: u64 = 10_000;
@@ -108,7 +109,11 @@ impl Store {
                 meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
             }
             txn.open_table(KEYS)?;
-            txn.open_table(APPS)?;
+            let mut apps = txn.open_table(APPS)?;
+            if version < 2 {
+                give_apps_incarnations(&mut apps)?;
+            }
+            drop(apps);
             txn.open_table(TOKENS)?;
             txn.open_table(PUSHES)?;
             txn.open_table(AUDIT)?;
@@ -458,6 +463,25 @@ pub struct Erased {
 /// are outside the app name grammar, so the label never equals the name of an app created later.
 pub fn destroyed_label(name: &str, at: u64) -> String {
     format!("{name}~destroyed@{at}")
+}
+
+/// Schema 1 → 2: app records written before incarnation ids get one (in the same transaction as the
+/// version bump, so a crash leaves either both or neither).
+fn give_apps_incarnations(apps: &mut redb::Table<&str, &[u8]>) -> Result<()> {
+    let mut updated = Vec::new();
+    for entry in apps.iter()? {
+        let (name, value) = entry?;
+        let mut record: AppRecord = serde_json::from_slice(value.value())
+            .map_err(|e| StoreError::Corrupt(name.value().to_string(), e))?;
+        if record.incarnation.is_empty() {
+            record.incarnation = records::new_incarnation();
+            updated.push(record);
+        }
+    }
+    for record in updated {
+        apps.insert(record.name.as_str(), encode(&record).as_slice())?;
+    }
+    Ok(())
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

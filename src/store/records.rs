@@ -56,6 +56,32 @@ pub struct AppRecord {
     /// Extra `Origin` values allowed on this app's MCP endpoint.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// A random id fixed when the record is created. It tells this app from an earlier one of the same
+    /// name (destroyed, then created again by anyone): the app's age identity is derived from it, so a
+    /// secrets file made for the previous tenant never decrypts for the next (`pipeline/secrets.rs`).
+    /// Records from before it existed get one when the store is opened (schema 2).
+    #[serde(default)]
+    pub incarnation: String,
+}
+
+impl AppRecord {
+    /// A new app record created now by `created_by`, with a fresh incarnation id.
+    pub fn new(name: &str, created_by: &str, owners: Vec<String>) -> AppRecord {
+        AppRecord {
+            name: name.to_string(),
+            created_at: now(),
+            created_by: created_by.to_string(),
+            owners,
+            deploy_branch: None,
+            allowed_origins: Vec::new(),
+            incarnation: new_incarnation(),
+        }
+    }
+}
+
+/// A fresh incarnation id (`i_` + 16 random bytes in hex).
+pub fn new_incarnation() -> String {
+    super::oauth::random_id("i_", 16)
 }
 
 /// An access token for one app's MCP endpoint. Only a digest of the token is kept.

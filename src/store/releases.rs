@@ -68,6 +68,22 @@ pub struct ReleaseRecord {
     /// The argv that starts the server (built from validated, pinned values; no secrets).
     #[serde(default)]
     pub command: Vec<String>,
+    /// Which age identity opened the release's secrets file (restore and rollback open it the same way).
+    #[serde(default)]
+    pub secrets_key: KeySource,
+}
+
+/// Which identity opened a release's secrets file; recorded with the release so that a restart or a
+/// rollback opens it the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeySource {
+    /// The daemon-wide identity of catwalk before per-app keys. The default, because releases recorded
+    /// before per-app keys carry no value; accepted only for those releases, never for a new push.
+    #[default]
+    DaemonWide,
+    /// The app's own identity (every push since per-app keys).
+    App,
 }
 
 fn key(app: &str, version: u32) -> String {

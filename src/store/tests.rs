@@ -25,6 +25,7 @@ fn app(name: &str) -> AppRecord {
         owners: vec![],
         deploy_branch: None,
         allowed_origins: vec![],
+        incarnation: format!("i_{name}"),
     }
 }
 
@@ -198,6 +199,7 @@ fn release(app: &str, version: u32, status: ReleaseStatus) -> ReleaseRecord {
         rollback_of: None,
         install_dir: None,
         command: vec![],
+        secrets_key: Default::default(),
     }
 }
 
@@ -223,4 +225,31 @@ fn releases_promote_recover_and_prune() {
     assert_eq!(all[0].status, ReleaseStatus::Live);
     assert_eq!(all.iter().filter(|r| r.status == ReleaseStatus::Live).count(), 1);
     assert_eq!(s.next_release_version("a").unwrap(), 31);
+}
+
+/// Opening a schema-1 store gives every app record an incarnation id (the app's secrets key depends on
+/// it), once: reopening keeps the ids it gave.
+#[test]
+fn schema_1_apps_get_incarnations_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let s = Store::open(&path).unwrap();
+        let txn = s.db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("schema_version", b"1".as_slice()).unwrap();
+            let mut apps = txn.open_table(APPS).unwrap();
+            let old = br#"{"name":"old","created_at":1,"created_by":"alice","owners":["alice"]}"#;
+            apps.insert("old", old.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let given = s.app("old").unwrap().unwrap().incarnation;
+    assert!(given.starts_with("i_") && given.len() == 34, "{given}");
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.app("old").unwrap().unwrap().incarnation, given);
+    assert_ne!(AppRecord::new("a", "x", vec![]).incarnation, AppRecord::new("a", "x", vec![]).incarnation);
 }

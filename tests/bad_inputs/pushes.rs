@@ -26,6 +26,13 @@ fn age_encrypt(args: &[&str], plaintext: &[u8]) -> Vec<u8> {
     out.stdout
 }
 
+/// The recipient of the daemon's own identity (what `secrets pubkey` printed before per-app recipients).
+fn daemon_wide_recipient(dir: &std::path::Path) -> String {
+    let out = Command::new(deps::age_keygen()).arg("-y").arg(dir.join("age_identity.txt")).output().unwrap();
+    assert!(out.status.success(), "age-keygen -y: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 type Change = Box<dyn Fn(&WorkTree)>;
 
 enum Push {
@@ -103,8 +110,9 @@ fn secrets(bytes: Vec<u8>) -> Push {
 async fn pushes_manifests_and_secrets() {
     let g = Good::start();
     let d = &g.d;
-    let recipient = g.admin("secrets pubkey").trim().to_string();
+    let recipient = g.admin("secrets pubkey good").trim().to_string();
     let other = age::x25519::Identity::generate().to_public().to_string();
+    let daemon_wide = daemon_wide_recipient(&d.dir);
     let canary = format!("canary-{}-value", std::process::id());
     let valid_age = age_encrypt(&["-r", &recipient], b"API_TOKEN=x\n");
     let base = format!("ssh://git@127.0.0.1:{}", d.ssh_port);
@@ -197,7 +205,8 @@ async fn pushes_manifests_and_secrets() {
         ("no manifest at all", Push::Tree(Box::new(|wt: &WorkTree| std::fs::remove_file(wt.path.join("catwalk.toml")).unwrap())), "smallest catwalk.toml"),
         // secrets files
         ("secrets that are not age", secrets(format!("API_TOKEN={canary}\n").into_bytes()), ".catwalk/secrets.age is not an age file"),
-        ("secrets for another recipient", secrets(age_encrypt(&["-r", &other], b"API_TOKEN=x\n")), "is not encrypted to this daemon"),
+        ("secrets for another recipient", secrets(age_encrypt(&["-r", &other], b"API_TOKEN=x\n")), "is not encrypted to app good"),
+        ("secrets for the old daemon-wide recipient", secrets(age_encrypt(&["-r", &daemon_wide], format!("API_TOKEN={canary}\n").as_bytes())), "is encrypted to the daemon-wide recipient, which catwalk no longer accepts"),
         ("truncated secrets", secrets(valid_age[..valid_age.len() - 20].to_vec()), ".catwalk/secrets.age is damaged or truncated"),
         ("a malformed dotenv line", secrets(age_encrypt(&["-r", &recipient], format!("A=1\n{canary}\n").as_bytes())), ".catwalk/secrets.age: line 2 is not NAME=value"),
         ("an unterminated quote", secrets(age_encrypt(&["-r", &recipient], format!("API_TOKEN=\"{canary}\n").as_bytes())), "line 1 (API_TOKEN): unterminated quote"),

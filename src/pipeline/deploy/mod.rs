@@ -16,7 +16,7 @@ mod start;
 use super::analyse::{Tree, analyse};
 use super::plan::{Plan, Source};
 use super::registry::{Registries, pin};
-use super::secrets::{Keyring, SECRETS_PATH, Secrets};
+use super::secrets::{AppKeyId, KeySource, Keyring, SECRETS_PATH, Secrets};
 use super::source::CommitTree;
 use crate::datadir::DataDir;
 use crate::gateway::{AppLogs, AppRoute, Gateway, LogKind};
@@ -235,9 +235,15 @@ impl Deployer {
             }
         }
 
-        let secrets = match secrets_file {
-            Some(bytes) => self.keyring.open(&bytes)?,
-            None => Secrets::new(),
+        let record = self.store.app(app.as_str()).map_err(|e| e.to_string())?.ok_or_else(|| {
+            format!("app {app} was destroyed while this push was being prepared; push again to create it")
+        })?;
+        let key_id = AppKeyId { app: app.as_str(), incarnation: &record.incarnation };
+        // A rollback re-opens the file its release was deployed with, the same way it was opened then.
+        let daemon_wide_allowed = rollback_of.is_some_and(|r| r.secrets_key == KeySource::DaemonWide);
+        let (secrets, secrets_key) = match secrets_file {
+            Some(bytes) => self.keyring.open_for(key_id, &bytes, daemon_wide_allowed)?,
+            None => (Secrets::new(), KeySource::App),
         };
         let missing: Vec<&str> = plan
             .env
@@ -250,7 +256,7 @@ impl Deployer {
                 "required env {} missing: add {} to {SECRETS_PATH} (encrypt with: age -r {} -o {SECRETS_PATH} .env)",
                 if missing.len() == 1 { "variable is" } else { "variables are" },
                 missing.join(", "),
-                self.keyring.recipient()
+                self.keyring.app_recipient(key_id)
             ));
         }
         let previous = self.store.live_release(app.as_str()).map_err(|e| e.to_string())?;
@@ -295,6 +301,7 @@ impl Deployer {
             rollback_of: rollback_of.map(|r| r.version),
             install_dir: rollback_of.and_then(|r| r.install_dir.clone()),
             command: rollback_of.map(|r| r.command.clone()).unwrap_or_default(),
+            secrets_key,
         };
         Ok(Prepared { release, secrets })
     }
@@ -663,8 +670,13 @@ impl Deployer {
             return Ok(Some(live.version));
         }
         let tree = CommitTree::open(&self.dir.repo(app), &[], &live.commit)?;
+        let record =
+            self.store.app(app.as_str()).map_err(|e| e.to_string())?.ok_or("the app record is gone")?;
+        let key_id = AppKeyId { app: app.as_str(), incarnation: &record.incarnation };
         let secrets = match tree.read(SECRETS_PATH) {
-            Some(bytes) => self.keyring.open(&bytes)?,
+            Some(bytes) => {
+                self.keyring.open_for(key_id, &bytes, live.secrets_key == KeySource::DaemonWide)?.0
+            }
             None => Secrets::new(),
         };
         let dir = live.install_dir.clone().ok_or("the live release has no install")?;
