@@ -10,6 +10,9 @@ a comparison. Every subcommand prints one JSON line on stdout; errors go to stde
       then DELETE that session so the next run starts from zero again.
   mcp_timing.py start --runs N -- CMD ARGS...
       The server's own start-up: spawn CMD, time `initialize` over its stdio; N runs, median.
+  mcp_timing.py new-session --url URL [--token T] --runs N [--pause S]
+      P12: N times, open a new session and time its first answer (`initialize`), then time `tools/list` on
+      that now established session; DELETE it and pause S seconds (a new conversation's pace) before the next.
   mcp_timing.py push-to-live --repo DIR --remote URL --url MCP_URL --token T [--tool NAME --args JSON]
       P5: commit a change in DIR, then time from the start of `git push` to the first successful
       `tools/call` through MCP_URL; prints the push time, the total and the push output.
@@ -143,6 +146,31 @@ def wake(args):
                       "direct_median_ms": statistics.median(direct), "wake_median_ms": statistics.median(woken)}))
 
 
+def pct(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def new_session(args):
+    first, established = [], []
+    for _ in range(args.runs):
+        c = McpHttp(args.url, args.token)
+        t0 = time.perf_counter()
+        c.request("initialize", INIT_PARAMS)
+        first.append((time.perf_counter() - t0) * 1000)
+        c.notify("notifications/initialized")
+        c.request("tools/list", {})  # the session's first request may warm caches; time the next one
+        t0 = time.perf_counter()
+        c.request("tools/list", {})
+        established.append((time.perf_counter() - t0) * 1000)
+        c.delete()
+        c.close()
+        time.sleep(args.pause)
+    print(json.dumps({"first_p50_ms": pct(first, 0.5), "first_p99_ms": pct(first, 0.99),
+                      "established_p50_ms": pct(established, 0.5), "established_p99_ms": pct(established, 0.99),
+                      "runs": args.runs}))
+
+
 def start(args):
     runs = [stdio_start(args.cmd) * 1000 for _ in range(args.runs)]
     print(json.dumps({"median_ms": statistics.median(runs), "runs_ms": runs}))
@@ -194,6 +222,11 @@ def main():
     w.add_argument("--token", required=True)
     w.add_argument("--runs", type=int, default=10)
     w.add_argument("cmd", nargs="+")
+    n = sub.add_parser("new-session")
+    n.add_argument("--url", required=True)
+    n.add_argument("--token", default=None)
+    n.add_argument("--runs", type=int, default=20)
+    n.add_argument("--pause", type=float, default=0.5)
     s = sub.add_parser("start")
     s.add_argument("--runs", type=int, default=5)
     s.add_argument("cmd", nargs="+")
@@ -206,7 +239,7 @@ def main():
     p.add_argument("--args", default='{"timezone": "UTC"}')
     args = ap.parse_args()
     try:
-        {"wake": wake, "start": start, "push-to-live": push_to_live}[args.cmd_name](args)
+        {"wake": wake, "start": start, "new-session": new_session, "push-to-live": push_to_live}[args.cmd_name](args)
     except (OSError, RuntimeError, ValueError, subprocess.CalledProcessError) as e:
         print(f"mcp_timing: {e}", file=sys.stderr)
         sys.exit(1)

@@ -55,6 +55,13 @@ pub struct BridgeArgs {
     /// Interval of SSE keep-alive comments (they also reveal clients that went away).
     #[arg(long, value_name = "DURATION", default_value = "15s")]
     pub keepalive: humantime::Duration,
+    /// Server processes kept started ahead of need, so a new session's `initialize` reaches a running
+    /// process (0: start one per session on demand; ignored with --shared).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub warm: u8,
+    /// Release the warm spares after this long without a new session (0: never).
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub warm_idle: humantime::Duration,
     /// Most concurrent sessions (with one process each unless --shared).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_sessions: usize,
@@ -194,6 +201,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         shared: args.shared,
         rate_limit: None,
         auth: Default::default(),
+        warm: args.warm as usize,
     };
     let auth: Option<Arc<dyn Authenticator>> = match &args.token_env {
         Some(var) => match std::env::var(var) {
@@ -209,6 +217,10 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         keepalive_interval: args.keepalive.into(),
         max_sessions_per_app: args.max_sessions,
+        spare_idle_timeout: {
+            let idle: std::time::Duration = args.warm_idle.into();
+            (!idle.is_zero()).then_some(idle)
+        },
         ..GatewayConfig::default()
     };
     let tls = match tls_config(&args.tls) {
@@ -247,6 +259,8 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         logs,
         Some(gateway::metrics::install()),
     );
+    // The first session should not wait for a start-up either.
+    gw.warm(APP);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;

@@ -120,6 +120,10 @@ pub struct DeployConfig {
     /// A replaced HTTP server keeps serving its sessions until they are quiet this long.
     #[serde(deserialize_with = "duration")]
     pub drain_grace: Duration,
+    /// Warm spares per stdio app (server processes started ahead of need, so a new session answers
+    /// without a start-up); an app's `[deploy] warm` overrides it. Released after `idle_timeout`
+    /// without a new session. `0` turns them off.
+    pub warm: usize,
     /// `[deploy.enrich]`: an OpenAI-compatible chat API that writes descriptions for env vars the
     /// manifests leave undescribed. Absent (the default): off, nothing is sent anywhere.
     pub enrich: Option<EnrichConfig>,
@@ -156,6 +160,7 @@ impl Default for DeployConfig {
             install_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(15 * 60),
             drain_grace: Duration::from_secs(30),
+            warm: 1,
             enrich: None,
         }
     }

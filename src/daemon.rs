@@ -72,6 +72,7 @@ impl Daemon {
             max_body_bytes: config.gateway.body_limit,
             session_grace: config.gateway.disconnect_grace,
             session_idle_timeout: config.gateway.session_idle_timeout,
+            spare_idle_timeout: (!config.deploy.idle_timeout.is_zero()).then_some(config.deploy.idle_timeout),
             ..GatewayConfig::default()
         };
         let gateway = Gateway::new(
@@ -107,6 +108,7 @@ impl Daemon {
             format!("ssh -p {port} git@{host}"),
         );
         deployer.rate_limit = rate_limit(config.gateway.rate_limit_per_minute);
+        deployer.warm_spares = config.deploy.warm;
         deployer.health_timeout = config.deploy.health_timeout;
         deployer.lifecycle = crate::runtime::http_server::Lifecycle {
             start_timeout: config.deploy.health_timeout,
@@ -182,8 +184,10 @@ impl Daemon {
                     shared: app.shared,
                     rate_limit: rate_limit(self.config.gateway.rate_limit_per_minute),
                     auth: Default::default(),
+                    warm: self.config.deploy.warm,
                 },
             );
+            self.deployer.gateway.warm(name);
         }
         Ok(())
     }

@@ -222,7 +222,7 @@ async fn rejected_pushes_change_nothing() {
                 std::fs::write(wt.path.join(".catwalk/secrets.age"), age_encrypt(&other, "API_TOKEN=x\n"))
                     .unwrap();
             }),
-            "not encrypted to this daemon",
+            "is not encrypted to app app",
         ),
         (
             "a server that exits at start",
@@ -413,6 +413,66 @@ async fn rollback_restart_and_async_pushes() {
     }
     let logs = ok(&d.ssh(&d.admin, "logs roll -n 50", ""));
     assert!(logs.contains("is live"), "{logs}");
+}
+
+/// Pids of the app's warm spares, in the order the app log announced them.
+fn spare_pids(d: &Daemon, app: &str) -> Vec<String> {
+    let logs = ok(&d.ssh(&d.admin, &format!("logs {app} -n 500"), ""));
+    logs.lines()
+        .filter_map(|l| Some(l.split("process ").nth(1)?.strip_suffix(" is a warm spare")?.to_string()))
+        .collect()
+}
+
+/// Warm spares follow the live release (issue #16): the push starts one for its release and stops the
+/// previous release's; a new session then runs the new release's code on the spare started for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_replaces_the_warm_spares() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "roll");
+    write(&wt, "catwalk.toml", &format!("{FIXTURE_TOML}[env.FLAVOUR]\nvalue = \"one\"\n"));
+    commit_all(&wt, "one");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("roll")]);
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    let first = spare_pids(&d, "roll");
+    assert_eq!(first.len(), 1, "the push leaves one warm spare: {first:?}");
+    write(&wt, "catwalk.toml", &format!("{FIXTURE_TOML}[env.FLAVOUR]\nvalue = \"two\"\n"));
+    commit_all(&wt, "two");
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    let both = spare_pids(&d, "roll");
+    assert_eq!(both.len(), 2, "{both:?}");
+    let logs = ok(&d.ssh(&d.admin, "logs roll -n 500", ""));
+    let stopped = format!("process {} stopped", first[0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok(&d.ssh(&d.admin, "logs roll -n 500", "")).contains(&stopped) {
+        assert!(Instant::now() < deadline, "v1's spare was not stopped:\n{logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(flavour(&d, &d.token("roll")).await, "two");
+    // `[deploy] warm = 0` in the manifest turns them off: the next push stops v2's and starts none.
+    write(
+        &wt,
+        "catwalk.toml",
+        &format!("{FIXTURE_TOML}[deploy]\nwarm = 0\n[env.FLAVOUR]\nvalue = \"three\"\n"),
+    );
+    commit_all(&wt, "three");
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    assert_eq!(flavour(&d, &d.token("roll")).await, "three");
+    // Every spare ever started is stopped by now or soon (taken ones with their sessions).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = ok(&d.ssh(&d.admin, "logs roll -n 500", ""));
+        let pids = spare_pids(&d, "roll");
+        if pids.iter().all(|p| logs.contains(&format!("process {p} stopped"))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "warm = 0 left a spare running:\n{logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let too_many = format!("{FIXTURE_TOML}[deploy]\nwarm = 9\n");
+    write(&wt, "catwalk.toml", &too_many);
+    commit_all(&wt, "too warm");
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(!pushed && output.contains("deploy.warm = 9: at most 8 warm spares"), "{output}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -59,6 +59,7 @@ async fn fly_live_optional() {
             allowed_origins: Vec::new(),
             no_network: false,
             auth: Default::default(),
+            warm: None,
         },
         status: ReleaseStatus::Deploying,
         created_at: 0,

@@ -154,6 +154,7 @@ fn release(app: &str, version: u32) -> ReleaseRecord {
             allowed_origins: Vec::new(),
             no_network: false,
             auth: Default::default(),
+            warm: None,
         },
         status: ReleaseStatus::Deploying,
         created_at: 0,

@@ -53,6 +53,7 @@ fn stdio_route(marker: &std::path::Path, limit: Option<RateLimit>) -> Arc<AppRou
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), std::env::var("PATH").unwrap_or_default());
     Arc::new(AppRoute {
+        warm: 0,
         backend: Backend::Stdio {
             argv: vec!["python3".into(), "-u".into(), "-c".into(), script],
             env,

@@ -91,6 +91,10 @@ pub(super) async fn reaper(gw: std::sync::Weak<Gateway>, shutdown: CancellationT
                 g.end_session(&s, why);
             }
         }
+        // Scale idle apps' spares to zero; replace spares that died.
+        for app in g.spares.tick(g.cfg.spare_idle_timeout, &g.logs) {
+            g.warm(&app);
+        }
     }
 }
 
@@ -511,11 +515,18 @@ async fn initialize(
         }
         s
     } else {
-        let events = Arc::new(OwnEvents::default());
-        let cmd = stdio::Command { app, argv, env, cwd };
-        let proc = match stdio::spawn(cmd, events.clone(), gw.logs.clone(), gw.cfg.kill_grace) {
-            Ok(p) => p,
-            Err(e) => return bad_gateway(e),
+        // A warm spare if one is ready (see spares.rs), else a cold start.
+        let (proc, events) = match gw.spares.take(app, route) {
+            Some(spare) => (spare.proc, spare.events),
+            None => {
+                gw.spares.cold_start(app, route);
+                let events = Arc::new(OwnEvents::default());
+                let cmd = stdio::Command { app, argv, env, cwd };
+                match stdio::spawn(cmd, events.clone(), gw.logs.clone(), gw.cfg.kill_grace) {
+                    Ok(p) => (p, events),
+                    Err(e) => return bad_gateway(e),
+                }
+            }
         };
         let s =
             Arc::new(Session::new(sid.clone(), app.into(), Link::Own(proc), gw.limits(), gw.audit.clone()));
@@ -523,6 +534,11 @@ async fn initialize(
         s
     };
     gw.insert_session(session.clone());
+    if !route.shared && route.warm > 0 {
+        // The replacement starts off the request's path.
+        let (gw, app) = (gw.clone(), app.to_string());
+        tokio::spawn(async move { gw.warm(&app) });
+    }
     request(gw, &session, &c, &body, token, Some(&sid)).await
 }
 

@@ -19,6 +19,12 @@ pub const CHILDREN: &str = "catwalk_mcp_children_live";
 pub const CHILD_EXITS: &str = "catwalk_mcp_child_exits_total";
 /// Counter: shared children started again after the previous one ended, label `app`.
 pub const CHILD_RESTARTS: &str = "catwalk_mcp_child_restarts_total";
+/// Gauge: warm spares ready (started, not yet owned by a session), label `app`.
+pub const SPARES_READY: &str = "catwalk_mcp_spares_ready";
+/// Counter: sessions that got a warm spare, label `app`.
+pub const SPARES_TAKEN: &str = "catwalk_mcp_spares_taken_total";
+/// Counter: sessions that paid a server start-up (no spare was ready), label `app`.
+pub const COLD_STARTS: &str = "catwalk_mcp_cold_starts_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

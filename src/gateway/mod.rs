@@ -19,6 +19,7 @@ pub(crate) mod jsonrpc;
 pub mod metrics;
 pub(crate) mod protocol;
 mod session;
+mod spares;
 pub(crate) mod sse;
 mod stdio;
 mod upstream;
@@ -69,6 +70,8 @@ pub struct AppRoute {
     pub rate_limit: Option<RateLimit>,
     /// Which credentials the endpoint accepts (`Public`: none at all).
     pub auth: AuthMode,
+    /// Warm spares to keep for a stdio app with a process per session (see `spares.rs`); 0: none.
+    pub warm: usize,
 }
 
 /// The daemon's own endpoints under `/_catwalk/` (e.g. release source downloads for Fly machines),
@@ -176,7 +179,10 @@ pub struct GatewayConfig {
     /// Server messages kept for the next GET stream when no stream can take them.
     pub backlog_messages: usize,
     /// Most concurrent sessions per app (each may be a process): initialize answers 503 above.
+    /// Warm spares count against it too.
     pub max_sessions_per_app: usize,
+    /// An app without a new session for this long releases its warm spares (`None`: never).
+    pub spare_idle_timeout: Option<Duration>,
 }
 
 impl Default for GatewayConfig {
@@ -194,6 +200,7 @@ impl Default for GatewayConfig {
             replay_events: 512,
             backlog_messages: 256,
             max_sessions_per_app: 4096,
+            spare_idle_timeout: Some(Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -209,6 +216,7 @@ pub struct Gateway {
     metrics: Option<::metrics_exporter_prometheus::PrometheusHandle>,
     sessions: Mutex<HashMap<Arc<str>, Arc<session::Session>>>,
     shared: Mutex<HashMap<String, Arc<stdio::SharedChild>>>,
+    spares: spares::Spares,
     limiters: auth::Limiters,
     proxy: upstream::Proxy,
     internal: std::sync::OnceLock<Arc<dyn InternalRoutes>>,
@@ -236,6 +244,7 @@ impl Gateway {
             metrics,
             sessions: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
+            spares: spares::Spares::default(),
             limiters: auth::Limiters::default(),
             proxy: upstream::Proxy::new(),
             internal: std::sync::OnceLock::new(),
@@ -279,6 +288,35 @@ impl Gateway {
         if let Some(shared) = shared {
             shared.stop();
         }
+        self.spares.drop_app(app);
+    }
+
+    /// Brings `app`'s warm spares in line with its current route: spares of an older release are
+    /// stopped and, when the route wants them, new ones start. The daemon calls it whenever it points
+    /// the app at a release (push, rollback, restore, restart); the reaper keeps them topped up.
+    pub fn warm(&self, app: &str) {
+        match self.directory.resolve(app) {
+            Some(route) => self.fill_spares(app, &route),
+            None => self.spares.drop_app(app),
+        }
+    }
+
+    /// Warm spares ready for `app` right now.
+    pub fn spares_ready(&self, app: &str) -> usize {
+        self.spares.ready(app)
+    }
+
+    fn fill_spares(&self, app: &str, route: &AppRoute) {
+        let sessions =
+            self.sessions.lock().map(|m| m.values().filter(|s| &*s.app == app).count()).unwrap_or(0);
+        self.spares.fill(
+            app,
+            route,
+            sessions,
+            self.cfg.max_sessions_per_app,
+            &self.logs,
+            self.cfg.kill_grace,
+        );
     }
 
     /// End all sessions and stop all children (daemon shutdown).
@@ -297,6 +335,7 @@ impl Gateway {
         for s in shared {
             s.stop();
         }
+        self.spares.drop_all();
     }
 
     /// Answer one HTTP request (for the daemon's own server). `local` is the address the

@@ -125,6 +125,8 @@ struct DeploySection {
     network: Option<String>,
     /// `"oauth+token"` (default), `"token"` or `"none"` (a public endpoint).
     auth: Option<String>,
+    /// Warm spares (0 to 8) instead of the daemon's default.
+    warm: Option<u32>,
 }
 
 fn default_transport() -> String {
@@ -217,8 +219,19 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
         allowed_origins: manifest.deploy.allowed_origins,
         no_network,
         auth,
+        warm: match manifest.deploy.warm {
+            Some(n) if n > MAX_WARM => {
+                return Err(format!(
+                    "catwalk.toml: deploy.warm = {n}: at most {MAX_WARM} warm spares per app (each is a running process)"
+                ));
+            }
+            other => other,
+        },
     })
 }
+
+/// Most warm spares an app may ask for: each is a running process that counts against its limits.
+const MAX_WARM: u32 = 8;
 
 /// Parses `npm:NAME[@VERSION]` / `pypi:NAME[==VERSION]` (a bare scoped name `@x/y` means npm).
 pub fn parse_package_spec(spec: &str) -> Result<(Registry, String, Option<String>), String> {
@@ -388,6 +401,7 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
         allowed_origins: Vec::new(),
         no_network: false,
         auth: Default::default(),
+        warm: None,
     })
 }
 
@@ -451,6 +465,7 @@ fn repository_plan(manifest: &str, language: Language, entry: Entry) -> Plan {
         allowed_origins: Vec::new(),
         no_network: false,
         auth: Default::default(),
+        warm: None,
     }
 }
 

@@ -331,6 +331,7 @@ mod tests {
             allowed_origins: Vec::new(),
             no_network: false,
             auth: Default::default(),
+            warm: None,
         }
     }
 

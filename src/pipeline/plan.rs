@@ -151,6 +151,9 @@ pub struct Plan {
     /// `[deploy] auth`: which credentials the endpoint accepts (default `oauth+token`).
     #[serde(default)]
     pub auth: crate::gateway::AuthMode,
+    /// `[deploy] warm`: warm spares for this app (`None`: the daemon's `[deploy] warm`).
+    #[serde(default)]
+    pub warm: Option<u32>,
 }
 
 impl Plan {

@@ -32,6 +32,11 @@ impl Bridge {
         Self::start_raw(&argv, &[])
     }
 
+    /// The bridge's own pid (its server processes are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `catwalk bridge --listen 127.0.0.1:0 <args>` with extra environment.
     pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Bridge {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_catwalk"));
@@ -281,4 +286,22 @@ impl Sse {
             return Some((ev.id.clone(), ev.json()));
         }
     }
+}
+
+/// Live (not zombie) child processes of `parent`, from /proc.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `pid (comm) state ppid ...`; comm may contain spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse::<u32>().ok()));
+        if ppid == Some(parent) && state != Some("Z") {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
 }

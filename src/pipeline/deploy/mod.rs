@@ -57,6 +57,8 @@ pub struct Deployer {
     pub allow_app_choice: bool,
     /// Start, idle, drain and stop timeouts of local `transport = "http"` servers.
     pub lifecycle: Lifecycle,
+    /// Warm spares per stdio app whose manifest does not say (`[deploy] warm` of the daemon's config).
+    pub warm_spares: usize,
     /// The live release's HTTP server per app (local `transport = "http"` apps only).
     servers: Mutex<HashMap<String, Arc<HttpServer>>>,
     /// `[deploy.enrich]`: fills missing env var descriptions from a chat API (off when `None`).
@@ -133,6 +135,7 @@ impl Deployer {
             fly: None,
             default_runtime: "local".into(),
             allow_app_choice: true,
+            warm_spares: 1,
             lifecycle: Lifecycle::default(),
             servers: Mutex::new(HashMap::new()),
             enrich: None,
@@ -321,6 +324,8 @@ impl Deployer {
         match result {
             Ok((route, server)) => {
                 self.routes.set(app.as_str(), route);
+                // New sessions of the new release start on warm spares; the old release's go.
+                self.gateway.warm(app.as_str());
                 self.switch_server(app, server).await;
                 self.store.put_release(&release).map_err(|e| e.to_string())?;
                 self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
@@ -408,6 +413,7 @@ impl Deployer {
                     ..live_route
                 };
                 self.routes.set(app.as_str(), route);
+                self.gateway.warm(app.as_str());
                 release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
                 release.introspection = Some(staged.introspection.clone());
                 self.store.put_release(&release).map_err(|e| e.to_string())?;
@@ -683,6 +689,7 @@ impl Deployer {
         let installed = Installed { dir: PathBuf::from(dir), command: live.command.clone(), reused: true };
         let (route, server) = self.route_for(app, &live, &secrets, &installed)?;
         self.routes.set(app.as_str(), route);
+        self.gateway.warm(app.as_str());
         if let Some(server) = server {
             self.servers.lock().expect("servers").insert(app.to_string(), server);
         }
@@ -724,6 +731,7 @@ impl Deployer {
             server.stop().await;
         }
         self.logs.push(app.as_str(), LogKind::Event, "restarted: sessions ended, processes stopped");
+        self.gateway.warm(app.as_str());
         Ok(format!("{app}: sessions ended; the next request starts fresh processes"))
     }
 

@@ -171,6 +171,7 @@ impl Deployer {
             shared: release.plan.shared,
             rate_limit: self.rate_limit,
             auth: release.plan.auth,
+            warm: release.plan.warm.map_or(self.warm_spares, |n| n as usize),
         };
         Ok((route, server))
     }
@@ -189,7 +190,8 @@ impl Deployer {
         };
         let gateway = Gateway::new(
             cfg,
-            Arc::new(One(Arc::new(route.clone()), app.to_string())),
+            // The probe's own session needs no spare behind it.
+            Arc::new(One(Arc::new(AppRoute { warm: 0, ..route.clone() }), app.to_string())),
             None,
             Arc::new(NoAudit),
             self.logs.clone(),

@@ -355,6 +355,7 @@ impl FlyRuntime {
             shared: false,
             rate_limit: None,
             auth: Default::default(),
+            warm: 0,
         }
     }
 
@@ -372,6 +373,7 @@ impl FlyRuntime {
             shared: false,
             rate_limit: None,
             auth: Default::default(),
+            warm: 0,
         }
     }
 

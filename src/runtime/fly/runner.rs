@@ -78,6 +78,10 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
         session_grace: std::time::Duration::from_secs(300).into(),
         idle_timeout: std::time::Duration::from_secs(3600).into(),
         keepalive: std::time::Duration::from_secs(15).into(),
+        // Warm spares inside the machine: a started machine answers a new session without a start-up
+        // (the machine's own scale to zero releases them with everything else).
+        warm: plan.warm.unwrap_or(1).min(16) as u8,
+        warm_idle: std::time::Duration::ZERO.into(),
         max_sessions: 4096,
         max_body_bytes: 4 << 20,
         upstream: None,
