@@ -226,7 +226,7 @@ def main():
     n.add_argument("--url", required=True)
     n.add_argument("--token", default=None)
     n.add_argument("--runs", type=int, default=20)
-    n.add_argument("--pause", type=float, default=0.5)
+    n.add_argument("--pause", type=float, default=1.5)
     s = sub.add_parser("start")
     s.add_argument("--runs", type=int, default=5)
     s.add_argument("cmd", nargs="+")
