@@ -387,7 +387,8 @@ section_p8() {
     py3="$(real_python3)"
     if [[ "$BENCH_P8_SHARED" == 0 ]]; then shared=false; mode="one server process per session"; else
         shared=true; mode="shared = true: one server process for all sessions, ids rewritten"; fi
-    start_daemon p8 "$(printf '[gateway]\nrate_limit_per_minute = 0\n\n[apps.hold]\ncommand = ["%s", "%s"]\nshared = %s\n' \
+    # One load generator on one address holds every connection: no per-address cap for this run.
+    start_daemon p8 "$(printf '[http]\nmax_connections_per_ip = 0\n\n[gateway]\nrate_limit_per_minute = 0\nmax_sessions_per_app = 100000\n\n[apps.hold]\ncommand = ["%s", "%s"]\nshared = %s\n' \
         "$py3" "$ECHO_SERVER" "$shared")" || return 0
     tok="$(token hold)" || { fail "tokens create hold failed"; return 0; }
     before="$(rss_kb "$DAEMON_PID")"

@@ -57,6 +57,15 @@ pub struct HttpConfig {
     pub public_url: Option<String>,
     /// `[http.tls]`: serve HTTPS (certificate files or ACME) instead of plain HTTP.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Time a client has to start its request (the first bytes, then the headers), and the longest an
+    /// idle keep-alive HTTP/1.1 connection stays open. Bounds slow clients (slowloris).
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Most open connections in total (0: no cap); more are closed at once.
+    pub max_connections: usize,
+    /// Most open connections from one client address (0: no cap). Behind a reverse proxy on the same
+    /// host every client has the proxy's address: set 0 there and cap at the proxy.
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +94,9 @@ pub struct GatewayConfig {
     pub rate_limit_per_minute: u32,
     /// Extra `Origin` values allowed for every app (the public URL's origin is always allowed).
     pub allowed_origins: Vec<String>,
+    /// Most open MCP sessions per app; with one server process each (plus the app's warm spares), this
+    /// bounds the processes one token can start. `initialize` answers 503 above it.
+    pub max_sessions_per_app: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +132,8 @@ pub struct DeployConfig {
     /// A replaced HTTP server keeps serving its sessions until they are quiet this long.
     #[serde(deserialize_with = "duration")]
     pub drain_grace: Duration,
+    /// Most apps a deployer key may own (admins are exempt; 0: no limit).
+    pub max_apps_per_deployer: usize,
     /// Warm spares per stdio app (server processes started ahead of need, so a new session answers
     /// without a start-up); an app's `[deploy] warm` overrides it. Released after `idle_timeout`
     /// without a new session. `0` turns them off.
@@ -161,6 +175,7 @@ impl Default for DeployConfig {
             idle_timeout: Duration::from_secs(15 * 60),
             drain_grace: Duration::from_secs(30),
             warm: 1,
+            max_apps_per_deployer: 10,
             enrich: None,
         }
     }
@@ -220,7 +235,14 @@ impl Default for SshConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8080".parse().expect("static address"), public_url: None, tls: None }
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            public_url: None,
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+        }
     }
 }
 
@@ -238,6 +260,7 @@ impl Default for GatewayConfig {
             disconnect_grace: Duration::from_secs(60),
             rate_limit_per_minute: 600,
             allowed_origins: Vec::new(),
+            max_sessions_per_app: 64,
         }
     }
 }

@@ -72,6 +72,10 @@ impl Daemon {
             max_body_bytes: config.gateway.body_limit,
             session_grace: config.gateway.disconnect_grace,
             session_idle_timeout: config.gateway.session_idle_timeout,
+            header_read_timeout: config.http.header_read_timeout,
+            max_connections: config.http.max_connections,
+            max_connections_per_ip: config.http.max_connections_per_ip,
+            max_sessions_per_app: config.gateway.max_sessions_per_app,
             spare_idle_timeout: (!config.deploy.idle_timeout.is_zero()).then_some(config.deploy.idle_timeout),
             ..GatewayConfig::default()
         };
@@ -90,7 +94,12 @@ impl Daemon {
             ..Toolchain::detect(dir.root().join("cache"))
         };
         // `[sandbox]`: strict mode without a working sandbox refuses to start here.
-        tools.set_sandbox(config.sandbox_policy()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Relay directories of the previous run are stale (their processes are gone).
+        let net_dir = dir.root().join("run/net");
+        let _ = std::fs::remove_dir_all(&net_dir);
+        tools
+            .set_sandbox(config.sandbox_policy().with_net_dir(net_dir))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut deployer = Deployer::new(
             dir.clone(),
             store.clone(),

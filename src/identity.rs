@@ -28,6 +28,24 @@ impl Identity {
         self.is_admin() || app.owners.iter().any(|o| o == &self.name)
     }
 
+    /// Refuses a deployer key that already owns `max` apps (`[deploy] max_apps_per_deployer`; admins are
+    /// exempt, 0 means no limit): one key must not be able to fill the host with apps.
+    pub fn may_create_app(&self, apps: &[AppRecord], max: usize) -> Result<(), String> {
+        if self.is_admin() || max == 0 {
+            return Ok(());
+        }
+        let owned = apps.iter().filter(|a| a.owners.iter().any(|o| o == &self.name)).count();
+        if owned >= max {
+            return Err(format!(
+                "{} already owns {owned} apps, the most a deployer key may have ([deploy] \
+                 max_apps_per_deployer = {max}): destroy one first (`apps destroy NAME --confirm NAME`) or ask \
+                 an admin to raise the limit",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
     /// `bob (deployer)`, for messages.
     pub fn describe(&self) -> String {
         format!("{} ({})", self.name, self.role.as_str())

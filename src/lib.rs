@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod git;
 pub mod identity;
 pub mod init;
+pub mod listener;
 pub mod names;
 pub mod oauth;
 pub mod output;

@@ -53,6 +53,9 @@ enum Command {
     /// Inside a server's sandbox: set limits and privileges, then execute the server (internal).
     #[command(hide = true, name = "sandbox-exec")]
     SandboxExec(catwalk::runtime::sandbox::ExecArgs),
+    /// Internal: supervises one sandboxed process's network namespace (uplink and relays).
+    #[command(hide = true, name = "sandbox-net")]
+    SandboxNet(catwalk::runtime::sandbox::NetArgs),
     /// A command of the daemon's grammar, run through the control socket.
     #[command(external_subcommand)]
     Remote(Vec<String>),
@@ -97,6 +100,9 @@ fn main() -> ExitCode {
         Some(Command::Runner(args)) => run_runner(args),
         // Single-threaded and before any logging set-up: credentials and Landlock apply per thread.
         Some(Command::SandboxExec(args)) => Err(anyhow::anyhow!(catwalk::runtime::sandbox::exec(args))),
+        Some(Command::SandboxNet(args)) => {
+            std::process::exit(catwalk::runtime::sandbox::supervise_network(args))
+        }
         Some(Command::Remote(argv)) => {
             catwalk::control::client::run_command(&dir.control_socket(), argv).map(exit_code)
         }

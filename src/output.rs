@@ -5,6 +5,8 @@
 //! channel data / extended data; the control socket turns it into JSON frames. That is what keeps "one
 //! grammar over SSH and the local CLI" true by construction.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -21,25 +23,53 @@ pub enum Stream {
 #[derive(Clone, Debug)]
 pub struct Output {
     tx: mpsc::UnboundedSender<(Stream, String)>,
+    /// Bytes written but not yet taken by the transport (see [`Output::queued_bytes`]).
+    queued: Arc<AtomicUsize>,
 }
 
 /// The receiving end of an [`Output`].
-pub type OutputReceiver = mpsc::UnboundedReceiver<(Stream, String)>;
+pub struct OutputReceiver {
+    rx: mpsc::UnboundedReceiver<(Stream, String)>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl OutputReceiver {
+    /// The next chunk, `None` once every writer is gone.
+    pub async fn recv(&mut self) -> Option<(Stream, String)> {
+        let chunk = self.rx.recv().await?;
+        self.queued.fetch_sub(chunk.1.len(), Ordering::Relaxed);
+        Some(chunk)
+    }
+}
 
 impl Output {
     pub fn channel() -> (Output, OutputReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Output { tx }, rx)
+        let queued = Arc::new(AtomicUsize::new(0));
+        (Output { tx, queued: queued.clone() }, OutputReceiver { rx, queued })
     }
 
     /// Writes `text` to stdout as is.
     pub fn out(&self, text: impl Into<String>) {
-        let _ = self.tx.send((Stream::Stdout, text.into()));
+        self.send(Stream::Stdout, text.into());
     }
 
     /// Writes `text` to stderr as is.
     pub fn err(&self, text: impl Into<String>) {
-        let _ = self.tx.send((Stream::Stderr, text.into()));
+        self.send(Stream::Stderr, text.into());
+    }
+
+    fn send(&self, stream: Stream, text: String) {
+        let len = text.len();
+        if self.tx.send((stream, text)).is_ok() {
+            self.queued.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes written that the client has not taken yet. A command that writes without end (`logs -f`)
+    /// checks it, so a reader that stops reading cannot make the daemon buffer without bound.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Resolves when the reader went away (the client disconnected): followers stop then.

@@ -220,3 +220,34 @@ async fn session_limit_is_a_clear_503() {
     c.delete(&b.url).header("mcp-session-id", &a).send().await.unwrap();
     init(&c, &b.url, "2025-06-18").await;
 }
+
+/// A server that stops reading its stdin (after answering `initialize`): the gateway queues at most
+/// 4 MiB for it, then stops it and ends the session, instead of buffering whatever clients send.
+#[tokio::test]
+async fn a_server_that_stops_reading_stdin_is_stopped() {
+    const DEAF: &str = "import json,sys,time\nm=json.loads(sys.stdin.readline())\n\
+        sys.stdout.write(json.dumps({'jsonrpc':'2.0','id':m['id'],'result':{'protocolVersion':'2025-06-18',\
+        'capabilities':{},'serverInfo':{'name':'deaf','version':'1'}}})+'\\n')\nsys.stdout.flush()\ntime.sleep(600)\n";
+    let b = Bridge::start_raw(&["--warm", "0", "--", "python3", "-c", DEAF], &[]);
+    let c = client();
+    let r = post(&c, &b.url, None, None, &init_msg(1, "2025-06-18")).await;
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let big = "x".repeat(256 << 10);
+    let note = json!({"jsonrpc":"2.0","method":"notifications/message","params":{"data": big}});
+    let mut statuses = Vec::new();
+    for _ in 0..64 {
+        let r = post(&c, &b.url, Some(&sid), Some("2025-06-18"), &note).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 404 {
+            break;
+        }
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&404),
+        "16 MiB were queued for a server that reads nothing: {statuses:?}"
+    );
+    assert!(statuses.iter().filter(|s| **s == 202).count() <= 20, "{statuses:?}");
+    assert!(b.wait_stderr("left more than 4 MiB of messages unread on its stdin"), "{}", b.stderr_text());
+}

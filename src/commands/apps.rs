@@ -105,6 +105,9 @@ async fn create(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         Some(_) => return Err(Failure::Error(git::push::name_taken(app.as_str()))),
         None => {}
     }
+    ctx.who
+        .may_create_app(&daemon.store.apps()?, daemon.config.deploy.max_apps_per_deployer)
+        .map_err(Failure::Error)?;
     super::erase::clear_before_create(daemon, &app).map_err(Failure::Error)?;
     let record = AppRecord::new(app.as_str(), &ctx.who.name, vec![ctx.who.name.clone()]);
     daemon.store.create_app(&record).map_err(|e| match e {

@@ -147,6 +147,9 @@ async fn backlog_lines(ctx: &Ctx<'_>, app: &str, backlog: &[LogLine], n: usize) 
     lines.into_iter().skip(skip).map(|(_, l)| l).collect()
 }
 
+/// Most bytes of `logs -f` output waiting for a slow reader before lines are skipped.
+const MAX_FOLLOW_QUEUE: usize = 1 << 20;
+
 pub async fn logs(ctx: &Ctx<'_>, name: &str, follow: bool, lines: usize) -> CmdResult {
     let app = app_name(ctx, name, "logs")?;
     let logs = ctx.daemon.gateway.logs();
@@ -161,12 +164,22 @@ pub async fn logs(ctx: &Ctx<'_>, name: &str, follow: bool, lines: usize) -> CmdR
     for line in backlog_lines(ctx, app.as_str(), &backlog, lines).await {
         ctx.out.line(line);
     }
+    // A follower that stops reading: its lines are skipped (and counted) while more than
+    // MAX_FOLLOW_QUEUE bytes wait for it, instead of piling up in the daemon.
+    let mut skipped = 0usize;
     loop {
         tokio::select! {
             _ = ctx.daemon.shutdown.cancelled() => return Ok(()),
             _ = ctx.out.closed() => return Ok(()),
             next = rx.recv() => match next {
-                Ok(line) => ctx.out.line(log_line(&line)),
+                Ok(_) if ctx.out.queued_bytes() > MAX_FOLLOW_QUEUE => skipped += 1,
+                Ok(line) => {
+                    if skipped > 0 {
+                        ctx.out.line(format!("... {skipped} lines skipped (the reader was too slow)"));
+                        skipped = 0;
+                    }
+                    ctx.out.line(log_line(&line))
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     ctx.out.line(format!("... {n} lines skipped (the reader was too slow)"));
                 }

@@ -16,7 +16,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rand::RngCore;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{bearer, query_has_token};
@@ -38,8 +37,10 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(gw.cfg.header_read_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let limits = crate::listener::ConnLimits::new(gw.cfg.max_connections, gw.cfg.max_connections_per_ip);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             acc = listener.accept() => match acc {
                 Ok(x) => x,
@@ -51,16 +52,20 @@ pub async fn serve(
                 }
             },
         };
+        let Some(permit) = admit(&limits, peer) else { continue };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
-        let svc = service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok::<_, Infallible>(handle(&gw, req, local).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, deadline) = (builder.clone(), graceful.watcher(), gw.cfg.header_read_timeout);
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _permit = permit;
+            // Protocol detection gets the same deadline as the headers (see crate::listener).
+            let Ok(io) = crate::listener::first_bytes(stream, deadline).await else { return };
+            let svc = service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(handle(&gw, req, local).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+            let _ = watcher.watch(conn).await;
         });
     }
     // Ending the sessions ends their SSE bodies, so graceful shutdown can finish.
@@ -68,6 +73,21 @@ pub async fn serve(
     stdio::wait_all_stopped(gw.cfg.kill_grace + Duration::from_millis(500)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
+}
+
+/// Admits a connection within the caps; a refused one is closed at once (and counted).
+pub(crate) fn admit(
+    limits: &Arc<crate::listener::ConnLimits>,
+    peer: SocketAddr,
+) -> Option<crate::listener::ConnPermit> {
+    match limits.admit(peer.ip()) {
+        Ok(permit) => Some(permit),
+        Err(cap) => {
+            ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "cap" => cap).increment(1);
+            tracing::debug!(%peer, "connection refused: [http] {cap} reached");
+            None
+        }
+    }
 }
 
 /// Reap sessions whose client went away or that idled out.
@@ -137,7 +157,10 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>, local: SocketAddr
     let resp = endpoint(gw, req, &app, local).await;
     let status = resp.status();
     if !status.is_success() {
-        ::metrics::counter!(metrics::REQUESTS, "app" => app, "method" => "-", "status" => status.as_str().to_string()).increment(1);
+        // Only apps that have a route get their own label: any client can send `/mcp/<anything>`, and a
+        // series per made-up name would grow memory without bound and list probed names on /metrics.
+        let label = if gw.directory.resolve(&app).is_some() { app } else { metrics::UNKNOWN_APP.to_string() };
+        ::metrics::counter!(metrics::REQUESTS, "app" => label, "method" => "-", "status" => status.as_str().to_string()).increment(1);
     }
     resp
 }
@@ -422,7 +445,7 @@ async fn request(
     let Some(id) = c.id.clone() else {
         return invalid(Invalid::Shape("a request needs an id"));
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = super::sse::out_channel();
     if session.begin(id.clone(), c.progress_token.clone(), tx, audit_info(c, &token)).is_err() {
         return p::error(
             StatusCode::BAD_REQUEST,
@@ -603,7 +626,7 @@ async fn batch(
         return p::status_only(StatusCode::ACCEPTED);
     }
     let ids: Vec<_> = reqs.iter().map(|(id, _, _)| id.clone()).collect();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = super::sse::out_channel();
     if session.begin_batch(reqs, tx).is_err() {
         return invalid(Invalid::Shape(
             "a request id in this batch is already in flight in this session (or repeated)",
@@ -635,7 +658,7 @@ async fn get(gw: &Gateway, req: Request<Incoming>, app: &str) -> Resp {
         return *r;
     }
     session.touch();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = super::sse::out_channel();
     let opened = match headers.get("last-event-id") {
         Some(last) => {
             let Some((s, q)) = last.to_str().ok().and_then(sse::parse_event_id) else {

@@ -9,6 +9,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Counter: JSON-RPC requests and HTTP exchanges, labels `app`, `method`, `status`.
 pub const REQUESTS: &str = "catwalk_mcp_requests_total";
+/// Counter: connections closed at once because a cap was reached, label `cap`.
+pub const CONNECTIONS_REFUSED: &str = "catwalk_http_connections_refused_total";
+/// The `app` label of requests to a path that names no routed app.
+pub const UNKNOWN_APP: &str = "(unknown)";
 /// Histogram (seconds): time to the final response, labels `app`, `method`.
 pub const LATENCY: &str = "catwalk_mcp_request_duration_seconds";
 /// Gauge: open MCP sessions.

@@ -35,6 +35,8 @@ use std::time::Duration;
 pub use applog::{AppLogs, LogKind, LogLine};
 pub use auth::{AuthError, AuthMode, EnvTokenAuthenticator, TokenIdentity};
 pub use protocol::GatewayBody;
+/// The bounded line reader of child output, also used for install steps' output.
+pub(crate) use stdio::{Line as BoundedLine, read_line_bounded};
 pub use wake::{Activity, InFlight, Wake, WakeHandle};
 
 /// How to reach an app's MCP server.
@@ -162,8 +164,11 @@ pub struct GatewayConfig {
     pub public_origin: Option<String>,
     /// Largest accepted request body (413 above).
     pub max_body_bytes: usize,
-    /// Time allowed to send request headers (also bounds idle keep-alive connections).
+    /// Time allowed to start a request and send its headers (also bounds idle keep-alive connections).
     pub header_read_timeout: Duration,
+    /// Most open connections in total / per client address (0: no cap); see `crate::listener`.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     /// Time allowed to send a request body.
     pub body_read_timeout: Duration,
     /// Interval of SSE keep-alive comments.
@@ -191,7 +196,9 @@ impl Default for GatewayConfig {
             mount: Mount::Prefix("/mcp/".into()),
             public_origin: None,
             max_body_bytes: 4 << 20,
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_connections_per_ip: 256,
             body_read_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(15),
             session_grace: Duration::from_secs(300),
@@ -412,7 +419,12 @@ impl Gateway {
                 gw.stop_all();
             })
         };
-        crate::tls::serve_https(listener, tls, make_service, shutdown).await?;
+        let limits = crate::tls::Limits {
+            header_read_timeout: self.cfg.header_read_timeout,
+            max_connections: self.cfg.max_connections,
+            max_connections_per_ip: self.cfg.max_connections_per_ip,
+        };
+        crate::tls::serve_https(listener, tls, make_service, limits, shutdown).await?;
         let _ = stopper.await;
         stdio::wait_all_stopped(self.cfg.kill_grace + Duration::from_millis(500)).await;
         Ok(())

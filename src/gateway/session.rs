@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::jsonrpc::{self, Classified, IdKey};
-use super::sse::{self, OnClose};
+use super::sse::{self, OnClose, OutSink};
 use super::stdio::Link;
 use super::{AuditEvent, AuditSink, metrics};
 
@@ -26,6 +25,12 @@ pub enum Out {
 }
 
 impl Out {
+    pub fn len(&self) -> usize {
+        match self {
+            Out::Json(b) | Out::Frame(b) => b.len(),
+        }
+    }
+
     pub fn into_bytes(self) -> Bytes {
         match self {
             Out::Json(b) | Out::Frame(b) => b,
@@ -43,7 +48,7 @@ pub struct AuditInfo {
 
 enum Target {
     /// Nothing sent yet: the first message decides JSON (final response) or SSE (anything else).
-    Pending(mpsc::UnboundedSender<Out>),
+    Pending(OutSink),
     /// The request's messages go to this SSE stream.
     Stream(u64),
 }
@@ -58,7 +63,7 @@ struct InFlight {
 struct Stream {
     /// The connection currently reading this stream (`None` or closed: messages are only kept
     /// in the replay buffer until the client resumes).
-    sink: Option<mpsc::UnboundedSender<Out>>,
+    sink: Option<OutSink>,
     seq: u64,
     /// Requests whose final response is still due on this stream (POST streams).
     remaining: usize,
@@ -176,7 +181,7 @@ impl Session {
         &self,
         id: IdKey,
         progress: Option<Box<str>>,
-        tx: mpsc::UnboundedSender<Out>,
+        tx: OutSink,
         audit: AuditInfo,
     ) -> Result<(), ()> {
         let mut st = self.lock();
@@ -196,7 +201,7 @@ impl Session {
     pub fn begin_batch(
         &self,
         reqs: Vec<(IdKey, Option<Box<str>>, AuditInfo)>,
-        tx: mpsc::UnboundedSender<Out>,
+        tx: OutSink,
     ) -> Result<(), ()> {
         let mut st = self.lock();
         if reqs.iter().any(|(id, _, _)| st.inflight.contains_key(id)) {
@@ -384,7 +389,7 @@ impl Session {
     }
 
     /// Open the standalone GET stream (409 if one is connected). Backlogged messages go first.
-    pub fn open_get(&self, tx: mpsc::UnboundedSender<Out>) -> Result<(), StreamError> {
+    pub fn open_get(&self, tx: OutSink) -> Result<(), StreamError> {
         if self.is_terminated() {
             return Err(StreamError::Gone);
         }
@@ -415,7 +420,7 @@ impl Session {
 
     /// Resume stream `s` after event `seq`: replay what the client missed from that stream
     /// only, then keep the new connection attached if the stream is still live.
-    pub fn resume(&self, s: u64, seq: u64, tx: mpsc::UnboundedSender<Out>) -> Result<(), StreamError> {
+    pub fn resume(&self, s: u64, seq: u64, tx: OutSink) -> Result<(), StreamError> {
         if self.is_terminated() {
             return Err(StreamError::Gone);
         }

@@ -78,11 +78,68 @@ pub trait OnClose: Send + Sync {
     fn closed(&self);
 }
 
+/// Most bytes of one response stream waiting for a client that does not read (1 MiB). Past it the
+/// stream is treated as disconnected: its sender is dropped, the body ends, and the client can resume
+/// from the session's replay buffer with `Last-Event-ID` — the daemon never buffers without bound.
+const MAX_STREAM_QUEUE: usize = 1 << 20;
+
+/// A channel of one response stream's messages whose queued bytes are counted.
+pub fn out_channel() -> (OutSink, OutStream) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (OutSink { tx, queued: queued.clone() }, OutStream { rx, queued })
+}
+
+/// The session's end of a response stream.
+#[derive(Clone)]
+pub struct OutSink {
+    tx: mpsc::UnboundedSender<super::session::Out>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl OutSink {
+    /// Sends a message; `Err` when the client is gone or has more than [`MAX_STREAM_QUEUE`] bytes
+    /// unread (the caller then drops this sink, which ends the body).
+    pub fn send(&self, out: super::session::Out) -> Result<(), ()> {
+        use std::sync::atomic::Ordering;
+        let len = out.len();
+        if self.queued.load(Ordering::Acquire) + len > MAX_STREAM_QUEUE {
+            return Err(());
+        }
+        self.queued.fetch_add(len, Ordering::AcqRel);
+        self.tx.send(out).map_err(|_| ())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The HTTP body's end of a response stream.
+pub struct OutStream {
+    rx: mpsc::UnboundedReceiver<super::session::Out>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl OutStream {
+    pub async fn recv(&mut self) -> Option<super::session::Out> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<super::session::Out>> {
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(out)) = &polled {
+            self.queued.fetch_sub(out.len(), std::sync::atomic::Ordering::AcqRel);
+        }
+        polled
+    }
+}
+
 /// A streaming SSE body: frames from the channel, keep-alive comments when idle. It ends when
 /// the sender side is dropped (the stream is complete or the session ended).
 pub struct SseBody {
     first: Option<Bytes>,
-    rx: mpsc::UnboundedReceiver<super::session::Out>,
+    rx: OutStream,
     keepalive: Interval,
     on_close: Option<Box<dyn OnClose>>,
 }
@@ -90,7 +147,7 @@ pub struct SseBody {
 impl SseBody {
     pub fn new(
         first: Option<Bytes>,
-        rx: mpsc::UnboundedReceiver<super::session::Out>,
+        rx: OutStream,
         keepalive: Duration,
         on_close: Option<Box<dyn OnClose>>,
     ) -> Self {
@@ -136,6 +193,21 @@ impl Drop for SseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream whose reader stops: sends fail once 1 MiB waits, and work again once it was read.
+    #[tokio::test]
+    async fn an_unread_stream_stops_taking_messages_at_one_mib() {
+        let (sink, mut stream) = out_channel();
+        let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+        let mut sent = 0;
+        while sink.send(super::super::session::Out::Frame(chunk.clone())).is_ok() {
+            sent += 1;
+            assert!(sent <= 16, "more than 1 MiB was queued");
+        }
+        assert_eq!(sent, 16);
+        stream.recv().await.unwrap();
+        assert!(sink.send(super::super::session::Out::Frame(chunk)).is_ok());
+    }
 
     #[test]
     fn frames() {

@@ -48,8 +48,11 @@ pub async fn wait_all_stopped(grace: Duration) {
 const MAX_STDOUT_LINE: usize = 64 << 20;
 /// Largest stderr line read (the app log truncates further for storage).
 const MAX_STDERR_LINE: usize = 64 << 10;
+/// Most bytes waiting for a child to read its stdin. A server that stops reading while clients keep
+/// sending would otherwise grow the gateway's memory; past this it is stopped (its session ends).
+const MAX_STDIN_QUEUE: u64 = 4 << 20;
 
-enum Line {
+pub(crate) enum Line {
     Complete,
     TooLong,
     Eof,
@@ -57,7 +60,7 @@ enum Line {
 
 /// Read one `\n`-terminated line into `buf` (newline included), but never hold more than `max`
 /// bytes: an over-long line is skipped up to its newline and reported as `TooLong`.
-async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+pub(crate) async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
@@ -107,6 +110,10 @@ pub trait ChildEvents: Send + Sync {
 pub struct ChildProc {
     pub pid: u32,
     tx: mpsc::UnboundedSender<Bytes>,
+    /// Bytes queued for stdin that the child has not read yet (bounded by [`MAX_STDIN_QUEUE`]).
+    stdin_queued: Arc<AtomicU64>,
+    app: Arc<str>,
+    logs: Arc<AppLogs>,
     exited: CancellationToken,
     stopping: AtomicBool,
     kill_grace: Duration,
@@ -162,17 +169,21 @@ pub fn spawn(
     ::metrics::gauge!(metrics::CHILDREN).increment(1.0);
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let stdin_queued = Arc::new(AtomicU64::new(0));
+    let written = stdin_queued.clone();
     tokio::spawn(async move {
         let mut w = BufWriter::with_capacity(64 * 1024, stdin);
         'outer: while let Some(line) = rx.recv().await {
             if w.write_all(&line).await.is_err() {
                 break;
             }
+            written.fetch_sub(line.len() as u64, Ordering::AcqRel);
             // Batch whatever else is queued into one write syscall.
             while let Ok(more) = rx.try_recv() {
                 if w.write_all(&more).await.is_err() {
                     break 'outer;
                 }
+                written.fetch_sub(more.len() as u64, Ordering::AcqRel);
             }
             if w.flush().await.is_err() {
                 break;
@@ -236,6 +247,9 @@ pub fn spawn(
     let proc = Arc::new(ChildProc {
         pid,
         tx,
+        stdin_queued,
+        app: app.clone(),
+        logs: logs.clone(),
         exited: CancellationToken::new(),
         stopping: AtomicBool::new(false),
         kill_grace,
@@ -274,9 +288,35 @@ pub fn spawn(
 }
 
 impl ChildProc {
-    /// Queue one line for stdin. `false` when the child is gone.
+    /// Queue one line for stdin. `false` when the child is gone — or stopped because it left more than
+    /// [`MAX_STDIN_QUEUE`] bytes unread.
     pub fn send(&self, line: Bytes) -> bool {
-        !self.exited.is_cancelled() && self.tx.send(line).is_ok()
+        if self.exited.is_cancelled() {
+            return false;
+        }
+        let len = line.len() as u64;
+        if self.stdin_queued.fetch_add(len, Ordering::AcqRel) + len > MAX_STDIN_QUEUE {
+            self.stdin_queued.fetch_sub(len, Ordering::AcqRel);
+            if !self.stopping.load(Ordering::Acquire) {
+                self.logs.push(
+                    &self.app,
+                    LogKind::Event,
+                    &format!(
+                        "process {} stopped: it left more than {} MiB of messages unread on its stdin",
+                        self.pid,
+                        MAX_STDIN_QUEUE >> 20
+                    ),
+                );
+                self.stop();
+            }
+            return false;
+        }
+        if self.tx.send(line).is_ok() {
+            true
+        } else {
+            self.stdin_queued.fetch_sub(len, Ordering::AcqRel);
+            false
+        }
     }
 
     pub fn is_exited(&self) -> bool {

@@ -235,6 +235,8 @@ fn ensure_app(ctx: &PushContext<'_>) -> Result<(), String> {
         // Created meanwhile (`check` read the store before): the pusher must still be allowed.
         Ok(Some(record)) => may_push(&ctx.push.pusher, Some(&record)),
         Ok(None) => {
+            let apps = store.apps().map_err(|e| format!("cannot read the apps: {e}"))?;
+            ctx.push.pusher.may_create_app(&apps, ctx.daemon.config.deploy.max_apps_per_deployer)?;
             let pusher = &ctx.push.pusher.name;
             let record = AppRecord::new(app.as_str(), pusher, vec![pusher.clone()]);
             match store.create_app(&record) {

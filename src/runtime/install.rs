@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::process::Command;
 
 use crate::pipeline::plan::{Entry, Language, Plan, Registry, Source};
@@ -134,6 +134,48 @@ pub struct Installed {
 
 /// Where progress lines go (the pusher's terminal, the app log).
 pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
+
+/// Keeps the last 20 lines `reader` writes in `tail`. A step's output is untrusted: one endless line must
+/// not grow the daemon's memory, so a line is kept up to [`MAX_OUTPUT_LINE`] bytes and a longer one is
+/// replaced by a notice.
+async fn collect_tail(
+    reader: impl tokio::io::AsyncRead + Unpin,
+    tail: &std::sync::Mutex<std::collections::VecDeque<String>>,
+) {
+    use crate::gateway::BoundedLine;
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let line = match crate::gateway::read_line_bounded(&mut reader, &mut buf, MAX_OUTPUT_LINE).await {
+            BoundedLine::Eof => break,
+            BoundedLine::TooLong => format!("(a line longer than {MAX_OUTPUT_LINE} bytes was dropped)"),
+            BoundedLine::Complete => String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string(),
+        };
+        let mut t = tail.lock().expect("tail lock");
+        if t.len() == 20 {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+}
+
+/// Longest line of an install step's output that is kept (the last 20 lines are shown to the pusher).
+const MAX_OUTPUT_LINE: usize = 4096;
+
+/// Ports of registry mirrors on the host's loopback (`http://127.0.0.1:4873`): an install runs in a
+/// network namespace of its own, where the host's loopback is out of reach except for exactly these.
+fn loopback_registry_ports(registry_env: &[(String, String)]) -> Vec<u16> {
+    let mut ports: Vec<u16> = registry_env
+        .iter()
+        .filter_map(|(_, url)| reqwest::Url::parse(url).ok())
+        .filter(|u| matches!(u.host_str(), Some("127.0.0.1" | "localhost")))
+        .filter_map(|u| u.port_or_known_default())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
 
 /// Installs a registry package plan (version already pinned) under `installs_dir`.
 pub async fn install_package(
@@ -447,6 +489,7 @@ async fn run(
         writable: vec![tools.cache_dir.clone()],
         readonly,
         cwd: cwd.to_path_buf(),
+        reach: loopback_registry_ports(&tools.registry_env),
         ..Default::default()
     };
     let argv = sandbox::wrap(&tools.sandbox, &sb, &argv)?;
@@ -481,19 +524,7 @@ async fn run(
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let tail = std::sync::Mutex::new(std::collections::VecDeque::<String>::new());
-    let collect = |reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
-        let tail = &tail;
-        async move {
-            let mut lines = BufReader::new(reader).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut t = tail.lock().expect("tail lock");
-                if t.len() == 20 {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        }
-    };
+    let collect = |reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>| collect_tail(reader, &tail);
     let wait = async {
         let (_, _, status) = tokio::join!(collect(Box::new(stdout)), collect(Box::new(stderr)), child.wait());
         status
@@ -512,4 +543,29 @@ async fn run(
         progress(format!("{label}: {}", last.trim()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    /// An install step that prints one 8 MiB line: only the notice is kept, the lines around it are.
+    #[tokio::test]
+    async fn an_endless_line_is_dropped_with_a_notice() {
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            w.write_all(b"before\n").await.unwrap();
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..8 {
+                w.write_all(&chunk).await.unwrap();
+            }
+            w.write_all(b"\nafter\n").await.unwrap();
+        });
+        let tail = std::sync::Mutex::new(std::collections::VecDeque::new());
+        collect_tail(r, &tail).await;
+        writer.await.unwrap();
+        let lines: Vec<String> = tail.into_inner().unwrap().into_iter().collect();
+        assert_eq!(lines, ["before", "(a line longer than 4096 bytes was dropped)", "after"]);
+    }
 }

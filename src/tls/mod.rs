@@ -10,7 +10,7 @@
 //! let redirect = match tls.redirect_listen() { ... bind ... };      //   the CA may connect right away
 //! tls.start(shutdown.clone())?;                                     // file watcher or ACME task
 //! tokio::spawn(serve_redirect(redirect, tls.clone(), https_port, shutdown.clone()));
-//! serve_https(https, tls, make_service /* see bridge.rs */, shutdown).await?;
+//! serve_https(https, tls, make_service /* see bridge.rs */, limits, shutdown).await?;
 //! ```
 
 mod acme;
@@ -31,7 +31,7 @@ pub use acme::{Challenge, renewal_time};
 pub use certs::{CertError, CertInfo, httpdate, load_files};
 pub use config::{AcmeConfig, AcmeSettings, CertSource, TlsConfig, TlsSettings};
 pub use resolver::{ACME_TLS_ALPN, CertStore, EXPIRY_GAUGE};
-pub use serve::{serve_https, serve_redirect};
+pub use serve::{Limits, serve_https, serve_redirect};
 
 /// The TLS side of a running server: the certificate store, the rustls configuration and the
 /// settings. Cheap to clone.

@@ -20,13 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::TlsRuntime;
 use super::resolver::ACME_TLS_ALPN;
+use crate::listener::{ConnLimits, first_bytes};
 
 /// Two years, with subdomains left alone (other services may live on sibling names without HTTPS).
 const HSTS: &str = "max-age=63072000";
 /// A client that does not finish the TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed to send request headers (also bounds idle keep-alive connections).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed to send request headers on the redirect listener (also bounds idle keep-alive connections).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTPS listener's connection caps and first-bytes deadline (`[http]`; see `crate::listener`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
 /// How long graceful shutdown waits for open connections (SSE streams end with their sessions).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,6 +51,7 @@ pub async fn serve_https<F, S, B>(
     listener: TcpListener,
     tls: TlsRuntime,
     make_service: F,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()>
 where
@@ -58,11 +68,17 @@ where
     let hsts = tls.hsts();
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
+    let caps = ConnLimits::new(limits.max_connections, limits.max_connections_per_ip);
+    let deadline = limits.header_read_timeout;
     loop {
         let Some(stream) = next_connection(&listener, &shutdown, "HTTPS").await else { break };
+        let Some(permit) = stream.peer_addr().ok().and_then(|peer| caps.admit(peer.ip()).ok()) else {
+            tracing::debug!("HTTPS connection refused: [http] connection cap reached");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let svc = make_service(local);
@@ -71,6 +87,7 @@ where
         let stop = shutdown.clone();
         // The handshake runs in the connection's own task so a slow client never blocks the accept loop.
         tokio::spawn(async move {
+            let _permit = permit;
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
             let tls_stream = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -98,7 +115,9 @@ where
                     Ok::<_, S::Error>(resp)
                 }
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
+            // Protocol detection gets a deadline too (see crate::listener).
+            let Ok(io) = first_bytes(tls_stream, deadline).await else { return };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             let _ = watcher.watch(conn.into_owned()).await;
         });
     }
@@ -118,6 +137,7 @@ pub async fn serve_redirect(
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let builder = Arc::new(builder);
     loop {
         let Some(stream) = next_connection(&listener, &shutdown, "HTTP (redirect)").await else { break };
         let tls = tls.clone();
@@ -125,9 +145,10 @@ pub async fn serve_redirect(
             let resp = redirect_response(&tls, &req, https_port);
             async move { Ok::<_, Infallible>(resp) }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = conn.await;
+            let Ok(io) = first_bytes(stream, HEADER_READ_TIMEOUT).await else { return };
+            let _ = watcher.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned()).await;
         });
     }
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;

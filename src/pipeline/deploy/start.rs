@@ -135,6 +135,8 @@ impl Deployer {
             cwd: cwd.clone(),
             hidden: vec![self.dir.root().to_path_buf()],
             network: release.plan.no_network.then_some(sandbox::Network::None),
+            // An HTTP server listens in its own network namespace; the host port relays to it.
+            expose: http_port.map(|(port, _)| vec![port]).unwrap_or_default(),
             ..Default::default()
         };
         if release.plan.no_network && !self.tools.sandbox.is_active() {

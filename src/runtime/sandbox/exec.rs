@@ -62,6 +62,12 @@ pub struct ExecArgs {
     /// cpu.weight of that cgroup.
     #[arg(long, value_name = "WEIGHT", default_value_t = 100)]
     pub cg_weight: u32,
+    /// Inner stage: wait for the network supervisor (`net.rs`) before anything else.
+    #[arg(long)]
+    pub net_sync: bool,
+    /// Inner stage: the relays of this sandbox's network namespace (see `net.rs`).
+    #[command(flatten)]
+    pub relays: super::net::RelayArgs,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -79,6 +85,9 @@ pub fn exec(args: ExecArgs) -> String {
 }
 
 fn prepare(args: &ExecArgs) -> Result<(), String> {
+    if args.net_sync {
+        super::net::sync_with_supervisor()?;
+    }
     if let Some(dir) = &args.cgroup {
         let limits =
             cgroup::Limits { memory: args.cg_memory, pids: args.cg_pids, cpu_weight: args.cg_weight };
@@ -115,6 +124,10 @@ fn prepare(args: &ExecArgs) -> Result<(), String> {
     }
     if args.no_userns {
         deny_user_namespaces()?;
+    }
+    if let Some(dir) = &args.relays.relay_dir {
+        // Forked last: the relay runs with everything above applied, as the server will.
+        super::net::start_inner_relay(dir, &args.relays.expose, &args.relays.reach)?;
     }
     Ok(())
 }

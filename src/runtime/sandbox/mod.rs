@@ -31,6 +31,7 @@
 mod cgroup;
 mod exec;
 mod landlock;
+mod net;
 mod probe;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod seccomp;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer};
 
 pub use exec::{ExecArgs, exec};
+pub use net::{NetArgs, supervise as supervise_network};
 pub use probe::{Identity, SandboxSupport, probe};
 
 /// The operator's choice of how hard isolation is required.
@@ -93,7 +95,8 @@ pub struct SandboxPolicy {
     /// Size of the private `/tmp` tmpfs, bytes.
     #[serde(deserialize_with = "size")]
     pub tmp_size: u64,
-    /// Network access of every sandboxed server (installs always get the host's network).
+    /// Network access of every sandboxed server: `default` is outbound through slirp4netns from a
+    /// network namespace of its own (installs get the same), `none` only a private loopback.
     pub network: Network,
     /// Extra host directories made visible read-only (toolchains installed somewhere unusual).
     pub extra_ro_paths: Vec<PathBuf>,
@@ -123,6 +126,12 @@ pub struct Runtime {
     /// Catwalk-owned paths masked in every sandbox when they lie under a visible system directory
     /// (an `authorized_keys_file` in `/etc/catwalk`, a data dir in `/etc`); see [`AppSandbox::hidden`].
     pub hidden_paths: Vec<PathBuf>,
+    /// Where per-process relay directories live (`DATA/run/net`); `None`: no network namespaces (the
+    /// bridge, unit tests), processes keep the host's network unless they asked for `none`.
+    pub net_dir: Option<PathBuf>,
+    /// The slirp4netns binary (found at activation); without it `network = "default"` processes keep
+    /// the host's network, with a warning at start-up.
+    pub slirp4netns: Option<PathBuf>,
 }
 
 /// Whether servers are sandboxed, and if not, why.
@@ -172,6 +181,12 @@ pub struct AppSandbox {
     pub hidden: Vec<PathBuf>,
     /// Network override for this process (an app that declared `network = "none"`).
     pub network: Option<Network>,
+    /// TCP ports the process listens on inside its namespace, served on the host's 127.0.0.1 (a
+    /// `transport = "http"` server's port; see `net.rs`).
+    pub expose: Vec<u16>,
+    /// Host 127.0.0.1 ports the process may reach, as the same ports inside (a registry mirror on
+    /// loopback during an install).
+    pub reach: Vec<u16>,
 }
 
 /// The system directories every sandbox sees read-only.
@@ -286,8 +301,36 @@ impl SandboxPolicy {
                 Status::Active { identity: support.identity, landlock_abi: abi }
             }
         };
+        if matches!(status, Status::Active { .. }) && self.runtime.net_dir.is_some() {
+            self.runtime.slirp4netns = find_on_path("slirp4netns");
+            // slirp4netns opens /dev/net/tun as the daemon's user (Debian makes it 0666; some hosts 0600).
+            if self.runtime.slirp4netns.is_some()
+                && let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")
+            {
+                tracing::warn!(
+                    "sandbox: slirp4netns cannot open /dev/net/tun ({e}); `chmod 0666 /dev/net/tun`"
+                );
+                self.runtime.slirp4netns = None;
+            }
+            match &self.runtime.slirp4netns {
+                Some(p) => {
+                    tracing::info!("sandbox: a network namespace per process, outbound via {}", p.display())
+                }
+                None if self.network == Network::Default => tracing::warn!(
+                    "WARNING: slirp4netns is not installed (Debian package slirp4netns): servers and installs \
+                     share the host's network, so they can reach each other's and the daemon's loopback ports"
+                ),
+                None => {}
+            }
+        }
         self.runtime.status = Some(status);
         Ok(self)
+    }
+
+    /// Gives every sandboxed process a network namespace of its own, with relay directories under `dir`.
+    pub fn with_net_dir(mut self, dir: PathBuf) -> SandboxPolicy {
+        self.runtime.net_dir = Some(dir);
+        self
     }
 
     /// True when [`wrap`] sandboxes.
@@ -345,6 +388,11 @@ pub fn toolchain_roots(binaries: &[&Path]) -> Vec<PathBuf> {
     roots
 }
 
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
 fn under_system_dir(path: &Path) -> bool {
     SYSTEM_DIRS.iter().any(|d| path.starts_with(d))
 }
@@ -400,10 +448,41 @@ pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<
         ]);
         push(&["--cg-weight", &policy.cpu_weight.to_string(), "--"]);
     }
-    push(&[&policy.bwrap.to_string_lossy()]);
     let network = sb.network.unwrap_or(policy.network);
+    // A namespace of its own (net.rs): always for `none`; for `default` when slirp4netns can give it
+    // an uplink. The supervisor in front of bwrap adds the uplink and the relays.
+    let own_namespace = network == Network::None || policy.runtime.slirp4netns.is_some();
+    let relay_dir = match &policy.runtime.net_dir {
+        Some(net_dir) if own_namespace && !(sb.expose.is_empty() && sb.reach.is_empty()) => Some(relay_dir(
+            net_dir,
+            &sb.identity,
+            if *identity == Identity::DropToUid { Some(uid) } else { None },
+        )?),
+        _ => None,
+    };
+    // The same relay arguments go to the supervisor (host side) and to sandbox-exec (inside).
+    let mut relay_args: Vec<String> = Vec::new();
+    if let Some(dir) = &relay_dir {
+        relay_args.extend(["--relay-dir".to_string(), dir.to_string_lossy().into_owned()]);
+        let ports = sb.expose.iter().map(|p| ("--expose", p)).chain(sb.reach.iter().map(|p| ("--reach", p)));
+        for (flag, port) in ports {
+            relay_args.extend([flag.to_string(), port.to_string()]);
+        }
+    }
+    if policy.runtime.net_dir.is_some() && own_namespace {
+        push(&[&exe.to_string_lossy(), "sandbox-net"]);
+        if network == Network::Default
+            && let Some(slirp) = &policy.runtime.slirp4netns
+        {
+            push(&["--slirp", &slirp.to_string_lossy()]);
+        }
+        let relay: Vec<&str> = relay_args.iter().map(String::as_str).collect();
+        push(&relay);
+        push(&["--"]);
+    }
+    push(&[&policy.bwrap.to_string_lossy()]);
     push(&["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]);
-    if network == Network::None {
+    if own_namespace && (network == Network::None || policy.runtime.net_dir.is_some()) {
         push(&["--unshare-net"]);
     }
     if *identity == Identity::UserNamespace {
@@ -457,7 +536,7 @@ pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<
         push(&["--ro-bind", &d, &d]);
         mounts.push((path.clone(), false));
     }
-    for dir in std::iter::once(&sb.home).chain(&sb.writable) {
+    for dir in std::iter::once(&sb.home).chain(&sb.writable).chain(&relay_dir) {
         let d = dir.to_string_lossy();
         push(&["--bind", &d, &d]);
         mounts.push((dir.clone(), false));
@@ -469,6 +548,12 @@ pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<
     }
     push(&["--chdir", &sb.cwd.to_string_lossy()]);
     push(&["--", &exe.to_string_lossy(), "sandbox-exec", "--no-new-privs", "--no-userns"]);
+    if policy.runtime.net_dir.is_some() && network == Network::Default && policy.runtime.slirp4netns.is_some()
+    {
+        push(&["--net-sync"]);
+    }
+    let relay: Vec<&str> = relay_args.iter().map(String::as_str).collect();
+    push(&relay);
     for (flag, value) in [
         ("--nproc", policy.max_processes),
         ("--nofile", policy.max_open_files),
@@ -496,6 +581,29 @@ pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<
     push(&["--"]);
     a.extend(argv.iter().cloned());
     Ok(a)
+}
+
+/// A fresh directory for one sandboxed process's relay sockets (`net.rs`), writable by its uid. Random,
+/// so that concurrent processes of one identity (installs) never share sockets.
+fn relay_dir(net_dir: &Path, identity: &str, owner: Option<u32>) -> Result<PathBuf, String> {
+    let safe: String = identity
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .take(40)
+        .collect();
+    let mut random = [0u8; 6];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
+    let dir = net_dir.join(format!("{safe}-{}", hex::encode(random)));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    if let Some(uid) = owner {
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(uid)),
+        )
+        .map_err(|e| format!("handing {} to uid {uid}: {e}", dir.display()))?;
+    }
+    Ok(dir)
 }
 
 /// Parents of mount points that bwrap creates itself (on its root tmpfs or inside a tmpfs mount), which

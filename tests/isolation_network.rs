@@ -1,0 +1,105 @@
+//! A network namespace per sandboxed process (issue #12, "loopback bypass"), attacked through the real
+//! daemon: a hostile server of one tenant knocks on another tenant's `transport = "http"` server (by the
+//! port `info` shows its owner), on the daemon's SSH and HTTP ports, and on slirp's alias of the host
+//! (10.0.2.2). Everything is refused; the victim still serves at `/mcp/APP`; outbound connections to the
+//! internet still work (slirp4netns). With the daemon as root (per-app uids) and as an ordinary user
+//! (user namespaces, the systemd unit's setup).
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/deps.rs"]
+mod deps;
+#[path = "common/mcp.rs"]
+mod mcp;
+
+use daemon::{Daemon, WorkTree, ok, stderr, stdout};
+use mcp::Mcp;
+use serde_json::{Value, json};
+
+fn push(wt: &WorkTree, d: &Daemon) {
+    let out = wt.push(d, &d.admin, &["catwalk", "main"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+fn everything_version() -> String {
+    let text = std::fs::read_to_string(
+        deps::node_modules().join("@modelcontextprotocol/server-everything/package.json"),
+    )
+    .expect("server-everything is installed by scripts/test-deps");
+    serde_json::from_str::<Value>(&text).unwrap()["version"].as_str().unwrap().to_string()
+}
+
+/// The victim: server-everything over Streamable HTTP, listening on a port of its own.
+fn deploy_http_victim(d: &Daemon) -> u16 {
+    let wt = WorkTree::new(d.tmp.path(), "victim");
+    wt.git(&["rm", "-q", "server.py"]);
+    wt.commit(
+        "catwalk.toml",
+        &format!(
+            "[server]\npackage = \"npm:@modelcontextprotocol/server-everything@{}\"\nargs = [\"streamableHttp\"]\ntransport = \"http\"\npath = \"/mcp\"\n",
+            everything_version()
+        ),
+    );
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("victim")]);
+    push(&wt, d);
+    let info: Value = serde_json::from_str(&ok(&d.ssh(&d.admin, "info victim --json", ""))).unwrap();
+    info["server"]["port"].as_u64().unwrap_or_else(|| panic!("no server port in {info}")) as u16
+}
+
+/// The attacker: tests/fixtures/hostile_server.py, whose `connect` tool opens TCP connections.
+fn deploy_attacker(d: &Daemon) {
+    let wt = WorkTree::new(d.tmp.path(), "attacker");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile_server.py");
+    std::fs::copy(fixture, wt.path.join("hostile.py")).unwrap();
+    wt.git(&["add", "hostile.py"]);
+    wt.commit(
+        "catwalk.toml",
+        "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"-u\", \"hostile.py\"]\n",
+    );
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("attacker")]);
+    push(&wt, d);
+}
+
+async fn knock(c: &mut Mcp, host: &str, port: u16) -> Value {
+    let text = c.call_text("connect", json!({"host": host, "port": port})).await;
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("connect answered {text}"))
+}
+
+async fn loopback_is_private(d: &Daemon) {
+    let http_port: u16 = d.http_addr.rsplit(':').next().unwrap().parse().unwrap();
+    let victim_port = deploy_http_victim(d);
+    deploy_attacker(d);
+    let mut attacker = Mcp::new(&d.endpoint("attacker"), Some(&d.token("attacker")));
+    assert_eq!(attacker.initialize().await.status, 200);
+    let targets = [
+        ("127.0.0.1", victim_port, "the other app's HTTP server"),
+        ("127.0.0.1", d.ssh_port, "the daemon's SSH port"),
+        ("127.0.0.1", http_port, "the daemon's HTTP port"),
+        ("10.0.2.2", victim_port, "the other app's port through slirp's host alias"),
+        ("10.0.2.2", http_port, "the daemon's HTTP port through slirp's host alias"),
+    ];
+    for (host, port, what) in targets {
+        let outcome = knock(&mut attacker, host, port).await;
+        assert_eq!(outcome["ok"], false, "the attacker reached {what} ({host}:{port}): {outcome}");
+    }
+    // Its own network works: the internet (the npm registry) through slirp4netns.
+    let outcome = knock(&mut attacker, "registry.npmjs.org", 443).await;
+    assert_eq!(outcome["ok"], true, "no outbound network: {outcome}");
+    // The victim still serves its clients through the gateway (host port → relay → its own loopback).
+    let mut client = Mcp::new(&d.endpoint("victim"), Some(&d.token("victim")));
+    assert_eq!(client.initialize().await.status, 200);
+    let echoed = client.call_text("echo", json!({"message": "still mine"})).await;
+    assert!(echoed.contains("still mine"), "{echoed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_apps_and_the_daemon_are_unreachable_as_root() {
+    let d = Daemon::start();
+    loopback_is_private(&d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_apps_and_the_daemon_are_unreachable_as_an_ordinary_user() {
+    let d = Daemon::start_unprivileged("");
+    loopback_is_private(&d).await;
+}
