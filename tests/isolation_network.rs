@@ -2,7 +2,8 @@
 //! daemon: a hostile server of one tenant knocks on another tenant's `transport = "http"` server (by the
 //! port `info` shows its owner), on the daemon's SSH and HTTP ports, and on slirp's alias of the host
 //! (10.0.2.2). Everything is refused; the victim still serves at `/mcp/APP`; outbound connections to the
-//! internet still work (slirp4netns). With the daemon as root (per-app uids) and as an ordinary user
+//! internet still work (slirp4netns); and a daemon killed with SIGKILL leaves no server, supervisor or
+//! slirp4netns behind. With the daemon as root (per-app uids) and as an ordinary user
 //! (user namespaces, the systemd unit's setup).
 
 #[path = "common/daemon.rs"]
@@ -65,6 +66,65 @@ async fn knock(c: &mut Mcp, host: &str, port: u16) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("connect answered {text}"))
 }
 
+/// Live (not zombie) descendants of `root`, with their command lines.
+fn descendants(root: i32) -> Vec<(i32, String)> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next().unwrap_or(""), fields.next().and_then(|p| p.parse::<i32>().ok()));
+        if state != "Z"
+            && let Some(ppid) = ppid
+        {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found
+        .into_iter()
+        .skip(1)
+        .map(|p| {
+            (
+                p,
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// A daemon killed with SIGKILL leaves nothing behind: no server, no bwrap, no supervisor, no slirp4netns.
+fn nothing_outlives_a_killed_daemon(d: &mut Daemon) {
+    let tree = descendants(d.pid());
+    assert!(tree.iter().any(|(_, cmd)| cmd.contains("slirp4netns")), "no slirp4netns ran: {tree:?}");
+    assert!(tree.iter().any(|(_, cmd)| cmd.contains("sandbox-net")), "no sandbox-net ran: {tree:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), nix::sys::signal::Signal::SIGKILL).unwrap();
+    d.wait_exit();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: Vec<_> = tree.iter().filter(|(p, _)| alive(*p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "outlived the daemon: {left:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 async fn loopback_is_private(d: &Daemon) {
     let http_port: u16 = d.http_addr.rsplit(':').next().unwrap().parse().unwrap();
     let victim_port = deploy_http_victim(d);
@@ -94,12 +154,14 @@ async fn loopback_is_private(d: &Daemon) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn other_apps_and_the_daemon_are_unreachable_as_root() {
-    let d = Daemon::start();
+    let mut d = Daemon::start();
     loopback_is_private(&d).await;
+    nothing_outlives_a_killed_daemon(&mut d);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn other_apps_and_the_daemon_are_unreachable_as_an_ordinary_user() {
-    let d = Daemon::start_unprivileged("");
+    let mut d = Daemon::start_unprivileged("");
     loopback_is_private(&d).await;
+    nothing_outlives_a_killed_daemon(&mut d);
 }

@@ -105,6 +105,23 @@ pub fn supervise(args: NetArgs) -> i32 {
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
+    // Servers die with the daemon: this supervisor with its parent (and bwrap and slirp4netns with it).
+    // SAFETY: prctl and getppid with integer arguments only.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+        if libc::getppid() == 1 {
+            return fail("the daemon that started this sandbox is gone");
+        }
+    }
+    // Nothing the daemon's own parent left open (a lock, a socket) may reach bwrap or slirp4netns.
+    // SAFETY: close_range only sets FD_CLOEXEC; on kernels without it the call fails harmlessly.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start its runtime: {e}")),
@@ -266,9 +283,20 @@ async fn start_slirp(bin: &Path, pid: i32) -> Result<std::process::Child, String
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let keep = ready_write.as_raw_fd();
-    // SAFETY: fcntl on fds we own, async-signal-safe.
+    // SAFETY: prctl and fcntl on fds we own, async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
+            // slirp4netns outlives nothing: killed with this supervisor, however it ends (SIGKILL too).
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             for fd in std::iter::once(keep).chain(inherit.iter().copied()) {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
