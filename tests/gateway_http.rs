@@ -78,10 +78,12 @@ async fn header_and_body_errors() {
     let r = post(&c, &b.url, None, None, &big).await;
     assert_eq!(r.status(), 413);
     assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
-    // 400: unsupported protocol version.
+    // 400: unsupported protocol version (the 2026-07-28 UnsupportedProtocolVersion error, listing ours).
     let r = post(&c, &b.url, None, Some("1999-01-01"), &init_msg(1, "2025-06-18")).await;
     assert_eq!(r.status(), 400);
-    assert_jsonrpc_error(&r.json().await.unwrap(), -32600);
+    let v = r.json().await.unwrap();
+    assert_jsonrpc_error(&v, -32022);
+    assert_eq!(v["error"]["data"]["requested"], "1999-01-01");
     // 405 for other methods.
     let r = c.put(&b.url).send().await.unwrap();
     assert_eq!(r.status(), 405);

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{bearer, query_has_token};
 use super::jsonrpc::{self, Classified, Invalid, Kind};
+use super::modern;
 use super::protocol::{self as p, Resp, SESSION_HEADER};
 use super::session::{AuditInfo, Limits, Out, Session, StreamError};
 use super::sse::{self, SseBody};
@@ -115,6 +116,7 @@ pub(super) async fn reaper(gw: std::sync::Weak<Gateway>, shutdown: CancellationT
         for app in g.spares.tick(g.cfg.spare_idle_timeout, &g.logs) {
             g.warm(&app);
         }
+        g.pool.tick(g.cfg.pool_idle_timeout);
     }
 }
 
@@ -222,9 +224,18 @@ async fn endpoint(gw: &Arc<Gateway>, req: Request<Incoming>, app: &str, local: S
             gw.proxy.proxy(req, app, route.clone(), gw.cfg.max_body_bytes, gw.cfg.session_idle_timeout).await
         }
         Backend::Stdio { .. } => {
-            let token_name = identity.map(|i: TokenIdentity| Arc::<str>::from(i.token_name));
+            if *req.method() != Method::POST && modern::is_modern(req.headers(), false) {
+                // 2026-07-28 has no GET stream and no sessions to delete.
+                let mut r = p::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    -32600,
+                    "Method Not Allowed: MCP 2026-07-28 requests are POSTs (use subscriptions/listen for notifications)",
+                );
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+                return r;
+            }
             match *req.method() {
-                Method::POST => post(gw, req, app, &route, token_name).await,
+                Method::POST => post(gw, req, app, &route, identity).await,
                 Method::GET => get(gw, req, app).await,
                 Method::DELETE => delete(gw, req, app),
                 _ => {
@@ -309,7 +320,7 @@ fn session_id() -> String {
     hex::encode(b)
 }
 
-async fn read_body(gw: &Gateway, req: Request<Incoming>) -> Result<Bytes, Resp> {
+async fn read_body(gw: &Gateway, headers: &http::HeaderMap, incoming: Incoming) -> Result<Bytes, Resp> {
     let limit = gw.cfg.max_body_bytes;
     let too_large = || {
         p::error(
@@ -318,15 +329,12 @@ async fn read_body(gw: &Gateway, req: Request<Incoming>) -> Result<Bytes, Resp> 
             &format!("Payload Too Large: request bodies are limited to {limit} bytes"),
         )
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let body = Limited::new(req.into_body(), limit);
+    let body = Limited::new(incoming, limit);
     match tokio::time::timeout(gw.cfg.body_read_timeout, body.collect()).await {
         Err(_) => Err(p::error(
             StatusCode::REQUEST_TIMEOUT,
@@ -363,16 +371,28 @@ async fn post(
     gw: &Arc<Gateway>,
     req: Request<Incoming>,
     app: &str,
-    route: &AppRoute,
-    token: Option<Arc<str>>,
+    route: &Arc<AppRoute>,
+    identity: Option<TokenIdentity>,
 ) -> Resp {
-    let headers = req.headers();
-    if let Err(r) = p::check_post_accept(headers) {
+    if let Err(r) = p::check_post_accept(req.headers()) {
         return *r;
     }
-    if let Err(r) = p::check_content_type(headers) {
+    if let Err(r) = p::check_content_type(req.headers()) {
         return *r;
     }
+    let (parts, incoming) = req.into_parts();
+    let headers = &parts.headers;
+    let body = match read_body(gw, headers, incoming).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // One URL, two eras: a request that claims a protocol version in `_meta` is 2026-07-28 (modern.rs).
+    let claims_version =
+        !jsonrpc::is_batch(&body) && jsonrpc::classify(&body).is_ok_and(|c| c.claims_version);
+    if modern::is_modern(headers, claims_version) {
+        return modern::post(gw, headers, body, app, route, identity.as_ref()).await;
+    }
+    let token = identity.map(|i: TokenIdentity| Arc::<str>::from(i.token_name));
     let session = match headers.get(SESSION_HEADER) {
         Some(v) => match v.to_str().ok().and_then(|id| gw.lookup(app, id)) {
             Some(s) => Some(s),
@@ -383,10 +403,6 @@ async fn post(
     let version = match p::header_version(headers, session.as_ref().and_then(|s| s.version())) {
         Ok(v) => v.map(str::to_string),
         Err(r) => return *r,
-    };
-    let body = match read_body(gw, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
     };
     if jsonrpc::is_batch(&body) {
         let v = version
@@ -489,7 +505,7 @@ async fn initialize(
     let Backend::Stdio { argv, env, cwd } = &route.backend else {
         return p::error(StatusCode::INTERNAL_SERVER_ERROR, -32603, "not a stdio app");
     };
-    let open = gw.sessions.lock().map(|m| m.values().filter(|s| &*s.app == app).count()).unwrap_or(0);
+    let open = gw.app_sessions(app) + gw.pool.live(app);
     if open >= gw.cfg.max_sessions_per_app {
         let mut r = p::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -553,7 +569,8 @@ async fn initialize(
         };
         let s =
             Arc::new(Session::new(sid.clone(), app.into(), Link::Own(proc), gw.limits(), gw.audit.clone()));
-        let _ = events.session.set(Arc::downgrade(&s));
+        let owner: std::sync::Weak<dyn stdio::ChildEvents> = Arc::downgrade(&s) as std::sync::Weak<Session>;
+        let _ = events.owner.set(owner);
         s
     };
     gw.insert_session(session.clone());

@@ -48,6 +48,8 @@ impl IdKey {
 struct Meta<'a> {
     #[serde(rename = "progressToken", borrow, default)]
     progress_token: Option<&'a RawValue>,
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion", default)]
+    protocol_version: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +109,8 @@ pub struct Classified {
     pub protocol_version: Option<Box<str>>,
     /// A response carrying `error`.
     pub is_error: bool,
+    /// `params._meta` claims a protocol version: a 2026-07-28 ("modern") request.
+    pub claims_version: bool,
 }
 
 /// Why a message is not an acceptable JSON-RPC message.
@@ -165,12 +169,14 @@ pub fn classify(msg: &[u8]) -> Result<Classified, Invalid> {
         request_id: None,
         protocol_version: None,
         is_error: env.error.is_some(),
+        claims_version: false,
     };
     if let Some(params) = env.params
         && out.method.is_some()
         && let Ok(p) = serde_json::from_str::<Params<'_>>(params.get())
     {
         out.name = p.name.map(|n| n.into());
+        out.claims_version = p.meta.as_ref().is_some_and(|m| m.protocol_version.is_some());
         if let Some(t) = p.progress_token.or(p.meta.and_then(|m| m.progress_token)) {
             out.progress_token = Some(t.get().into());
             out.progress_span = Some(span_of(msg, t));

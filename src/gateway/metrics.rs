@@ -74,6 +74,8 @@ pub fn method_label(method: &str) -> &'static str {
         "tasks/list",
         "tasks/result",
         "tasks/cancel",
+        "server/discover",
+        "subscriptions/listen",
     ];
     KNOWN.iter().find(|k| **k == method).copied().unwrap_or("other")
 }

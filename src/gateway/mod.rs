@@ -17,6 +17,8 @@ mod auth;
 mod http;
 pub(crate) mod jsonrpc;
 pub mod metrics;
+mod modern;
+mod pool;
 pub(crate) mod protocol;
 mod session;
 mod spares;
@@ -188,6 +190,12 @@ pub struct GatewayConfig {
     pub max_sessions_per_app: usize,
     /// An app without a new session for this long releases its warm spares (`None`: never).
     pub spare_idle_timeout: Option<Duration>,
+    /// A pooled child of the 2026-07-28 endpoint idle for this long is stopped (see `pool.rs`).
+    pub pool_idle_timeout: Duration,
+    /// Most pooled children per app and authorization context (concurrent modern requests of one token).
+    pub pool_max_per_context: usize,
+    /// Time a pooled child gets to answer the gateway's `initialize`.
+    pub pool_init_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -208,6 +216,9 @@ impl Default for GatewayConfig {
             backlog_messages: 256,
             max_sessions_per_app: 4096,
             spare_idle_timeout: Some(Duration::from_secs(15 * 60)),
+            pool_idle_timeout: Duration::from_secs(5 * 60),
+            pool_max_per_context: 8,
+            pool_init_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -224,6 +235,7 @@ pub struct Gateway {
     sessions: Mutex<HashMap<Arc<str>, Arc<session::Session>>>,
     shared: Mutex<HashMap<String, Arc<stdio::SharedChild>>>,
     spares: spares::Spares,
+    pool: Arc<pool::Pool>,
     limiters: auth::Limiters,
     proxy: upstream::Proxy,
     internal: std::sync::OnceLock<Arc<dyn InternalRoutes>>,
@@ -252,6 +264,7 @@ impl Gateway {
             sessions: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
             spares: spares::Spares::default(),
+            pool: Arc::new(pool::Pool::default()),
             limiters: auth::Limiters::default(),
             proxy: upstream::Proxy::new(),
             internal: std::sync::OnceLock::new(),
@@ -296,6 +309,17 @@ impl Gateway {
             shared.stop();
         }
         self.spares.drop_app(app);
+        self.pool.drop_app(app);
+    }
+
+    /// Open sessions of `app`.
+    fn app_sessions(&self, app: &str) -> usize {
+        self.sessions.lock().map(|m| m.values().filter(|s| &*s.app == app).count()).unwrap_or(0)
+    }
+
+    /// Idle pooled children of `app` (2026-07-28 requests to a legacy server), for tests and `info`.
+    pub fn pooled_idle(&self, app: &str) -> usize {
+        self.pool.idle(app)
     }
 
     /// Brings `app`'s warm spares in line with its current route: spares of an older release are
@@ -314,8 +338,7 @@ impl Gateway {
     }
 
     fn fill_spares(&self, app: &str, route: &AppRoute) {
-        let sessions =
-            self.sessions.lock().map(|m| m.values().filter(|s| &*s.app == app).count()).unwrap_or(0);
+        let sessions = self.app_sessions(app) + self.pool.live(app);
         self.spares.fill(
             app,
             route,
@@ -343,6 +366,7 @@ impl Gateway {
             s.stop();
         }
         self.spares.drop_all();
+        self.pool.drop_all();
     }
 
     /// Answer one HTTP request (for the daemon's own server). `local` is the address the

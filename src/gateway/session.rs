@@ -497,7 +497,7 @@ impl Session {
     }
 }
 
-fn status_label(status: u16) -> &'static str {
+pub(super) fn status_label(status: u16) -> &'static str {
     match status {
         200 => "200",
         202 => "202",

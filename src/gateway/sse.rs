@@ -39,6 +39,16 @@ pub fn event(stream: u64, seq: u64, msg: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// One SSE event without an id, for 2026-07-28 response streams (they are not resumable).
+pub fn data_event(msg: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(msg.len() + 24);
+    b.extend_from_slice(b"event: message\ndata: ");
+    let body = msg.strip_suffix(b"\n").unwrap_or(msg);
+    b.extend(body.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }));
+    b.extend_from_slice(b"\n\n");
+    b.freeze()
+}
+
 /// The 2025-11-25 priming event: an event id with empty data, plus the reconnect delay, so a
 /// client can resume the stream even if no message was sent on it yet.
 pub fn priming(stream: u64) -> Bytes {
@@ -112,6 +122,11 @@ impl OutSink {
 
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Completes when the HTTP body reading this stream is gone (the client closed the stream).
+    pub async fn closed(&self) {
+        self.tx.closed().await
     }
 }
 

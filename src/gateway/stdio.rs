@@ -341,22 +341,33 @@ impl ChildProc {
     }
 }
 
-/// Routes a per-session child's output to its session (set right after the session exists).
+/// Routes a child's output to whoever owns it now: a session (a process per session) or a pooled
+/// child of the 2026-07-28 endpoint (see `pool.rs`). Set once, right after the owner exists; a warm
+/// spare has no owner yet and prints nothing before it is initialized.
 #[derive(Default)]
 pub struct OwnEvents {
-    pub session: OnceLock<Weak<Session>>,
+    pub owner: OnceLock<Weak<dyn ChildEvents>>,
 }
 
 impl ChildEvents for OwnEvents {
     fn message(&self, line: Bytes, c: Classified) {
-        if let Some(s) = self.session.get().and_then(Weak::upgrade) {
-            s.route_from_server(line, &c);
+        if let Some(owner) = self.owner.get().and_then(Weak::upgrade) {
+            owner.message(line, c);
         }
     }
     fn exited(&self, why: &str) {
-        if let Some(s) = self.session.get().and_then(Weak::upgrade) {
-            s.terminate(why);
+        if let Some(owner) = self.owner.get().and_then(Weak::upgrade) {
+            owner.exited(why);
         }
+    }
+}
+
+impl ChildEvents for Session {
+    fn message(&self, line: Bytes, c: Classified) {
+        self.route_from_server(line, &c);
+    }
+    fn exited(&self, why: &str) {
+        self.terminate(why);
     }
 }
 

@@ -1,0 +1,541 @@
+//! The warm pool of the 2026-07-28 endpoint: initialized legacy stdio children that serve stateless
+//! (modern) requests one at a time.
+//!
+//! Nearly every stdio server deployed today speaks only the handshake era: it wants `initialize`, then
+//! requests. A modern request carries no session, so the gateway keeps children that it initialized
+//! itself and lends one to each modern request ([`lease`]). Why these rules:
+//!
+//! - **One authorization context per child.** A server keeps state between requests (open files,
+//!   caches, a logged-in API client); a child only ever serves the token (or OAuth grant) it was first
+//!   lent to, so one user's state never reaches another user's request.
+//! - **One exchange at a time per child.** Legacy servers send progress and log notifications that do
+//!   not always say which request they belong to; with one request in flight they can only belong to it.
+//!   Concurrent requests of one context get more children (up to `pool_max_per_context`).
+//! - **Children come from the warm spares** (`spares.rs`) when one is ready, so a modern client's first
+//!   request pays an `initialize`, not a process start; a cold start is counted like a session's.
+//! - **A child never outlives its release**: leases and returns compare the route's backend, and
+//!   [`Pool::drop_app`] stops every child of an app that was redeployed or stopped.
+//! - **Idle children go away** after `pool_idle_timeout` (the reaper's [`Pool::tick`]), and pooled
+//!   children count against `max_sessions_per_app` with sessions and spares.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::applog::LogKind;
+use super::jsonrpc::{self, Classified, IdKey, Kind};
+use super::stdio::{self, ChildEvents, ChildProc, OwnEvents};
+use super::{AppRoute, Backend, Gateway};
+
+/// The protocol version the gateway speaks to legacy children (the newest handshake-era revision;
+/// a server that only knows an older one answers with it, and that is fine).
+const CHILD_PROTOCOL_VERSION: &str = "2025-11-25";
+
+/// What a lent child sends back to the exchange that holds it.
+#[derive(Debug)]
+pub enum ChildMsg {
+    /// The final response to the exchange's request (id still the gateway's).
+    Response(Bytes, Classified),
+    /// A notification from the child (progress, log message, list changes, resource updates).
+    Notification(Bytes, Classified),
+    /// The process exited; the exchange cannot finish.
+    Exited(String),
+}
+
+/// What the gateway learnt from a child's `initialize` result: answers `server/discover` without
+/// lending a child, and says which notifications a `subscriptions/listen` can honour.
+#[derive(Debug)]
+pub struct ServerFacts {
+    pub capabilities: Value,
+    pub server_info: Value,
+    pub instructions: Option<Value>,
+}
+
+/// The open `subscriptions/listen` streams of one app release and authorization context. Every child of
+/// that context reports its change notifications here: a legacy server changes its lists per process, and
+/// the change a client caused through one pooled child must reach its listen stream held by another.
+#[derive(Default)]
+pub struct Listeners {
+    streams: Mutex<Vec<mpsc::UnboundedSender<(Bytes, Classified)>>>,
+}
+
+impl Listeners {
+    fn publish(&self, line: &Bytes, c: &Classified) {
+        lock(&self.streams).retain(|tx| tx.send((line.clone(), c.clone())).is_ok());
+    }
+}
+
+/// Notifications that concern listeners rather than the request in flight.
+fn is_change_notification(method: Option<&str>) -> bool {
+    matches!(
+        method,
+        Some(
+            "notifications/tools/list_changed"
+                | "notifications/prompts/list_changed"
+                | "notifications/resources/list_changed"
+                | "notifications/resources/updated"
+        )
+    )
+}
+
+/// An initialized legacy child of one app release and one authorization context.
+pub struct PooledChild {
+    listeners: Arc<Listeners>,
+    context: Arc<str>,
+    generation: u64,
+    proc: OnceLock<Arc<ChildProc>>,
+    next_id: AtomicU64,
+    /// Requests sent to the child and not yet answered, by the gateway's id.
+    waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<ChildMsg>>>,
+    /// The exchange that holds the child now: its notifications go there.
+    holder: Mutex<Option<mpsc::UnboundedSender<ChildMsg>>>,
+    dead: AtomicBool,
+    idle_since: Mutex<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PooledChild {
+    fn proc(&self) -> Option<&Arc<ChildProc>> {
+        self.proc.get()
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire) || self.proc().is_none_or(|p| p.is_exited())
+    }
+
+    fn stop(&self) {
+        self.dead.store(true, Ordering::Release);
+        if let Some(p) = self.proc() {
+            p.stop();
+        }
+    }
+
+    /// Sends `request` (a JSON-RPC request object without `id`) under a fresh gateway id; its response
+    /// arrives on `tx`. `None` when the child is gone.
+    fn send_request(&self, mut request: Value, tx: mpsc::UnboundedSender<ChildMsg>) -> Option<u64> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        request["id"] = json!(n);
+        lock(&self.waiting).insert(n, tx);
+        let line = serde_json::to_vec(&request).ok()?;
+        if self.proc()?.send(jsonrpc::to_line(&line)) {
+            Some(n)
+        } else {
+            lock(&self.waiting).remove(&n);
+            None
+        }
+    }
+
+    fn send_notification(&self, method: &str, params: Value) -> bool {
+        let msg = json!({"jsonrpc": "2.0", "method": method, "params": params});
+        let line = serde_json::to_vec(&msg).unwrap_or_default();
+        self.proc().is_some_and(|p| p.send(jsonrpc::to_line(&line)))
+    }
+
+    /// Answers a server→client request of a legacy child. A modern client cannot receive requests
+    /// (2026-07-28 has input requests in results instead; bridging them is the input_required work), so
+    /// `ping` is answered here and everything else gets an error, never silence: the child's tool call
+    /// then fails or falls back instead of waiting forever.
+    fn answer_server_request(&self, line: &[u8], c: &Classified) {
+        let Some(id) = c.id_span.clone().map(|s| String::from_utf8_lossy(&line[s]).into_owned()) else {
+            return;
+        };
+        let reply = match c.method.as_deref() {
+            Some("ping") => format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{}}}}").into_bytes(),
+            Some(m) => jsonrpc::error_body(
+                Some(&id),
+                -32601,
+                &format!(
+                    "{m} is not available: the client of this request speaks MCP 2026-07-28 through catwalk, \
+                     which does not forward server-to-client requests to it"
+                ),
+            )
+            .to_vec(),
+            None => return,
+        };
+        if let Some(p) = self.proc() {
+            p.send(jsonrpc::to_line(&reply));
+        }
+    }
+}
+
+impl ChildEvents for PooledChild {
+    fn message(&self, line: Bytes, c: Classified) {
+        match c.kind {
+            Kind::Response => {
+                let n = match &c.id {
+                    Some(IdKey::Num(n)) => n.parse::<u64>().ok(),
+                    _ => None,
+                };
+                if let Some(tx) = n.and_then(|n| lock(&self.waiting).remove(&n)) {
+                    let _ = tx.send(ChildMsg::Response(line, c));
+                }
+            }
+            Kind::Request => self.answer_server_request(&line, &c),
+            Kind::Notification if is_change_notification(c.method.as_deref()) => {
+                self.listeners.publish(&line, &c);
+            }
+            Kind::Notification => {
+                if let Some(tx) = lock(&self.holder).as_ref() {
+                    let _ = tx.send(ChildMsg::Notification(line, c));
+                }
+            }
+        }
+    }
+
+    fn exited(&self, why: &str) {
+        self.dead.store(true, Ordering::Release);
+        for (_, tx) in lock(&self.waiting).drain() {
+            let _ = tx.send(ChildMsg::Exited(why.to_string()));
+        }
+        if let Some(tx) = lock(&self.holder).take() {
+            let _ = tx.send(ChildMsg::Exited(why.to_string()));
+        }
+    }
+}
+
+/// The children of one app.
+struct AppPool {
+    backend: Backend,
+    /// Bumped whenever the app's children are dropped, so a child of an older generation coming back
+    /// from a lease is stopped and not counted.
+    generation: u64,
+    idle: HashMap<Arc<str>, Vec<Arc<PooledChild>>>,
+    /// Children alive (idle, lent, or starting) per context.
+    live: HashMap<Arc<str>, usize>,
+    listeners: HashMap<Arc<str>, Arc<Listeners>>,
+    facts: Option<Arc<ServerFacts>>,
+}
+
+impl AppPool {
+    fn live_total(&self) -> usize {
+        self.live.values().sum()
+    }
+
+    fn forget(&mut self, context: &Arc<str>) {
+        if let Some(n) = self.live.get_mut(context) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live.remove(context);
+            }
+        }
+    }
+}
+
+/// Every app's pooled children (one per gateway).
+#[derive(Default)]
+pub struct Pool {
+    apps: Mutex<HashMap<String, AppPool>>,
+    generations: AtomicU64,
+}
+
+/// Why no child could be lent.
+#[derive(Debug)]
+pub enum LeaseError {
+    /// The app (or this context) is at its process limit: 503 with Retry-After.
+    Busy(String),
+    /// The server did not start or did not answer `initialize`: 502.
+    Start(String),
+}
+
+/// A child lent to one exchange. Dropping the lease gives the child back (or stops it when the lease
+/// was marked single-use, its release is gone, or it died).
+pub struct Lease {
+    pool: Arc<Pool>,
+    app: String,
+    child: Arc<PooledChild>,
+    reusable: bool,
+}
+
+impl Lease {
+    /// Sends a request to the child and makes this exchange the holder of its notifications.
+    pub fn request(&self, request: Value) -> Option<(u64, mpsc::UnboundedReceiver<ChildMsg>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.child.holder) = Some(tx.clone());
+        let n = self.child.send_request(request, tx)?;
+        Some((n, rx))
+    }
+
+    /// Tells the child the client gave up on request `n` (its stream closed).
+    pub fn cancel(&self, n: u64, reason: &str) {
+        lock(&self.child.waiting).remove(&n);
+        self.child.send_notification("notifications/cancelled", json!({"requestId": n, "reason": reason}));
+    }
+
+    /// Stop the child instead of giving it back (a `subscriptions/listen` left subscriptions on it, or
+    /// a cancelled request did not finish in time).
+    pub fn discard(&mut self) {
+        self.reusable = false;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.proc().map(|p| p.pid).unwrap_or(0)
+    }
+
+    /// Change notifications of every child of this lease's context, from now until the receiver is dropped.
+    pub fn changes(&self) -> mpsc::UnboundedReceiver<(Bytes, Classified)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.child.listeners.streams).push(tx);
+        rx
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        *lock(&self.child.holder) = None;
+        self.pool.give_back(&self.app, self.child.clone(), self.reusable);
+    }
+}
+
+impl Pool {
+    /// An empty pool for `backend`, in a generation of its own.
+    fn fresh(&self, backend: &Backend) -> AppPool {
+        AppPool {
+            backend: backend.clone(),
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+            idle: HashMap::new(),
+            live: HashMap::new(),
+            listeners: HashMap::new(),
+            facts: None,
+        }
+    }
+
+    fn give_back(&self, app: &str, child: Arc<PooledChild>, reusable: bool) {
+        let mut apps = lock(&self.apps);
+        let Some(entry) = apps.get_mut(app).filter(|e| e.generation == child.generation) else {
+            drop(apps);
+            child.stop();
+            return;
+        };
+        if reusable && !child.is_dead() {
+            *lock(&child.idle_since) = Instant::now();
+            entry.idle.entry(child.context.clone()).or_default().push(child);
+        } else {
+            entry.forget(&child.context);
+            drop(apps);
+            child.stop();
+        }
+    }
+
+    /// What the app's server said about itself, if a child of the current release was initialized.
+    pub fn facts(&self, app: &str, backend: &Backend) -> Option<Arc<ServerFacts>> {
+        let apps = lock(&self.apps);
+        apps.get(app).filter(|e| &e.backend == backend).and_then(|e| e.facts.clone())
+    }
+
+    /// Children alive for `app` (idle, lent or starting), for the process limit.
+    pub fn live(&self, app: &str) -> usize {
+        lock(&self.apps).get(app).map(AppPool::live_total).unwrap_or(0)
+    }
+
+    /// Idle children of `app` right now (for tests and `info`).
+    pub fn idle(&self, app: &str) -> usize {
+        lock(&self.apps).get(app).map(|e| e.idle.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+
+    /// Stops every child of `app` (redeploy, restart, destroy); lent ones stop when given back.
+    pub fn drop_app(&self, app: &str) {
+        let entry = lock(&self.apps).remove(app);
+        if let Some(entry) = entry {
+            for child in entry.idle.into_values().flatten() {
+                child.stop();
+            }
+        }
+    }
+
+    pub fn drop_all(&self) {
+        let all: Vec<AppPool> = lock(&self.apps).drain().map(|(_, v)| v).collect();
+        for entry in all {
+            for child in entry.idle.into_values().flatten() {
+                child.stop();
+            }
+        }
+    }
+
+    /// The reaper's pass: stops children idle for `idle` and forgets dead ones.
+    pub fn tick(&self, idle: Duration) {
+        let mut stopped = Vec::new();
+        {
+            let mut apps = lock(&self.apps);
+            for entry in apps.values_mut() {
+                let mut gone = Vec::new();
+                for (context, children) in entry.idle.iter_mut() {
+                    children.retain(|c| {
+                        let keep = !c.is_dead() && lock(&c.idle_since).elapsed() < idle;
+                        if !keep {
+                            gone.push(context.clone());
+                            stopped.push(c.clone());
+                        }
+                        keep
+                    });
+                }
+                entry.idle.retain(|_, v| !v.is_empty());
+                for context in gone {
+                    entry.forget(&context);
+                }
+            }
+        }
+        for c in stopped {
+            c.stop();
+        }
+    }
+}
+
+/// Lends an initialized child of `app`'s current release to one exchange of authorization `context`:
+/// an idle one of that context, else a new one (a warm spare when ready, else a fresh process),
+/// initialized by the gateway itself.
+pub async fn lease(
+    gw: &Arc<Gateway>,
+    app: &str,
+    route: &AppRoute,
+    context: &str,
+) -> Result<Lease, LeaseError> {
+    let Backend::Stdio { argv, env, cwd } = &route.backend else {
+        return Err(LeaseError::Start("not a stdio app".into()));
+    };
+    let pool = gw.pool.clone();
+    let context: Arc<str> = context.into();
+    let (generation, listeners) = {
+        let sessions = gw.app_sessions(app);
+        let spares = gw.spares.ready(app);
+        let mut apps = lock(&pool.apps);
+        let entry = apps.entry(app.to_string()).or_insert_with(|| pool.fresh(&route.backend));
+        if entry.backend != route.backend {
+            for child in entry.idle.drain().flat_map(|(_, v)| v) {
+                child.stop();
+            }
+            *entry = pool.fresh(&route.backend);
+        }
+        while let Some(child) = entry.idle.get_mut(&context).and_then(Vec::pop) {
+            if child.is_dead() {
+                entry.forget(&context);
+                continue;
+            }
+            return Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true });
+        }
+        let mine = entry.live.get(&context).copied().unwrap_or(0);
+        if mine >= gw.cfg.pool_max_per_context {
+            return Err(LeaseError::Busy(format!(
+                "this token already has {mine} requests in flight on app {app:?} (the limit); retry when one finished"
+            )));
+        }
+        let total = sessions + spares + entry.live_total();
+        if total >= gw.cfg.max_sessions_per_app {
+            return Err(LeaseError::Busy(format!(
+                "app {app:?} already runs {total} server processes (the limit); retry later"
+            )));
+        }
+        *entry.live.entry(context.clone()).or_default() += 1;
+        (entry.generation, entry.listeners.entry(context.clone()).or_default().clone())
+    };
+    let unreserve = |pool: &Pool| {
+        if let Some(e) = lock(&pool.apps).get_mut(app).filter(|e| e.generation == generation) {
+            e.forget(&context);
+        }
+    };
+    let child = Arc::new(PooledChild {
+        listeners,
+        context: context.clone(),
+        generation,
+        proc: OnceLock::new(),
+        next_id: AtomicU64::new(1),
+        waiting: Mutex::new(HashMap::new()),
+        holder: Mutex::new(None),
+        dead: AtomicBool::new(false),
+        idle_since: Mutex::new(Instant::now()),
+    });
+    let owner: Weak<dyn ChildEvents> = Arc::downgrade(&child) as Weak<dyn ChildEvents>;
+    let proc = match gw.spares.take(app, route) {
+        Some(spare) => {
+            let _ = spare.events.owner.set(owner);
+            spare.proc
+        }
+        None => {
+            gw.spares.cold_start(app, route);
+            let events = Arc::new(OwnEvents::default());
+            let _ = events.owner.set(owner);
+            let cmd = stdio::Command { app, argv, env, cwd };
+            match stdio::spawn(cmd, events, gw.logs.clone(), gw.cfg.kill_grace) {
+                Ok(p) => p,
+                Err(e) => {
+                    unreserve(&pool);
+                    return Err(LeaseError::Start(e));
+                }
+            }
+        }
+    };
+    if route.warm > 0 {
+        let (gw, app) = (gw.clone(), app.to_string());
+        tokio::spawn(async move { gw.warm(&app) });
+    }
+    let _ = child.proc.set(proc.clone());
+    let lease = Lease { pool: pool.clone(), app: app.to_string(), child: child.clone(), reusable: true };
+    match initialize(&lease, gw.cfg.pool_init_timeout).await {
+        Ok(facts) => {
+            gw.logs.push(
+                app,
+                LogKind::Event,
+                &format!("process {} joined the 2026-07-28 pool (initialized by catwalk)", proc.pid),
+            );
+            if let Some(e) = lock(&pool.apps).get_mut(app).filter(|e| e.generation == generation) {
+                e.facts.get_or_insert(Arc::new(facts));
+            }
+            Ok(lease)
+        }
+        Err(e) => {
+            let mut lease = lease;
+            lease.discard();
+            drop(lease);
+            gw.logs.push(app, LogKind::Event, &e);
+            Err(LeaseError::Start(e))
+        }
+    }
+}
+
+/// The gateway's own handshake with a legacy child: `initialize` with no client capabilities (the
+/// child must not count on any), then `notifications/initialized`.
+async fn initialize(lease: &Lease, timeout: Duration) -> Result<ServerFacts, String> {
+    let request = json!({
+        "jsonrpc": "2.0",
+        "method": "initialize",
+        "params": {
+            "protocolVersion": CHILD_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "catwalk", "version": env!("CARGO_PKG_VERSION")},
+        },
+    });
+    let pid = lease.pid();
+    let Some((_, mut rx)) = lease.request(request) else {
+        return Err(format!("process {pid} exited before it could be initialized"));
+    };
+    let answer = tokio::time::timeout(timeout, async {
+        loop {
+            match rx.recv().await {
+                Some(ChildMsg::Response(line, _)) => return Ok(line),
+                Some(ChildMsg::Notification(..)) => continue,
+                Some(ChildMsg::Exited(why)) => return Err(why),
+                None => return Err(format!("process {pid} went away during initialize")),
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("process {pid} did not answer initialize within {} s", timeout.as_secs()))??;
+    let v: Value = serde_json::from_slice(&answer).map_err(|e| format!("bad initialize answer: {e}"))?;
+    let Some(result) = v.get("result") else {
+        let err = v.get("error").map(Value::to_string).unwrap_or_default();
+        return Err(format!("process {pid} refused initialize: {err}"));
+    };
+    lease.child.send_notification("notifications/initialized", json!({}));
+    Ok(ServerFacts {
+        capabilities: result.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+        server_info: result.get("serverInfo").cloned().unwrap_or_else(|| json!({})),
+        instructions: result.get("instructions").cloned(),
+    })
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The official Python SDK 2.x client (`mcp.Client`) in each of its version-negotiation modes against an MCP
+endpoint. Prints one JSON summary; exits non-zero when any scenario failed.
+
+    venv-mcp2/bin/python tests/clients/py_modern_client.py --url URL --mode legacy|auto|2026-07-28 [--token T]
+
+Modes (`Client.mode`): `legacy` (the initialize handshake), `auto` (probes server/discover and must settle on
+2026-07-28 when the server offers it), `2026-07-28` (pinned, no probe). Scenarios, tools picked from tools/list
+so server-everything and mcp-server-time both work:
+    era      the negotiated version is the one the mode must reach
+    basic    tools/list, then a tools/call (echo or get_current_time) whose text is checked
+    parallel five tools/call at once, each answer matched to its own question
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+MODERN = "2026-07-28"
+
+
+def text(result):
+    return "\n".join(c.text for c in result.content if getattr(c, "type", "") == "text")
+
+
+async def call_something(client, tools, tag):
+    if "echo" in tools:
+        r = await client.call_tool("echo", {"message": f"hello {tag}"})
+        if f"hello {tag}" not in text(r):
+            raise AssertionError(f"echo answered {r!r}")
+        return text(r)
+    if "get_current_time" in tools:
+        r = await client.call_tool("get_current_time", {"timezone": "UTC"})
+        if "UTC" not in text(r):
+            raise AssertionError(f"get_current_time answered {r!r}")
+        return text(r)
+    raise AssertionError(f"no known tool among {tools}")
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--mode", default="auto", choices=["legacy", "auto", MODERN])
+    ap.add_argument("--token")
+    ap.add_argument("--scenario", default="era,basic,parallel")
+    a = ap.parse_args()
+    headers = {"Authorization": f"Bearer {a.token}"} if a.token else {}
+    summary = {"ok": True, "mode": a.mode, "scenarios": {}}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http:
+        transport = streamable_http_client(a.url, http_client=http)
+        async with Client(transport, mode=a.mode) as client:
+            session = client.session
+            negotiated = getattr(session, "_negotiated_version", None)
+            summary["negotiated"] = negotiated
+
+            async def tool_names():
+                return [t.name for t in (await client.list_tools()).tools]
+
+            async def era():
+                want_modern = a.mode != "legacy"
+                if want_modern and negotiated != MODERN:
+                    raise AssertionError(f"negotiated {negotiated}, expected {MODERN}")
+                if not want_modern and negotiated == MODERN:
+                    raise AssertionError(f"legacy mode negotiated {negotiated}")
+                return {"version": negotiated}
+
+            async def basic():
+                tools = await tool_names()
+                return {"tools": len(tools), "answer": await call_something(client, tools, "basic")}
+
+            async def parallel():
+                tools = await tool_names()
+                answers = await asyncio.gather(*(call_something(client, tools, f"p{i}") for i in range(5)))
+                return {"answers": len(answers)}
+
+            run = {"era": era, "basic": basic, "parallel": parallel}
+            for name in a.scenario.split(","):
+                try:
+                    summary["scenarios"][name] = {"ok": True, **(await run[name]())}
+                except Exception as e:  # noqa: BLE001 - every failure is reported in the summary
+                    summary["ok"] = False
+                    summary["scenarios"][name] = {"ok": False, "error": repr(e)}
+    print(json.dumps(summary, indent=2))
+    sys.exit(0 if summary["ok"] else 1)
+
+
+asyncio.run(main())

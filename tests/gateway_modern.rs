@@ -1,0 +1,364 @@
+//! MCP 2026-07-28 on the same URL as legacy sessions (issue 14), through the real binaries:
+//! the official TS SDK 2.x and Python SDK 2.x clients in every negotiation mode, the 2026-07-28 conformance
+//! scenarios against a baseline, and raw HTTP for the wire rules (error codes, headers, the warm pool's
+//! one-context-per-child rule, cancellation by closing a stream).
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/deps.rs"]
+mod deps;
+mod gateway_support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use gateway_support::{Bridge, Sse, children_of, client, pid_alive, wait_until};
+use serde_json::{Value, json};
+
+const RUN: Duration = Duration::from_secs(300);
+const MODERN: &str = "2026-07-28";
+
+fn everything_argv() -> Vec<String> {
+    vec![
+        deps::node22().display().to_string(),
+        deps::server_everything().display().to_string(),
+        "stdio".into(),
+    ]
+}
+
+fn bridge_in_front_of(argv: &[String], flags: &[&str]) -> Bridge {
+    let mut args: Vec<&str> = flags.to_vec();
+    args.push("--");
+    args.extend(argv.iter().map(String::as_str));
+    Bridge::start_raw(&args, &[("CATWALK_TEST_DEPS", &deps::deps_dir().display().to_string())])
+}
+
+/// The TS SDK 2.x client in `mode` (legacy, auto, pin); asserts every scenario passed.
+fn ts_client(url: &str, mode: &str, token: Option<&str>, scenarios: &str) -> Value {
+    let mut cmd = Command::new(deps::node22());
+    cmd.arg(deps::repo_root().join("tests/clients/ts_modern_client.mjs"))
+        .args(["--url", url, "--mode", mode, "--scenario", scenarios])
+        .env("CATWALK_TEST_DEPS", deps::deps_dir());
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    summary(&format!("ts 2.x {mode}"), &mut cmd)
+}
+
+/// The Python SDK 2.x client in `mode` (legacy, auto, 2026-07-28).
+fn py_client(url: &str, mode: &str, token: Option<&str>) -> Value {
+    let mut cmd = Command::new(deps::deps_dir().join("venv-mcp2/bin/python"));
+    cmd.arg(deps::repo_root().join("tests/clients/py_modern_client.py")).args(["--url", url, "--mode", mode]);
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    summary(&format!("python 2.x {mode}"), &mut cmd)
+}
+
+fn summary(what: &str, cmd: &mut Command) -> Value {
+    let (ok, stdout, stderr) = deps::run_with_timeout(what, cmd, RUN);
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{what} printed no JSON summary ({e}):\n{stdout}\n{stderr}"));
+    assert!(ok && v["ok"] == true, "{what} failed through catwalk:\n{stdout}\n{stderr}");
+    v
+}
+
+fn every_mode(url: &str, token: Option<&str>, ts_scenarios: &str) {
+    for mode in ["pin", "auto", "legacy"] {
+        let v = ts_client(url, mode, token, ts_scenarios);
+        let want = if mode == "legacy" { "2025-11-25" } else { MODERN };
+        assert_eq!(v["negotiated"], want, "ts 2.x {mode}: {v}");
+    }
+    for mode in [MODERN, "auto", "legacy"] {
+        let v = py_client(url, mode, token);
+        let want = if mode == "legacy" { "2025-11-25" } else { MODERN };
+        assert_eq!(v["negotiated"], want, "python 2.x {mode}: {v}");
+    }
+}
+
+#[test]
+fn sdk_2_clients_in_every_mode_through_the_bridge_fronting_server_everything() {
+    let b = bridge_in_front_of(&everything_argv(), &[]);
+    every_mode(&b.url, None, "era,basic,progress,parallel,listen");
+}
+
+#[test]
+fn sdk_2_clients_in_every_mode_through_the_daemon_fronting_the_dual_era_mcp_server_time() {
+    // mcp-server-time 2026.10.19 runs on the Python SDK 2.x: it speaks both eras itself.
+    let python = deps::deps_dir().join("venv-mcp2/bin/python").display().to_string();
+    let d = daemon::Daemon::start_with_config(&format!(
+        "[apps.time]\ncommand = [{python:?}, \"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"]\n"
+    ));
+    let token = d.token("time");
+    every_mode(&d.endpoint("time"), Some(&token), "era,basic,parallel,listen");
+}
+
+#[test]
+fn the_2026_07_28_conformance_scenarios_pass_through_the_bridge_against_the_baseline() {
+    let fixture =
+        vec![deps::node22().display().to_string(), deps::conformance_fixture().display().to_string()];
+    let b = bridge_in_front_of(&fixture, &[]);
+    let mut cmd = Command::new(deps::repo_root().join("scripts/conformance"));
+    cmd.args([&b.url, "--revision", MODERN]).env("CATWALK_TEST_DEPS", deps::deps_dir());
+    let (ok, stdout, stderr) = deps::run_with_timeout("scripts/conformance --revision", &mut cmd, RUN);
+    assert!(ok, "2026-07-28 conformance failed through catwalk:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("http-header-validation"), "summary lacks scenarios:\n{stdout}");
+    // The legacy suite still passes on the same URL.
+    let mut cmd = Command::new(deps::repo_root().join("scripts/conformance"));
+    cmd.arg(&b.url).env("CATWALK_TEST_DEPS", deps::deps_dir());
+    let (ok, stdout, stderr) = deps::run_with_timeout("scripts/conformance", &mut cmd, RUN);
+    assert!(ok, "2025-11-25 conformance failed through catwalk:\n{stdout}\n{stderr}");
+}
+
+// ---- the wire, raw ----------------------------------------------------------------------------------
+
+fn meta() -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}})
+}
+
+fn modern_msg(id: u64, method: &str, mut params: Value) -> Value {
+    if params.get("_meta").is_none() {
+        params["_meta"] = meta();
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+/// POSTs a modern request with the headers a conforming client sends (overridable by `extra`).
+async fn modern(
+    c: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    msg: &Value,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let method = msg["method"].as_str().unwrap_or("");
+    let mut headers: Vec<(String, String)> = vec![
+        ("accept".into(), gateway_support::ACCEPT_BOTH.into()),
+        ("content-type".into(), "application/json".into()),
+        ("mcp-protocol-version".into(), MODERN.into()),
+        ("mcp-method".into(), method.into()),
+    ];
+    if let Some(name) = msg["params"]["name"].as_str().or(msg["params"]["uri"].as_str()) {
+        headers.push(("mcp-name".into(), name.into()));
+    }
+    for (k, v) in extra {
+        headers.retain(|(h, _)| h != k);
+        if !v.is_empty() {
+            headers.push((k.to_string(), v.to_string()));
+        }
+    }
+    let mut r = c.post(url).body(msg.to_string());
+    for (k, v) in headers {
+        r = r.header(k, v);
+    }
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.expect("POST failed")
+}
+
+async fn tool_text(
+    c: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    id: u64,
+    name: &str,
+    args: Value,
+) -> String {
+    let r =
+        modern(c, url, token, &modern_msg(id, "tools/call", json!({"name": name, "arguments": args})), &[])
+            .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], id, "{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    v["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("no text in {v}")).to_string()
+}
+
+async fn error_of(r: reqwest::Response, status: u16) -> Value {
+    assert_eq!(r.status(), status);
+    let v: Value = r.json().await.unwrap();
+    v["error"].clone()
+}
+
+#[tokio::test]
+async fn modern_requests_get_the_revisions_errors_and_legacy_sessions_still_work_on_the_same_url() {
+    let b = Bridge::start(&[]);
+    let c = client();
+    let list = modern_msg(1, "tools/list", json!({}));
+    // Version header missing: HeaderMismatch.
+    let e = error_of(modern(&c, &b.url, None, &list, &[("mcp-protocol-version", "")]).await, 400).await;
+    assert_eq!(e["code"], -32020, "{e}");
+    // Required _meta missing: invalid params.
+    let bare = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}});
+    assert_eq!(error_of(modern(&c, &b.url, None, &bare, &[]).await, 400).await["code"], -32602);
+    // An unsupported version: -32022 listing what is supported.
+    let mut old = modern_msg(3, "tools/list", json!({}));
+    old["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("1900-01-01");
+    let e =
+        error_of(modern(&c, &b.url, None, &old, &[("mcp-protocol-version", "1900-01-01")]).await, 400).await;
+    assert_eq!(e["code"], -32022, "{e}");
+    assert_eq!(e["data"]["requested"], "1900-01-01");
+    assert!(e["data"]["supported"].as_array().unwrap().contains(&json!(MODERN)), "{e}");
+    // Header and body disagree: method, then name.
+    let e = error_of(modern(&c, &b.url, None, &list, &[("mcp-method", "prompts/list")]).await, 400).await;
+    assert_eq!(e["code"], -32020);
+    let call = modern_msg(4, "tools/call", json!({"name": "echo", "arguments": {"text": "x"}}));
+    let e = error_of(modern(&c, &b.url, None, &call, &[("mcp-name", "pid")]).await, 400).await;
+    assert_eq!(e["code"], -32020, "a router trusting Mcp-Name would call pid while the server runs echo");
+    // Methods the revision removed: 404 -32601.
+    let ping = modern_msg(5, "ping", json!({}));
+    assert_eq!(error_of(modern(&c, &b.url, None, &ping, &[]).await, 404).await["code"], -32601);
+    // No GET stream, no DELETE in 2026-07-28.
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let r = c.request(method, &b.url).header("mcp-protocol-version", MODERN).send().await.unwrap();
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()["allow"], "POST");
+    }
+    // A modern answer: the client's id, resultType and caching hints.
+    let r = modern(&c, &b.url, None, &modern_msg(6, "tools/list", json!({})), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("mcp-session-id").is_none(), "modern answers mint no session");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((&v["id"], &v["result"]["resultType"]), (&json!(6), &json!("complete")));
+    assert_eq!((&v["result"]["ttlMs"], &v["result"]["cacheScope"]), (&json!(0), &json!("public")), "{v}");
+    // server/discover from the server's own initialize answer.
+    let r = modern(&c, &b.url, None, &modern_msg(7, "server/discover", json!({})), &[]).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "stdio-fixture", "{v}");
+    assert!(v["result"]["supportedVersions"].as_array().unwrap().contains(&json!("2025-11-25")));
+    assert_eq!(v["result"]["capabilities"]["tools"], json!({}));
+    // A legacy session on the same URL is untouched.
+    let sid = gateway_support::init(&c, &b.url, "2025-06-18").await;
+    assert_eq!(
+        gateway_support::call_text(&c, &b.url, &sid, 9, "echo", json!({"text": "legacy"})).await,
+        "legacy"
+    );
+}
+
+#[tokio::test]
+async fn the_pool_reuses_a_child_per_context_and_a_spare_becomes_the_first_child() {
+    let b = Bridge::start(&["--warm", "1"]);
+    let c = client();
+    assert!(wait_until(Duration::from_secs(30), || children_of(b.pid()).len() == 1), "no warm spare started");
+    let spare = children_of(b.pid())[0];
+    let first: u32 = tool_text(&c, &b.url, None, 1, "pid", json!({})).await.parse().unwrap();
+    let second: u32 = tool_text(&c, &b.url, None, 2, "pid", json!({})).await.parse().unwrap();
+    assert_eq!(first, second, "one context, one request at a time: the same initialized child answers");
+    // The spare was started before the request: it served it (the sandboxed server's pid is the spare's
+    // or, behind a sandbox wrapper, one of its descendants).
+    assert!(first == spare || descendants(spare).contains(&first), "pid {first} is not the spare {spare}");
+    // A replacement spare appears.
+    assert!(wait_until(Duration::from_secs(30), || children_of(b.pid()).len() == 2), "no replacement spare");
+}
+
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children_of(p) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn progress_rides_the_stream_and_a_server_request_gets_an_error_instead_of_silence() {
+    let b = Bridge::start(&[]);
+    let c = client();
+    let mut msg =
+        modern_msg(1, "tools/call", json!({"name": "progress_slow", "arguments": {"count": 3, "ms": 50}}));
+    msg["params"]["_meta"]["progressToken"] = json!("tok-1");
+    let r = modern(&c, &b.url, None, &msg, &[]).await;
+    let mut sse = Sse::new(r);
+    let mut progress = Vec::new();
+    let last = loop {
+        let (_, m) = sse.next_msg().await.expect("stream ended before the answer");
+        if m["method"] == "notifications/progress" {
+            assert_eq!(m["params"]["progressToken"], "tok-1");
+            progress.push(m["params"]["progress"].clone());
+        } else {
+            break m;
+        }
+    };
+    assert_eq!(progress, vec![json!(1), json!(2), json!(3)]);
+    assert_eq!((&last["id"], &last["result"]["content"][0]["text"]), (&json!(1), &json!("done")));
+    // A log message is only sent to a request that asked for it (with a level).
+    let r = modern(
+        &c,
+        &b.url,
+        None,
+        &modern_msg(2, "tools/call", json!({"name": "notify_then_echo", "arguments": {"text": "q"}})),
+        &[],
+    )
+    .await;
+    assert_eq!(r.headers()["content-type"], "application/json", "no log level asked, so no stream");
+    let mut msg =
+        modern_msg(3, "tools/call", json!({"name": "notify_then_echo", "arguments": {"text": "q"}}));
+    msg["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = json!("debug");
+    let mut sse = Sse::new(modern(&c, &b.url, None, &msg, &[]).await);
+    let (_, m) = sse.next_msg().await.unwrap();
+    assert_eq!(m["method"], "notifications/message");
+    // The legacy server asks its client for a completion: the modern client cannot be asked (2026-07-28
+    // has no server→client requests), so the child gets an error and the call finishes.
+    assert_eq!(tool_text(&c, &b.url, None, 4, "sample", json!({})).await, "sampled: None");
+}
+
+// Multi-threaded: the test blocks in `wait_until` while the runtime must still close the dropped stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_the_stream_cancels_and_the_child_is_not_reused_and_a_crash_is_a_clean_error() {
+    let b = Bridge::start(&[]);
+    let c = client();
+    let pid: u32 = tool_text(&c, &b.url, None, 1, "pid", json!({})).await.parse().unwrap();
+    let mut msg =
+        modern_msg(2, "tools/call", json!({"name": "progress_slow", "arguments": {"count": 100, "ms": 200}}));
+    msg["params"]["_meta"]["progressToken"] = 2.into();
+    let mut sse = Sse::new(modern(&c, &b.url, None, &msg, &[]).await);
+    assert_eq!(sse.next_msg().await.unwrap().1["method"], "notifications/progress");
+    drop(sse);
+    // The child still working on the abandoned call is stopped (after a short grace), never lent again.
+    assert!(
+        wait_until(Duration::from_secs(20), || !pid_alive(pid)),
+        "the cancelled request's child lives on"
+    );
+    let next: u32 = tool_text(&c, &b.url, None, 3, "pid", json!({})).await.parse().unwrap();
+    assert_ne!(next, pid);
+    // A server that dies mid-call: a JSON-RPC error, and the next request gets a fresh child.
+    let r = modern(
+        &c,
+        &b.url,
+        None,
+        &modern_msg(4, "tools/call", json!({"name": "crash", "arguments": {}})),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((&v["id"], &v["error"]["code"]), (&json!(4), &json!(-32603)), "{v}");
+    assert_eq!(tool_text(&c, &b.url, None, 5, "echo", json!({"text": "again"})).await, "again");
+}
+
+#[tokio::test]
+async fn a_pooled_child_never_serves_two_tokens() {
+    let fixture = gateway_support::fixture();
+    let d = daemon::Daemon::start_with_config(&format!(
+        "[apps.pool]\ncommand = [\"python3\", \"-u\", {fixture:?}]\n"
+    ));
+    let (alice, bob) = (d.token("pool"), d.token("pool"));
+    let url = d.endpoint("pool");
+    let c = client();
+    let a1: u32 = tool_text(&c, &url, Some(&alice), 1, "pid", json!({})).await.parse().unwrap();
+    let b1: u32 = tool_text(&c, &url, Some(&bob), 1, "pid", json!({})).await.parse().unwrap();
+    let a2: u32 = tool_text(&c, &url, Some(&alice), 2, "pid", json!({})).await.parse().unwrap();
+    let b2: u32 = tool_text(&c, &url, Some(&bob), 2, "pid", json!({})).await.parse().unwrap();
+    assert_ne!(a1, b1, "two tokens shared one server process");
+    assert_eq!((a1, b1), (a2, b2), "each token keeps its own child");
+    // No token, no pool: 401 before anything starts.
+    let r = modern(&c, &url, None, &modern_msg(3, "tools/list", json!({})), &[]).await;
+    assert_eq!(r.status(), 401);
+    // Private apps' cacheable results say so.
+    let r = modern(&c, &url, Some(&alice), &modern_msg(4, "tools/list", json!({})), &[]).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["result"]["cacheScope"], "private");
+}
