@@ -97,6 +97,12 @@ pub struct GatewayConfig {
     /// Most open MCP sessions per app; with one server process each (plus the app's warm spares), this
     /// bounds the processes one token can start. `initialize` answers 503 above it.
     pub max_sessions_per_app: usize,
+    /// MCP 2026-07-28 requests to a handshake-era stdio server are served by a pool of initialized
+    /// processes, one token (or OAuth grant) each: a pooled process idle this long is stopped.
+    #[serde(deserialize_with = "duration")]
+    pub pool_idle_timeout: Duration,
+    /// Most pooled processes per app and token (concurrent 2026-07-28 requests of one client); 503 above.
+    pub pool_max_per_token: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +267,8 @@ impl Default for GatewayConfig {
             rate_limit_per_minute: 600,
             allowed_origins: Vec::new(),
             max_sessions_per_app: 64,
+            pool_idle_timeout: Duration::from_secs(5 * 60),
+            pool_max_per_token: 8,
         }
     }
 }

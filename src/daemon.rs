@@ -76,6 +76,8 @@ impl Daemon {
             max_connections: config.http.max_connections,
             max_connections_per_ip: config.http.max_connections_per_ip,
             max_sessions_per_app: config.gateway.max_sessions_per_app,
+            pool_idle_timeout: config.gateway.pool_idle_timeout,
+            pool_max_per_context: config.gateway.pool_max_per_token,
             spare_idle_timeout: (!config.deploy.idle_timeout.is_zero()).then_some(config.deploy.idle_timeout),
             ..GatewayConfig::default()
         };

@@ -34,7 +34,13 @@ const FORWARD_REQUEST: &[&str] = &[
     "mcp-protocol-version",
     "last-event-id",
     "user-agent",
+    // 2026-07-28 mirrors body fields into headers for intermediaries; the server validates them.
+    "mcp-method",
+    "mcp-name",
 ];
+
+/// 2026-07-28 tool parameters mirrored into headers (`Mcp-Param-{Name}`): forwarded as they are.
+const FORWARD_REQUEST_PREFIX: &str = "mcp-param-";
 
 /// Response headers never copied back (hop-by-hop).
 const HOP_BY_HOP: &[&str] =
@@ -210,6 +216,9 @@ impl Proxy {
             for v in parts.headers.get_all(*name) {
                 out.headers_mut().append(*name, v.clone());
             }
+        }
+        for (name, v) in parts.headers.iter().filter(|(n, _)| n.as_str().starts_with(FORWARD_REQUEST_PREFIX)) {
+            out.headers_mut().append(name.clone(), v.clone());
         }
         for (k, v) in extra {
             match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {

@@ -442,12 +442,34 @@ async fn pipe_to_log<R: AsyncRead + Unpin>(reader: R, logs: Arc<AppLogs>, app: S
     }
 }
 
-/// A free loopback port for a new release (the kernel picks it; it is free when we let go of it).
+/// A free loopback port for a new release, chosen *below* the kernel's ephemeral range.
+///
+/// Why not `bind(:0)`: a port from the ephemeral range is free when we let go of it, but the kernel may
+/// hand it to any other program's `bind(:0)` or outgoing connection before the server binds it, and the
+/// start-up check (something answers on the port) would then take that program for the server. A port
+/// below the range only goes to programs that ask for it by number.
 pub fn free_port() -> Result<u16, String> {
+    let low = ephemeral_low();
+    let base = low.saturating_sub(12_000).max(1024);
+    for _ in 0..64 {
+        let port = rand::random_range(base..low);
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
     std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("could not find a free loopback port: {e}"))
+}
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`; 32768 by default).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .filter(|p| *p > 2048)
+        .unwrap_or(32768)
 }
 
 /// Whether something listens on `port` on a wildcard address (0.0.0.0 or ::), i.e. is reachable
@@ -473,6 +495,15 @@ pub fn listens_on_all_interfaces(port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No other program's `bind(:0)` can be handed a release's port while its server starts.
+    #[test]
+    fn release_ports_are_below_the_ephemeral_range() {
+        for _ in 0..20 {
+            let port = free_port().unwrap();
+            assert!(port < ephemeral_low() && port >= 1024, "{port}");
+        }
+    }
 
     #[test]
     fn wildcard_listeners_are_detected() {

@@ -8,7 +8,7 @@ Modes (`Client.mode`): `legacy` (the initialize handshake), `auto` (probes serve
 2026-07-28 when the server offers it), `2026-07-28` (pinned, no probe). Scenarios, tools picked from tools/list
 so server-everything and mcp-server-time both work:
     era      the negotiated version is the one the mode must reach
-    basic    tools/list, then a tools/call (echo or get_current_time) whose text is checked
+    basic    tools/list, then a tools/call (echo, get_current_time or shout) whose text is checked
     parallel five tools/call at once, each answer matched to its own question
 """
 
@@ -38,6 +38,11 @@ async def call_something(client, tools, tag):
         r = await client.call_tool("get_current_time", {"timezone": "UTC"})
         if "UTC" not in text(r):
             raise AssertionError(f"get_current_time answered {r!r}")
+        return text(r)
+    if "shout" in tools:
+        r = await client.call_tool("shout", {"text": f"hello {tag}"})
+        if f"HELLO {tag.upper()}" not in text(r):
+            raise AssertionError(f"shout answered {r!r}")
         return text(r)
     raise AssertionError(f"no known tool among {tools}")
 

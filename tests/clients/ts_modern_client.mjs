@@ -8,7 +8,7 @@
 // server/discover and must settle on 2026-07-28 when the server offers it), `pin` (2026-07-28 only).
 // Scenarios (tools are picked from tools/list, so server-everything and mcp-server-time both work):
 //   era       the negotiated version is the one the mode must reach; serverInfo is the server's
-//   basic     tools/list, then a tools/call (echo, or get_current_time) whose text is checked
+//   basic     tools/list, then a tools/call (echo, get_current_time or shout) whose text is checked
 //   progress  a tools/call with onprogress (server-everything's trigger-long-running-operation)
 //   parallel  five tools/call at once, each answer matched to its own question
 //   listen    subscriptions/listen is acknowledged (modern modes only)
@@ -73,6 +73,11 @@ async function callSomething(client, tools, tag) {
   if (tools.includes("get_current_time")) {
     const r = await client.callTool({ name: "get_current_time", arguments: { timezone: "UTC" } });
     if (!text(r).includes("UTC")) throw new Error(`get_current_time answered ${JSON.stringify(r)}`);
+    return text(r);
+  }
+  if (tools.includes("shout")) {
+    const r = await client.callTool({ name: "shout", arguments: { text: `hello ${tag}` } });
+    if (!text(r).includes(`HELLO ${tag.toUpperCase()}`)) throw new Error(`shout answered ${JSON.stringify(r)}`);
     return text(r);
   }
   throw new Error(`no known tool among ${tools.join(", ")}`);
