@@ -103,7 +103,8 @@ fn sdk_2_clients_in_every_mode_through_the_bridge_fronting_a_dual_era_http_serve
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let _server = deps::ChildGuard::spawn("modern_http_server.py", &mut cmd);
-    let up = wait_until(Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let up =
+        wait_until(Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     assert!(up, "the SDK 2.x HTTP server did not listen on {port}");
     let upstream = format!("http://127.0.0.1:{port}/mcp");
     let b = Bridge::start_raw(&["--upstream", &upstream], &[]);

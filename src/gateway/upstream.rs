@@ -217,7 +217,8 @@ impl Proxy {
                 out.headers_mut().append(*name, v.clone());
             }
         }
-        for (name, v) in parts.headers.iter().filter(|(n, _)| n.as_str().starts_with(FORWARD_REQUEST_PREFIX)) {
+        for (name, v) in parts.headers.iter().filter(|(n, _)| n.as_str().starts_with(FORWARD_REQUEST_PREFIX))
+        {
             out.headers_mut().append(name.clone(), v.clone());
         }
         for (k, v) in extra {
