@@ -62,6 +62,10 @@ pub struct BridgeArgs {
     /// Release the warm spares after this long without a new session (0: never).
     #[arg(long, value_name = "DURATION", default_value = "15m")]
     pub warm_idle: humantime::Duration,
+    /// How long a server that asked a 2026-07-28 client for input (elicitation, sampling, roots) waits for
+    /// the client's retry before it is stopped and the call fails.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub input_timeout: humantime::Duration,
     /// Most concurrent sessions (with one process each unless --shared).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_sessions: usize,
@@ -217,6 +221,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         keepalive_interval: args.keepalive.into(),
         max_sessions_per_app: args.max_sessions,
+        input_timeout: args.input_timeout.into(),
         spare_idle_timeout: {
             let idle: std::time::Duration = args.warm_idle.into();
             (!idle.is_zero()).then_some(idle)

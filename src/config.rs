@@ -103,6 +103,9 @@ pub struct GatewayConfig {
     pub pool_idle_timeout: Duration,
     /// Most pooled processes per app and token (concurrent 2026-07-28 requests of one client); 503 above.
     pub pool_max_per_token: usize,
+    /// How long a server that asked a 2026-07-28 client for input waits for the client's retry.
+    #[serde(deserialize_with = "duration")]
+    pub input_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +272,7 @@ impl Default for GatewayConfig {
             max_sessions_per_app: 64,
             pool_idle_timeout: Duration::from_secs(5 * 60),
             pool_max_per_token: 8,
+            input_timeout: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -78,6 +78,7 @@ impl Daemon {
             max_sessions_per_app: config.gateway.max_sessions_per_app,
             pool_idle_timeout: config.gateway.pool_idle_timeout,
             pool_max_per_context: config.gateway.pool_max_per_token,
+            input_timeout: config.gateway.input_timeout,
             spare_idle_timeout: (!config.deploy.idle_timeout.is_zero()).then_some(config.deploy.idle_timeout),
             ..GatewayConfig::default()
         };

@@ -117,6 +117,13 @@ pub(super) async fn reaper(gw: std::sync::Weak<Gateway>, shutdown: CancellationT
             g.warm(&app);
         }
         g.pool.tick(g.cfg.pool_idle_timeout);
+        let expired = g.parking.expire();
+        if expired > 0 {
+            tracing::debug!(
+                expired,
+                "stopped servers whose 2026-07-28 client never answered their input requests"
+            );
+        }
     }
 }
 

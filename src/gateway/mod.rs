@@ -14,10 +14,12 @@
 
 pub mod applog;
 mod auth;
+mod exchange;
 mod http;
 pub(crate) mod jsonrpc;
 pub mod metrics;
 mod modern;
+mod park;
 mod pool;
 pub(crate) mod protocol;
 mod session;
@@ -196,6 +198,9 @@ pub struct GatewayConfig {
     pub pool_max_per_context: usize,
     /// Time a pooled child gets to answer the gateway's `initialize`.
     pub pool_init_timeout: Duration,
+    /// How long a pooled child that asked a 2026-07-28 client for input waits for the client's retry
+    /// before it is stopped and the call fails (see `park.rs`).
+    pub input_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -219,6 +224,7 @@ impl Default for GatewayConfig {
             pool_idle_timeout: Duration::from_secs(5 * 60),
             pool_max_per_context: 8,
             pool_init_timeout: Duration::from_secs(60),
+            input_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -236,6 +242,7 @@ pub struct Gateway {
     shared: Mutex<HashMap<String, Arc<stdio::SharedChild>>>,
     spares: spares::Spares,
     pool: Arc<pool::Pool>,
+    parking: park::Parking,
     limiters: auth::Limiters,
     proxy: upstream::Proxy,
     internal: std::sync::OnceLock<Arc<dyn InternalRoutes>>,
@@ -265,6 +272,7 @@ impl Gateway {
             shared: Mutex::new(HashMap::new()),
             spares: spares::Spares::default(),
             pool: Arc::new(pool::Pool::default()),
+            parking: park::Parking::default(),
             limiters: auth::Limiters::default(),
             proxy: upstream::Proxy::new(),
             internal: std::sync::OnceLock::new(),
@@ -310,6 +318,7 @@ impl Gateway {
         }
         self.spares.drop_app(app);
         self.pool.drop_app(app);
+        self.parking.drop_app(app);
     }
 
     /// Open sessions of `app`.
@@ -367,6 +376,7 @@ impl Gateway {
         }
         self.spares.drop_all();
         self.pool.drop_all();
+        self.parking.clear();
     }
 
     /// Answer one HTTP request (for the daemon's own server). `local` is the address the

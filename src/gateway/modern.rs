@@ -19,14 +19,15 @@
 //! same for both eras; each modern request gets one audit record.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
 
+use super::exchange::{self, Exchange, Step};
+use super::park::StateError;
 use super::pool::{self, ChildMsg, Lease, LeaseError, ServerFacts};
 use super::protocol::{self as p, Resp};
 use super::session::Out;
@@ -42,26 +43,12 @@ pub const SUPPORTED_VERSIONS: &[&str] =
 
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
 const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
-
-/// Results that carry caching hints (`ttlMs`, `cacheScope`).
-const CACHEABLE: &[&str] = &[
-    "server/discover",
-    "tools/list",
-    "prompts/list",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-];
 
 /// Methods of the handshake era that 2026-07-28 removed: a modern request for one is "method not found".
 const REMOVED: &[&str] =
     &["initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"];
-
-/// How long a cancelled request's child may take to finish before it is stopped instead of reused.
-const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// Is this POST a modern request? `claims_version` says whether the body's `_meta` carries
 /// `io.modelcontextprotocol/protocolVersion`. A header naming a version the legacy path does not know,
@@ -317,7 +304,7 @@ pub async fn post(
     match method.as_str() {
         "server/discover" => discover(gw, app, route, context, &id, scope, record).await,
         "subscriptions/listen" => listen(gw, app, route, context, &id, &msg, record).await,
-        _ => forward(gw, app, route, context, &id, &method, msg, scope, record).await,
+        _ => forward(gw, app, route, context, &id, msg, scope, record).await,
     }
 }
 
@@ -420,70 +407,7 @@ fn legacy_request(msg: &Value) -> Value {
     m
 }
 
-/// A legacy child's final response as a modern one: the client's id, `resultType`, caching hints on the
-/// cacheable results, and the 2026-07-28 code for "resource not found". Returns the bytes and whether
-/// the error was "method not found" (HTTP 404 on the JSON path).
-fn modern_response(line: &[u8], id: &Value, method: &str, scope: &str, uri: Option<&str>) -> (Bytes, bool) {
-    let mut v: Value = serde_json::from_slice(line).unwrap_or_else(|_| json!({}));
-    v["id"] = id.clone();
-    let mut not_found = false;
-    if let Some(result) = v.get_mut("result").and_then(Value::as_object_mut) {
-        result.entry("resultType").or_insert_with(|| json!("complete"));
-        if CACHEABLE.contains(&method) {
-            result.entry("ttlMs").or_insert_with(|| json!(0));
-            result.entry("cacheScope").or_insert_with(|| json!(scope));
-        }
-    } else if let Some(error) = v.get_mut("error").and_then(Value::as_object_mut) {
-        match error.get("code").and_then(Value::as_i64) {
-            // 2025-11-25's "resource not found"; 2026-07-28 forbids emitting it and uses invalid params.
-            Some(-32002) => {
-                error.insert("code".into(), json!(-32602));
-            }
-            Some(-32601) => not_found = true,
-            _ => {}
-        }
-        // 2026-07-28 asks a resource error to name the resource (`data.uri`); older servers did not.
-        if let Some(uri) = uri.filter(|_| method == "resources/read")
-            && error.get("code") == Some(&json!(-32602))
-            && let Some(d) = error.entry("data").or_insert_with(|| json!({})).as_object_mut()
-        {
-            d.entry("uri").or_insert_with(|| json!(uri));
-        }
-    } else {
-        v = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": "the server answered with neither result nor error"}});
-    }
-    (Bytes::from(serde_json::to_vec(&v).unwrap_or_default()), not_found)
-}
-
-const LOG_LEVELS: &[&str] =
-    &["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
-
-fn level_rank(level: &str) -> Option<usize> {
-    LOG_LEVELS.iter().position(|l| *l == level)
-}
-
-/// Which of a child's notifications belong on a request's stream: its progress, and log messages at or
-/// above the level the request asked for (none when it asked for none).
-fn request_note_wanted(
-    line: &[u8],
-    method: Option<&str>,
-    progress: Option<&Value>,
-    min_level: Option<usize>,
-) -> bool {
-    match method {
-        Some("notifications/progress") => {
-            let v: Value = serde_json::from_slice(line).unwrap_or_default();
-            progress.is_some() && v.pointer("/params/progressToken") == progress
-        }
-        Some("notifications/message") => {
-            let Some(min) = min_level else { return false };
-            let v: Value = serde_json::from_slice(line).unwrap_or_default();
-            v.pointer("/params/level").and_then(Value::as_str).and_then(level_rank).is_some_and(|l| l >= min)
-        }
-        _ => false,
-    }
-}
-
+/// Any other request: to a lent child (or, with a `requestState`, to the parked exchange it resumes).
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     gw: &Arc<Gateway>,
@@ -491,160 +415,114 @@ async fn forward(
     route: &AppRoute,
     context: &str,
     id: &Value,
-    method: &str,
     msg: Value,
-    scope: &str,
+    scope: &'static str,
     record: Record,
 ) -> Resp {
-    let progress = msg.pointer("/params/_meta/progressToken").cloned();
-    let min_level = msg
-        .pointer(&format!("/params/_meta/{}", META_LOG_LEVEL.replace('/', "~1")))
-        .and_then(Value::as_str)
-        .and_then(level_rank);
-    let lease = match lend(gw, app, route, context, id).await {
-        Ok(l) => l,
-        Err(r) => return record.fail(r),
-    };
-    let Some((n, mut rx)) = lease.request(legacy_request(&msg)) else {
-        return record.fail(bad_gateway(id, "Bad Gateway: the server process exited"));
-    };
-    // Cancels at the child if the client goes away before the answer (hyper drops this future).
-    let mut guard = Exchange { lease: Some(lease), n, done: false };
-    loop {
-        match rx.recv().await {
-            Some(ChildMsg::Response(line, c)) => {
-                guard.done = true;
-                let uri = msg.pointer("/params/uri").and_then(Value::as_str);
-                let (bytes, not_found) = modern_response(&line, id, method, scope, uri);
-                record.done(if not_found { 404 } else { 200 }, c.is_error);
-                let status = if not_found { StatusCode::NOT_FOUND } else { StatusCode::OK };
-                return p::json(status, bytes);
-            }
-            Some(ChildMsg::Notification(line, c)) => {
-                if !request_note_wanted(&line, c.method.as_deref(), progress.as_ref(), min_level) {
-                    continue;
-                }
-                // Something before the final answer: this exchange becomes a stream.
-                let (sink, stream) = sse::out_channel();
-                let _ = sink.send(Out::Frame(sse::data_event(&line)));
-                let uri = msg.pointer("/params/uri").and_then(Value::as_str).map(str::to_string);
-                let pump = Pump {
-                    exchange: guard,
-                    rx,
-                    sink,
-                    id: id.clone(),
-                    method: method.to_string(),
-                    uri,
-                    scope: scope.to_string(),
-                    progress,
-                    min_level,
-                    record,
-                };
-                tokio::spawn(pump.run());
-                return p::sse_response(SseBody::new(None, stream, gw.cfg.keepalive_interval, None));
-            }
-            Some(ChildMsg::Exited(why)) => {
-                guard.done = true;
-                return record.fail(bad_gateway(
-                    id,
-                    &format!("Bad Gateway: the server process ended before it answered: {why}"),
-                ));
-            }
-            None => {
-                guard.done = true;
-                return record
-                    .fail(bad_gateway(id, "Bad Gateway: the server process went away before it answered"));
-            }
-        }
-    }
-}
-
-/// A lent child with a request in flight. Dropped before the answer (the client closed the stream):
-/// the child hears `notifications/cancelled` and goes back to the pool only if it finishes within
-/// [`CANCEL_GRACE`], so a late answer or notification never reaches the next exchange.
-struct Exchange {
-    lease: Option<Lease>,
-    n: u64,
-    done: bool,
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        let Some(mut lease) = self.lease.take() else { return };
-        if self.done {
-            return;
-        }
-        lease.cancel(self.n, "the client closed the request's stream");
-        // The waiter for `n` is gone; the child gets a short grace to settle, then is stopped.
-        lease.discard();
-        let _ = tokio::runtime::Handle::try_current().map(|h| {
-            h.spawn(async move {
-                tokio::time::sleep(CANCEL_GRACE).await;
-                drop(lease);
-            })
-        });
-    }
-}
-
-/// Feeds a request's SSE stream until the final answer, or cancels when the client goes away.
-struct Pump {
-    exchange: Exchange,
-    rx: mpsc::UnboundedReceiver<ChildMsg>,
-    sink: OutSink,
-    id: Value,
-    method: String,
-    uri: Option<String>,
-    scope: String,
-    progress: Option<Value>,
-    min_level: Option<usize>,
-    record: Record,
-}
-
-impl Pump {
-    async fn run(mut self) {
-        loop {
-            let msg = tokio::select! {
-                m = self.rx.recv() => m,
-                _ = self.sink.closed() => {
-                    // Dropping the exchange unfinished cancels at the child.
-                    self.record.done(200, true);
-                    return;
+    let exchange = match msg.pointer("/params/requestState") {
+        Some(state) => {
+            let digest = exchange::call_digest(&msg);
+            let resumed = match state.as_str() {
+                Some(s) => gw.parking.resume(s, app, context, &digest),
+                None => Err(StateError::Invalid),
+            };
+            let mut ex = match resumed {
+                Ok(ex) => ex,
+                Err(e) => {
+                    let m = format!("Invalid params: {e}");
+                    return record.fail(error_response(StatusCode::BAD_REQUEST, id, -32602, &m, None));
                 }
             };
-            match msg {
-                Some(ChildMsg::Response(line, c)) => {
-                    self.exchange.done = true;
-                    let (bytes, _) =
-                        modern_response(&line, &self.id, &self.method, &self.scope, self.uri.as_deref());
-                    let _ = self.sink.send(Out::Frame(sse::data_event(&bytes)));
-                    self.record.done(200, c.is_error);
-                    return;
-                }
-                Some(ChildMsg::Notification(line, c)) => {
-                    if request_note_wanted(&line, c.method.as_deref(), self.progress.as_ref(), self.min_level)
-                        && self.sink.send(Out::Frame(sse::data_event(&line))).is_err()
-                    {
-                        self.record.done(200, true);
-                        return;
-                    }
-                }
-                Some(ChildMsg::Exited(why)) => {
-                    self.exchange.done = true;
-                    let body = json!({"jsonrpc": "2.0", "id": self.id, "error": {"code": -32603, "message": format!("the server process ended before it answered: {why}")}});
-                    let _ = self
-                        .sink
-                        .send(Out::Frame(sse::data_event(&serde_json::to_vec(&body).unwrap_or_default())));
-                    self.record.done(200, true);
-                    return;
-                }
-                None => {
-                    self.exchange.done = true;
-                    self.record.done(502, true);
-                    return;
-                }
+            let still = ex.resume(&msg);
+            if !still.is_empty() {
+                // Some answers are missing: ask for those again (the revision's SHOULD), same process waiting.
+                let body = park_for_input(gw, ex, still, app, context);
+                record.done(200, false);
+                return p::json(StatusCode::OK, body);
+            }
+            ex
+        }
+        None => {
+            let lease = match lend(gw, app, route, context, id).await {
+                Ok(l) => l,
+                Err(r) => return record.fail(r),
+            };
+            match Exchange::start(lease, &msg, legacy_request(&msg), scope) {
+                Some(ex) => ex,
+                None => return record.fail(bad_gateway(id, "Bad Gateway: the server process exited")),
             }
         }
+    };
+    drive(gw, exchange, app, context, record).await
+}
+
+/// Answers the client with the exchange's first step: the final answer as JSON, an `input_required` result
+/// (the exchange is parked), or an SSE stream once a notification comes first (fed by [`pump`]).
+async fn drive(gw: &Arc<Gateway>, mut ex: Exchange, app: &str, context: &str, record: Record) -> Resp {
+    match ex.next().await {
+        Step::Final { body, status, error } => {
+            record.done(status.as_u16(), error);
+            p::json(status, body)
+        }
+        Step::Gone(why) => record.fail(bad_gateway(&ex.client_id.clone(), &format!("Bad Gateway: {why}"))),
+        Step::InputRequired(asked) => {
+            record.done(200, false);
+            p::json(StatusCode::OK, park_for_input(gw, ex, asked, app, context))
+        }
+        Step::Note(first) => {
+            let (sink, stream) = sse::out_channel();
+            let _ = sink.send(Out::Frame(sse::data_event(&first)));
+            tokio::spawn(pump(gw.clone(), ex, sink, app.to_string(), context.to_string(), record));
+            p::sse_response(SseBody::new(None, stream, gw.cfg.keepalive_interval, None))
+        }
     }
+}
+
+/// Feeds a request's SSE stream until the final answer (or an `input_required` result); the client
+/// closing the stream drops the exchange, which cancels the call at the child.
+async fn pump(
+    gw: Arc<Gateway>,
+    mut ex: Exchange,
+    sink: OutSink,
+    app: String,
+    context: String,
+    record: Record,
+) {
+    loop {
+        let step = tokio::select! {
+            s = ex.next() => s,
+            _ = sink.closed() => return record.done(200, true),
+        };
+        let (frame, error) = match step {
+            Step::Note(note) => {
+                if sink.send(Out::Frame(sse::data_event(&note))).is_err() {
+                    return record.done(200, true);
+                }
+                continue;
+            }
+            Step::Final { body, error, .. } => (body, error),
+            Step::Gone(why) => {
+                let body =
+                    json!({"jsonrpc": "2.0", "id": ex.client_id, "error": {"code": -32603, "message": why}});
+                (Bytes::from(serde_json::to_vec(&body).unwrap_or_default()), true)
+            }
+            Step::InputRequired(asked) => (park_for_input(&gw, ex, asked, &app, &context), false),
+        };
+        let _ = sink.send(Out::Frame(sse::data_event(&frame)));
+        return record.done(200, error);
+    }
+}
+
+/// Parks the exchange and returns the `input_required` answer that carries its sealed `requestState`.
+fn park_for_input(gw: &Gateway, ex: Exchange, asked: Map<String, Value>, app: &str, context: &str) -> Bytes {
+    let id = ex.client_id.clone();
+    let state = gw.parking.park(ex, app, context, gw.cfg.input_timeout);
+    let body = json!({"jsonrpc": "2.0", "id": id, "result": {
+        "resultType": "input_required",
+        "inputRequests": asked,
+        "requestState": state,
+    }});
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// `subscriptions/listen`: a child of its own (its subscriptions are server-side state), the
@@ -697,7 +575,7 @@ async fn listen(
             let answered = tokio::time::timeout(gw.cfg.pool_init_timeout, async {
                 loop {
                     match rx.recv().await {
-                        Some(ChildMsg::Response(..)) => return true,
+                        Some(ChildMsg::Response(_)) => return true,
                         Some(ChildMsg::Notification(..)) => continue,
                         _ => return false,
                     }
@@ -834,60 +712,5 @@ mod tests {
         );
         let legacy = legacy_request(&request("tools/list", json!({})));
         assert_eq!(legacy, json!({"jsonrpc": "2.0", "method": "tools/list", "params": {}}));
-    }
-
-    #[test]
-    fn answers_become_modern() {
-        let (b, nf) = modern_response(
-            br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}"#,
-            &json!("a"),
-            "tools/list",
-            "private",
-            None,
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(
-            v,
-            json!({"jsonrpc": "2.0", "id": "a", "result": {"tools": [], "resultType": "complete", "ttlMs": 0, "cacheScope": "private"}})
-        );
-        assert!(!nf);
-        let (b, _) = modern_response(
-            br#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#,
-            &json!(1),
-            "tools/call",
-            "public",
-            None,
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert!(v["result"].get("ttlMs").is_none());
-        let (b, _) = modern_response(
-            br#"{"jsonrpc":"2.0","id":3,"error":{"code":-32002,"message":"no"}}"#,
-            &json!(1),
-            "resources/read",
-            "public",
-            Some("x://y"),
-        );
-        let v = serde_json::from_slice::<Value>(&b).unwrap();
-        assert_eq!((&v["error"]["code"], &v["error"]["data"]["uri"]), (&json!(-32602), &json!("x://y")));
-        let (_, nf) = modern_response(
-            br#"{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"no"}}"#,
-            &json!(1),
-            "x/y",
-            "public",
-            None,
-        );
-        assert!(nf);
-    }
-
-    #[test]
-    fn log_messages_only_at_the_requested_level() {
-        let line =
-            br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}"#;
-        assert!(!request_note_wanted(line, Some("notifications/message"), None, None));
-        assert!(request_note_wanted(line, Some("notifications/message"), None, level_rank("debug")));
-        assert!(!request_note_wanted(line, Some("notifications/message"), None, level_rank("warning")));
-        let progress = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":5,"progress":1}}"#;
-        assert!(request_note_wanted(progress, Some("notifications/progress"), Some(&json!(5)), None));
-        assert!(!request_note_wanted(progress, Some("notifications/progress"), Some(&json!(6)), None));
     }
 }

@@ -40,9 +40,11 @@ const CHILD_PROTOCOL_VERSION: &str = "2025-11-25";
 #[derive(Debug)]
 pub enum ChildMsg {
     /// The final response to the exchange's request (id still the gateway's).
-    Response(Bytes, Classified),
-    /// A notification from the child (progress, log message, list changes, resource updates).
+    Response(Bytes),
+    /// A notification from the child (progress, log message).
     Notification(Bytes, Classified),
+    /// A server→client request of the child (elicitation, sampling, roots, ping) during the exchange.
+    Request(Bytes, Classified),
     /// The process exited; the exchange cannot finish.
     Exited(String),
 }
@@ -139,23 +141,23 @@ impl PooledChild {
         self.proc().is_some_and(|p| p.send(jsonrpc::to_line(&line)))
     }
 
-    /// Answers a server→client request of a legacy child. A modern client cannot receive requests
-    /// (2026-07-28 has input requests in results instead; bridging them is the input_required work), so
-    /// `ping` is answered here and everything else gets an error, never silence: the child's tool call
-    /// then fails or falls back instead of waiting forever.
+    /// Answers a server→client request of a legacy child that no exchange holds (sent while idle or during
+    /// the gateway's own `initialize`): `ping` and `roots/list` (no roots) are answered, everything else
+    /// gets an error, never silence.
     fn answer_server_request(&self, line: &[u8], c: &Classified) {
         let Some(id) = c.id_span.clone().map(|s| String::from_utf8_lossy(&line[s]).into_owned()) else {
             return;
         };
         let reply = match c.method.as_deref() {
             Some("ping") => format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{}}}}").into_bytes(),
+            // Outside a request there is no client whose roots to ask: none.
+            Some("roots/list") => {
+                format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"roots\":[]}}}}").into_bytes()
+            }
             Some(m) => jsonrpc::error_body(
                 Some(&id),
                 -32601,
-                &format!(
-                    "{m} is not available: the client of this request speaks MCP 2026-07-28 through catwalk, \
-                     which does not forward server-to-client requests to it"
-                ),
+                &format!("{m} is not available: no client request is in flight on this process"),
             )
             .to_vec(),
             None => return,
@@ -175,10 +177,24 @@ impl ChildEvents for PooledChild {
                     _ => None,
                 };
                 if let Some(tx) = n.and_then(|n| lock(&self.waiting).remove(&n)) {
-                    let _ = tx.send(ChildMsg::Response(line, c));
+                    let _ = tx.send(ChildMsg::Response(line));
                 }
             }
-            Kind::Request => self.answer_server_request(&line, &c),
+            Kind::Request => {
+                // The exchange holding the child decides (an input request for its client, or an error);
+                // with nobody holding it, the child gets its answer here.
+                let holder = lock(&self.holder).clone();
+                match holder {
+                    Some(tx) => {
+                        if let Err(mpsc::error::SendError(ChildMsg::Request(line, c))) =
+                            tx.send(ChildMsg::Request(line, c))
+                        {
+                            self.answer_server_request(&line, &c);
+                        }
+                    }
+                    None => self.answer_server_request(&line, &c),
+                }
+            }
             Kind::Notification if is_change_notification(c.method.as_deref()) => {
                 self.listeners.publish(&line, &c);
             }
@@ -261,6 +277,12 @@ impl Lease {
         *lock(&self.child.holder) = Some(tx.clone());
         let n = self.child.send_request(request, tx)?;
         Some((n, rx))
+    }
+
+    /// Sends the child a message as it is (an answer to one of its requests).
+    pub fn send_raw(&self, msg: &Value) -> bool {
+        let line = serde_json::to_vec(msg).unwrap_or_default();
+        self.child.proc().is_some_and(|p| p.send(jsonrpc::to_line(&line)))
     }
 
     /// Tells the child the client gave up on request `n` (its stream closed).
@@ -499,15 +521,19 @@ pub async fn lease(
     }
 }
 
-/// The gateway's own handshake with a legacy child: `initialize` with no client capabilities (the
-/// child must not count on any), then `notifications/initialized`.
+/// The gateway's own handshake with a legacy child: `initialize`, then `notifications/initialized`.
+///
+/// It declares elicitation, sampling and roots: many servers only offer the tools that ask for input
+/// when their client can answer, and through the input_required bridge (`exchange.rs`) a 2026-07-28
+/// client can. Each request then says what its client can really do: a server request its client did not
+/// declare gets an error, never reaches the client.
 async fn initialize(lease: &Lease, timeout: Duration) -> Result<ServerFacts, String> {
     let request = json!({
         "jsonrpc": "2.0",
         "method": "initialize",
         "params": {
             "protocolVersion": CHILD_PROTOCOL_VERSION,
-            "capabilities": {},
+            "capabilities": {"elicitation": {}, "sampling": {}, "roots": {}},
             "clientInfo": {"name": "catwalk", "version": env!("CARGO_PKG_VERSION")},
         },
     });
@@ -518,8 +544,9 @@ async fn initialize(lease: &Lease, timeout: Duration) -> Result<ServerFacts, Str
     let answer = tokio::time::timeout(timeout, async {
         loop {
             match rx.recv().await {
-                Some(ChildMsg::Response(line, _)) => return Ok(line),
+                Some(ChildMsg::Response(line)) => return Ok(line),
                 Some(ChildMsg::Notification(..)) => continue,
+                Some(ChildMsg::Request(line, c)) => lease.child.answer_server_request(&line, &c),
                 Some(ChildMsg::Exited(why)) => return Err(why),
                 None => return Err(format!("process {pid} went away during initialize")),
             }

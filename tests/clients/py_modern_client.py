@@ -10,6 +10,9 @@ so server-everything and mcp-server-time both work:
     era      the negotiated version is the one the mode must reach
     basic    tools/list, then a tools/call (echo, get_current_time or shout) whose text is checked
     parallel five tools/call at once, each answer matched to its own question
+    elicitation  server-everything's trigger-elicitation-request: the server asks this client for input
+             (2026-07-28: an input_required result the SDK fulfils and retries) and shows the answer
+    sampling the same with trigger-sampling-request and a sampling answer
 """
 
 import argparse
@@ -18,10 +21,26 @@ import json
 import sys
 
 import httpx2
+import mcp_types as types
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 MODERN = "2026-07-28"
+ELICITED = "Ada Lovelace"
+SAMPLED = "catwalk sampling answer 42"
+
+
+async def on_elicit(context, params):
+    return types.ElicitResult(action="accept", content={"name": ELICITED})
+
+
+async def on_sample(context, params):
+    return types.CreateMessageResult(
+        role="assistant",
+        content=types.TextContent(type="text", text=SAMPLED),
+        model="catwalk-test-model",
+        stop_reason="endTurn",
+    )
 
 
 def text(result):
@@ -58,7 +77,9 @@ async def main():
     summary = {"ok": True, "mode": a.mode, "scenarios": {}}
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http:
         transport = streamable_http_client(a.url, http_client=http)
-        async with Client(transport, mode=a.mode) as client:
+        async with Client(
+            transport, mode=a.mode, elicitation_callback=on_elicit, sampling_callback=on_sample
+        ) as client:
             session = client.session
             negotiated = getattr(session, "_negotiated_version", None)
             summary["negotiated"] = negotiated
@@ -83,7 +104,19 @@ async def main():
                 answers = await asyncio.gather(*(call_something(client, tools, f"p{i}") for i in range(5)))
                 return {"answers": len(answers)}
 
-            run = {"era": era, "basic": basic, "parallel": parallel}
+            async def elicitation():
+                r = await client.call_tool("trigger-elicitation-request", {})
+                if ELICITED not in text(r):
+                    raise AssertionError(f"the elicited name is not in {r!r}")
+                return {"answer": text(r)[:80]}
+
+            async def sampling():
+                r = await client.call_tool("trigger-sampling-request", {"prompt": "hi", "maxTokens": 10})
+                if SAMPLED not in text(r):
+                    raise AssertionError(f"the sampled text is not in {r!r}")
+                return {"answer": "sampled"}
+
+            run = {"era": era, "basic": basic, "parallel": parallel, "elicitation": elicitation, "sampling": sampling}
             for name in a.scenario.split(","):
                 try:
                     summary["scenarios"][name] = {"ok": True, **(await run[name]())}

@@ -12,6 +12,9 @@
 //   progress  a tools/call with onprogress (server-everything's trigger-long-running-operation)
 //   parallel  five tools/call at once, each answer matched to its own question
 //   listen    subscriptions/listen is acknowledged (modern modes only)
+//   elicitation  server-everything's trigger-elicitation-request: the server asks this client for input
+//             (2026-07-28: an input_required result the SDK fulfils and retries) and shows the answer
+//   sampling  the same with trigger-sampling-request and a sampling answer
 
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -49,11 +52,23 @@ if (!url || !["legacy", "auto", "pin"].includes(mode)) {
   process.exit(2);
 }
 const MODERN = "2026-07-28";
+const ELICITED = "Ada Lovelace";
+const SAMPLED = "catwalk sampling answer 42";
 const expectedVersion = mode === "legacy" ? null : MODERN;
 
 async function connect() {
   const negotiation = mode === "legacy" ? { mode: "legacy" } : mode === "auto" ? { mode: "auto" } : { mode: { pin: MODERN } };
-  const client = new Client({ name: "catwalk-ts2-test", version: "1.0.0" }, { versionNegotiation: negotiation });
+  const client = new Client(
+    { name: "catwalk-ts2-test", version: "1.0.0" },
+    { versionNegotiation: negotiation, capabilities: { elicitation: {}, sampling: {} } },
+  );
+  client.setRequestHandler("elicitation/create", async () => ({ action: "accept", content: { name: ELICITED } }));
+  client.setRequestHandler("sampling/createMessage", async () => ({
+    role: "assistant",
+    content: { type: "text", text: SAMPLED },
+    model: "catwalk-test-model",
+    stopReason: "endTurn",
+  }));
   const requestInit = token ? { headers: { Authorization: `Bearer ${token}` } } : undefined;
   const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit });
   await client.connect(transport);
@@ -125,6 +140,16 @@ const run = {
     const tools = await toolNames();
     const answers = await Promise.all([1, 2, 3, 4, 5].map((i) => callSomething(client, tools, `p${i}`)));
     return { answers: answers.length };
+  },
+  async elicitation() {
+    const r = await client.callTool({ name: "trigger-elicitation-request", arguments: {} });
+    if (!text(r).includes(ELICITED)) throw new Error(`the elicited name is not in ${JSON.stringify(r)}`);
+    return { answer: text(r).slice(0, 80) };
+  },
+  async sampling() {
+    const r = await client.callTool({ name: "trigger-sampling-request", arguments: { prompt: "hi", maxTokens: 10 } });
+    if (!text(r).includes(SAMPLED)) throw new Error(`the sampled text is not in ${JSON.stringify(r)}`);
+    return { answer: "sampled" };
   },
   async listen() {
     if (mode === "legacy") return { skipped: "listen is a 2026-07-28 method" };

@@ -82,6 +82,7 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
         // (the machine's own scale to zero releases them with everything else).
         warm: plan.warm.unwrap_or(1).min(16) as u8,
         warm_idle: std::time::Duration::ZERO.into(),
+        input_timeout: std::time::Duration::from_secs(5 * 60).into(),
         max_sessions: 4096,
         max_body_bytes: 4 << 20,
         upstream: None,
