@@ -17,6 +17,9 @@
 //!   --args JSON          tool arguments, default {"message":"hi"}
 //!   --label TEXT         name printed with the results
 //!   --json               also print a JSON result line
+//!   --modern             MCP 2026-07-28: no sessions; every request carries `_meta` (protocol version,
+//!                        client capabilities) and the MCP-Protocol-Version/Mcp-Method/Mcp-Name headers;
+//!                        --sessions then only groups the in-flight slots
 //!   --stdio -- CMD ARGS  instead of HTTP: run CMD and measure its own stdio round trip, one request at a
 //!                        time (the baseline for QUALITY.md P2); must be the last option
 //!   --hold-sessions N    instead of load: open N sessions, each with a GET SSE stream, hold them for
@@ -58,6 +61,8 @@ struct Options {
     stdio: Vec<String>,
     /// `--hold-sessions N`: hold N sessions with GET streams open instead of sending load.
     hold_sessions: usize,
+    /// `--modern`: MCP 2026-07-28 requests (no session; `_meta` and the request headers on each).
+    modern: bool,
 }
 
 fn usage(msg: &str) -> anyhow::Error {
@@ -83,6 +88,7 @@ fn parse_options() -> Result<Options> {
     let mut json_out = env("JSON").is_some();
     let mut stdio: Vec<String> = Vec::new();
     let mut hold_sessions = env("HOLD_SESSIONS").unwrap_or_else(|| "0".into());
+    let mut modern = false;
 
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -98,6 +104,7 @@ fn parse_options() -> Result<Options> {
             "--args" => args = val()?,
             "--label" => label = val()?,
             "--json" => json_out = true,
+            "--modern" => modern = true,
             "--hold-sessions" => hold_sessions = val()?,
             "--stdio" => {
                 stdio = it.by_ref().skip_while(|a| a == "--").collect();
@@ -143,6 +150,7 @@ fn parse_options() -> Result<Options> {
         json: json_out,
         stdio,
         hold_sessions: num("hold-sessions", &hold_sessions)? as usize,
+        modern,
     };
     if opts.sessions == 0 || opts.inflight == 0 || opts.duration <= 0.0 {
         return Err(usage("--sessions, --inflight and --duration must be positive"));
@@ -179,8 +187,15 @@ impl Conn {
         if let Some(t) = &opts.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        if let Some(s) = session {
-            req = req.header("mcp-session-id", &s.id).header("mcp-protocol-version", &s.protocol);
+        match session {
+            Some(_) if opts.modern => {
+                req = req
+                    .header("mcp-protocol-version", MODERN)
+                    .header("mcp-method", "tools/call")
+                    .header("mcp-name", &opts.tool);
+            }
+            Some(s) => req = req.header("mcp-session-id", &s.id).header("mcp-protocol-version", &s.protocol),
+            None => {}
         }
         self.request(req.body(Full::new(Bytes::from(body)))?).await
     }
@@ -254,7 +269,14 @@ struct Session {
     protocol: String,
 }
 
+/// The stateless revision `--modern` speaks.
+const MODERN: &str = "2026-07-28";
+
 async fn open_session(opts: &Options, ids: &AtomicU64) -> Result<Session> {
+    if opts.modern {
+        // No handshake in 2026-07-28: a "session" only groups in-flight slots.
+        return Ok(Session { id: String::new(), protocol: MODERN.into() });
+    }
     let mut conn = Conn::open(opts).await?;
     let id = ids.fetch_add(1, Ordering::Relaxed);
     let init = json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{
@@ -277,6 +299,9 @@ async fn open_session(opts: &Options, ids: &AtomicU64) -> Result<Session> {
 }
 
 async fn close_session(opts: &Options, s: &Session) {
+    if opts.modern {
+        return;
+    }
     if let Ok(mut conn) = Conn::open(opts).await {
         let mut req = Request::builder()
             .method(Method::DELETE)
@@ -333,9 +358,14 @@ async fn slot(shared: Arc<Shared>, session: Arc<Session>) -> SlotStats {
         }
         let Some(c) = conn.as_mut() else { continue };
         let id = shared.ids.fetch_add(1, Ordering::Relaxed);
-        let body = serde_json::to_vec(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
-            "params":{"name":opts.tool,"arguments":opts.args}}))
-        .unwrap_or_default();
+        let mut params = json!({"name": opts.tool, "arguments": opts.args});
+        if opts.modern {
+            params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {}});
+        }
+        let body =
+            serde_json::to_vec(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params}))
+                .unwrap_or_default();
         let started = Instant::now();
         let outcome = match c.post(opts, Some(&session), body).await {
             Ok(reply) => reply.response(id).and_then(|v| match v.get("error") {

@@ -69,6 +69,13 @@ pub struct BridgeArgs {
     /// Most concurrent sessions (with one process each unless --shared).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_sessions: usize,
+    /// Most open connections from one client address (0: no cap).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// Most processes serving MCP 2026-07-28 requests at once for one token (or, without --token-env, for
+    /// everyone); more requests at once wait for one of them.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub pool_size: usize,
     /// Largest accepted request body in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
@@ -221,6 +228,8 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         keepalive_interval: args.keepalive.into(),
         max_sessions_per_app: args.max_sessions,
+        max_connections_per_ip: args.max_connections_per_ip,
+        pool_max_per_context: args.pool_size.max(1),
         input_timeout: args.input_timeout.into(),
         spare_idle_timeout: {
             let idle: std::time::Duration = args.warm_idle.into();

@@ -101,7 +101,8 @@ pub struct GatewayConfig {
     /// processes, one token (or OAuth grant) each: a pooled process idle this long is stopped.
     #[serde(deserialize_with = "duration")]
     pub pool_idle_timeout: Duration,
-    /// Most pooled processes per app and token (concurrent 2026-07-28 requests of one client); 503 above.
+    /// Most pooled processes per app and token (concurrent 2026-07-28 requests of one client); more
+    /// requests at once wait for one of them (30 s at most, then 503).
     pub pool_max_per_token: usize,
     /// How long a server that asked a 2026-07-28 client for input waits for the client's retry.
     #[serde(deserialize_with = "duration")]

@@ -20,10 +20,10 @@ use crate::git::locks::{DeployLocks, PushRegistry};
 use crate::names::AppName;
 use crate::pipeline::deploy::Deployer;
 use crate::pipeline::registry::Registries;
-use crate::pipeline::secrets::Keyring;
+use crate::pipeline::secrets::AgeIdentity;
 use crate::runtime::install::Toolchain;
 use crate::runtime::routes::RouteTable;
-use crate::ssh::keys::KeyRing;
+use crate::ssh::keys::AuthorizedKeys;
 use crate::store::{Role, Store};
 
 /// State shared by every connection.
@@ -32,7 +32,7 @@ pub struct Daemon {
     pub config: Config,
     pub dir: DataDir,
     pub store: Store,
-    pub keyring: Arc<KeyRing>,
+    pub authorized_keys: Arc<AuthorizedKeys>,
     /// Per-app deploy locks (pushes, `apps destroy`).
     pub locks: DeployLocks,
     /// Running pushes: matched by the hooks, drained by shutdown.
@@ -54,7 +54,7 @@ impl Daemon {
     /// is a task).
     pub fn new(dir: DataDir, config: Config, store: Store) -> Result<Daemon> {
         let role = Role::parse(&config.ssh.authorized_keys_role).unwrap_or(Role::Deployer);
-        let keyring = Arc::new(KeyRing::new(
+        let authorized_keys = Arc::new(AuthorizedKeys::new(
             store.clone(),
             config.ssh.authorized_keys_file.as_deref(),
             role,
@@ -62,7 +62,7 @@ impl Daemon {
         ));
         let identity = std::fs::read_to_string(dir.age_identity())
             .with_context(|| format!("reading {} (run `catwalk init`)", dir.age_identity().display()))?;
-        let age = Keyring::from_identity_file(&identity)
+        let age = AgeIdentity::from_identity_file(&identity)
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.age_identity().display()))?;
         let routes = Arc::new(RouteTable::default());
         let logs = Arc::new(AppLogs::new(2000));
@@ -132,7 +132,7 @@ impl Daemon {
         deployer.default_runtime = config.runtime.default.clone();
         deployer.allow_app_choice = config.runtime.allow_app_choice;
         if let Some(fly) = &config.runtime.fly {
-            let key = deployer.keyring.derive_key("fly bridge credentials");
+            let key = deployer.age.derive_key("fly bridge credentials");
             let runtime = crate::runtime::fly::FlyRuntime::new(fly.clone(), key)
                 .map_err(|e| anyhow::anyhow!("[runtime.fly]: {e}"))?;
             // Machines of repository releases download their source from `/_catwalk/source/<token>`.
@@ -145,7 +145,7 @@ impl Daemon {
             config.oauth.clone(),
             config.public_url(),
             format!("ssh -p {port} git@{host}"),
-            deployer.keyring.derive_key("oauth approval codes and csrf tokens"),
+            deployer.age.derive_key("oauth approval codes and csrf tokens"),
             routes.clone(),
         )?);
         gateway.set_oauth_routes(oauth.clone());
@@ -160,7 +160,7 @@ impl Daemon {
             config,
             dir,
             store,
-            keyring,
+            authorized_keys,
             locks: DeployLocks::default(),
             pushes: PushRegistry::default(),
             shutdown: CancellationToken::new(),
@@ -278,7 +278,7 @@ pub async fn serve(dir: DataDir, options: ServeOptions, on_ready: Option<OnReady
     for problem in daemon.deployer.restore() {
         tracing::error!("restoring live releases: {problem}");
     }
-    let _watcher = daemon.keyring.watch()?;
+    let _watcher = daemon.authorized_keys.watch()?;
     let ssh_config = crate::ssh::russh_config(&daemon)?;
 
     tracing::info!("ssh listening on {}", daemon.config.ssh.listen);

@@ -284,6 +284,25 @@ async fn the_pool_reuses_a_child_per_context_and_a_spare_becomes_the_first_child
     assert!(wait_until(Duration::from_secs(30), || children_of(b.pid()).len() == 2), "no replacement spare");
 }
 
+#[tokio::test]
+async fn more_concurrent_requests_than_pooled_processes_wait_for_one_instead_of_failing() {
+    let b = Bridge::start(&[]);
+    let c = client();
+    let calls = (0..20u64).map(|i| {
+        let (c, url) = (c.clone(), b.url.clone());
+        async move {
+            let args = json!({"ms": 200, "text": format!("t{i}")});
+            tool_text(&c, &url, None, i, "slow", args).await
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let want: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+    assert_eq!(
+        answers, want,
+        "20 requests of one client on at most 8 processes: every one answered, in order"
+    );
+}
+
 fn descendants(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let mut todo = vec![pid];

@@ -51,7 +51,7 @@ pub async fn run(ctx: &Ctx<'_>, action: KeysCmd, input: &mut Input) -> CmdResult
                     )
                 })
                 .collect();
-            for k in ctx.daemon.keyring.file_keys() {
+            for k in ctx.daemon.authorized_keys.file_keys() {
                 keys.push((
                     k.name,
                     k.role.as_str().to_string(),

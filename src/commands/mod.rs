@@ -295,7 +295,7 @@ fn secrets_pubkey(ctx: &Ctx<'_>, app: Option<&str>, json: bool) -> CmdResult {
     };
     let record = ctx.managed_app(name, "secrets pubkey")?;
     let key_id = crate::pipeline::secrets::AppKeyId { app: &record.name, incarnation: &record.incarnation };
-    let recipient = ctx.daemon.deployer.keyring.app_recipient(key_id);
+    let recipient = ctx.daemon.deployer.age.app_recipient(key_id);
     if json {
         ctx.json(&serde_json::json!({ "app": record.name, "recipient": recipient }));
     } else {

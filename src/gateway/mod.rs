@@ -389,26 +389,6 @@ impl Gateway {
         http::handle(self, req, local).await
     }
 
-    /// A hyper service answering requests with [`Gateway::handle`], for the daemon to serve on
-    /// its own connections (`local` as in `handle`).
-    pub fn service(
-        self: &Arc<Self>,
-        local: SocketAddr,
-    ) -> impl hyper::service::Service<
-        ::http::Request<hyper::body::Incoming>,
-        Response = ::http::Response<GatewayBody>,
-        Error = std::convert::Infallible,
-        Future = impl Future<Output = Result<::http::Response<GatewayBody>, std::convert::Infallible>> + Send,
-    > + Clone
-    + Send
-    + 'static {
-        let gw = self.clone();
-        hyper::service::service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok(http::handle(&gw, req, local).await) }
-        })
-    }
-
     /// Serve HTTP/1.1 and HTTP/2 on `listener` until `shutdown` is cancelled, then end all
     /// sessions and stop all children.
     pub async fn serve(

@@ -10,7 +10,8 @@
 //!   lent to, so one user's state never reaches another user's request.
 //! - **One exchange at a time per child.** Legacy servers send progress and log notifications that do
 //!   not always say which request they belong to; with one request in flight they can only belong to it.
-//!   Concurrent requests of one context get more children (up to `pool_max_per_context`).
+//!   Concurrent requests of one context get more children (up to `pool_max_per_context`), then wait
+//!   (up to `POOL_WAIT`) for one to come back.
 //! - **Children come from the warm spares** (`spares.rs`) when one is ready, so a modern client's first
 //!   request pays an `initialize`, not a process start; a cold start is counted like a session's.
 //! - **A child never outlives its release**: leases and returns compare the route's backend, and
@@ -31,6 +32,9 @@ use super::applog::LogKind;
 use super::jsonrpc::{self, Classified, IdKey, Kind};
 use super::stdio::{self, ChildEvents, ChildProc, OwnEvents};
 use super::{AppRoute, Backend, Gateway};
+
+/// How long a request waits for one of its context's children when all are busy (then 503).
+const POOL_WAIT: Duration = Duration::from_secs(30);
 
 /// The protocol version the gateway speaks to legacy children (the newest handshake-era revision;
 /// a server that only knows an older one answers with it, and that is fine).
@@ -227,6 +231,8 @@ struct AppPool {
     /// Children alive (idle, lent, or starting) per context.
     live: HashMap<Arc<str>, usize>,
     listeners: HashMap<Arc<str>, Arc<Listeners>>,
+    /// Signalled when a context's child comes back or goes away: a request waiting for room goes on.
+    returned: HashMap<Arc<str>, Arc<tokio::sync::Notify>>,
     facts: Option<Arc<ServerFacts>>,
 }
 
@@ -235,7 +241,14 @@ impl AppPool {
         self.live.values().sum()
     }
 
+    fn signal(&self, context: &Arc<str>) {
+        if let Some(n) = self.returned.get(context) {
+            n.notify_one();
+        }
+    }
+
     fn forget(&mut self, context: &Arc<str>) {
+        self.signal(context);
         if let Some(n) = self.live.get_mut(context) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -325,6 +338,7 @@ impl Pool {
             idle: HashMap::new(),
             live: HashMap::new(),
             listeners: HashMap::new(),
+            returned: HashMap::new(),
             facts: None,
         }
     }
@@ -338,6 +352,7 @@ impl Pool {
         };
         if reusable && !child.is_dead() {
             *lock(&child.idle_since) = Instant::now();
+            entry.signal(&child.context);
             entry.idle.entry(child.context.clone()).or_default().push(child);
         } else {
             entry.forget(&child.context);
@@ -424,38 +439,48 @@ pub async fn lease(
     };
     let pool = gw.pool.clone();
     let context: Arc<str> = context.into();
-    let (generation, listeners) = {
-        let sessions = gw.app_sessions(app);
-        let spares = gw.spares.ready(app);
-        let mut apps = lock(&pool.apps);
-        let entry = apps.entry(app.to_string()).or_insert_with(|| pool.fresh(&route.backend));
-        if entry.backend != route.backend {
-            for child in entry.idle.drain().flat_map(|(_, v)| v) {
-                child.stop();
+    // A context at its limit waits (a bounded time) for one of its children to come back, as a client
+    // sending many requests at once would expect, rather than getting 503s.
+    let deadline = tokio::time::Instant::now() + POOL_WAIT;
+    let (generation, listeners) = loop {
+        let room = {
+            let sessions = gw.app_sessions(app);
+            let spares = gw.spares.ready(app);
+            let mut apps = lock(&pool.apps);
+            let entry = apps.entry(app.to_string()).or_insert_with(|| pool.fresh(&route.backend));
+            if entry.backend != route.backend {
+                for child in entry.idle.drain().flat_map(|(_, v)| v) {
+                    child.stop();
+                }
+                *entry = pool.fresh(&route.backend);
             }
-            *entry = pool.fresh(&route.backend);
-        }
-        while let Some(child) = entry.idle.get_mut(&context).and_then(Vec::pop) {
-            if child.is_dead() {
-                entry.forget(&context);
-                continue;
+            while let Some(child) = entry.idle.get_mut(&context).and_then(Vec::pop) {
+                if child.is_dead() {
+                    entry.forget(&context);
+                    continue;
+                }
+                return Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true });
             }
-            return Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true });
-        }
-        let mine = entry.live.get(&context).copied().unwrap_or(0);
-        if mine >= gw.cfg.pool_max_per_context {
+            let mine = entry.live.get(&context).copied().unwrap_or(0);
+            if mine < gw.cfg.pool_max_per_context {
+                let total = sessions + spares + entry.live_total();
+                if total >= gw.cfg.max_sessions_per_app {
+                    return Err(LeaseError::Busy(format!(
+                        "app {app:?} already runs {total} server processes (the limit); retry later"
+                    )));
+                }
+                *entry.live.entry(context.clone()).or_default() += 1;
+                break (entry.generation, entry.listeners.entry(context.clone()).or_default().clone());
+            }
+            entry.returned.entry(context.clone()).or_default().clone()
+        };
+        if tokio::time::timeout_at(deadline, room.notified()).await.is_err() {
             return Err(LeaseError::Busy(format!(
-                "this token already has {mine} requests in flight on app {app:?} (the limit); retry when one finished"
+                "this token's {} server processes on app {app:?} stayed busy for {} s; retry later",
+                gw.cfg.pool_max_per_context,
+                POOL_WAIT.as_secs()
             )));
         }
-        let total = sessions + spares + entry.live_total();
-        if total >= gw.cfg.max_sessions_per_app {
-            return Err(LeaseError::Busy(format!(
-                "app {app:?} already runs {total} server processes (the limit); retry later"
-            )));
-        }
-        *entry.live.entry(context.clone()).or_default() += 1;
-        (entry.generation, entry.listeners.entry(context.clone()).or_default().clone())
     };
     let unreserve = |pool: &Pool| {
         if let Some(e) = lock(&pool.apps).get_mut(app).filter(|e| e.generation == generation) {

@@ -65,14 +65,14 @@ pub struct AppKeyId<'a> {
 }
 
 /// The daemon's identity, loaded once from `age_identity.txt`.
-pub struct Keyring {
+pub struct AgeIdentity {
     identity: age::x25519::Identity,
     digest_key: [u8; 32],
 }
 
-impl Keyring {
+impl AgeIdentity {
     /// Parses the identity file written by `catwalk init` (or by `age-keygen`).
-    pub fn from_identity_file(text: &str) -> Result<Keyring, String> {
+    pub fn from_identity_file(text: &str) -> Result<AgeIdentity, String> {
         use age::secrecy::ExposeSecret;
         use sha2::Digest;
         let line = text
@@ -85,7 +85,7 @@ impl Keyring {
         let mut hasher = Sha256::new();
         hasher.update(b"catwalk secret digest v1\0");
         hasher.update(identity.to_string().expose_secret().as_bytes());
-        Ok(Keyring { identity, digest_key: hasher.finalize().into() })
+        Ok(AgeIdentity { identity, digest_key: hasher.finalize().into() })
     }
 
     /// The age identity of one app (see the module doc for why and how it is derived).
@@ -248,11 +248,11 @@ mod tests {
     const A: AppKeyId<'static> = AppKeyId { app: "alpha", incarnation: "i_1" };
     const B: AppKeyId<'static> = AppKeyId { app: "beta", incarnation: "i_2" };
 
-    fn keyring() -> (Keyring, age::x25519::Recipient) {
+    fn keyring() -> (AgeIdentity, age::x25519::Recipient) {
         use age::secrecy::ExposeSecret;
         let id = age::x25519::Identity::generate();
         let text = format!("# comment\n{}\n", id.to_string().expose_secret());
-        (Keyring::from_identity_file(&text).unwrap(), id.to_public())
+        (AgeIdentity::from_identity_file(&text).unwrap(), id.to_public())
     }
 
     fn encrypt(to: &age::x25519::Recipient, text: &str, armor: bool) -> Vec<u8> {
@@ -266,7 +266,7 @@ mod tests {
         out
     }
 
-    fn to_app(k: &Keyring, id: AppKeyId<'_>, text: &str) -> Vec<u8> {
+    fn to_app(k: &AgeIdentity, id: AppKeyId<'_>, text: &str) -> Vec<u8> {
         encrypt(&k.app_recipient(id).parse().unwrap(), text, false)
     }
 

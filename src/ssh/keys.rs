@@ -14,7 +14,7 @@ use crate::names::is_valid_label;
 use crate::store::{KeyRecord, Role, Store};
 
 /// The key set consulted by authentication.
-pub struct KeyRing {
+pub struct AuthorizedKeys {
     store: Store,
     file: Option<PathBuf>,
     file_role: Role,
@@ -28,11 +28,11 @@ fn bare(key: &PublicKey) -> String {
     key.to_openssh().unwrap_or_default().trim().to_string()
 }
 
-impl KeyRing {
+impl AuthorizedKeys {
     /// `file` is resolved against `root` when relative.
-    pub fn new(store: Store, file: Option<&Path>, file_role: Role, root: &Path) -> KeyRing {
+    pub fn new(store: Store, file: Option<&Path>, file_role: Role, root: &Path) -> AuthorizedKeys {
         let file = file.map(|f| if f.is_absolute() { f.to_path_buf() } else { root.join(f) });
-        KeyRing { store, file, file_role, file_keys: RwLock::new(Vec::new()) }
+        AuthorizedKeys { store, file, file_role, file_keys: RwLock::new(Vec::new()) }
     }
 
     /// The identity of `key`, if it may log in. Store keys win over file keys.

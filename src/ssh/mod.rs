@@ -151,12 +151,16 @@ impl russh::server::Handler for Conn {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.daemon.keyring.lookup(offer.public_key).is_some() { Auth::Accept } else { Auth::reject() })
+        Ok(if self.daemon.authorized_keys.lookup(offer.public_key).is_some() {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
     }
 
     /// The signature was verified: this is the one place a connection gets an identity.
     async fn auth_publickey(&mut self, _user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        match self.daemon.keyring.lookup(key.public_key) {
+        match self.daemon.authorized_keys.lookup(key.public_key) {
             Some(identity) => {
                 tracing::info!("ssh {}: authenticated as {}", self.peer, identity.describe());
                 self.identity = Some(identity);

@@ -16,7 +16,7 @@ mod start;
 use super::analyse::{Tree, analyse};
 use super::plan::{Plan, Source};
 use super::registry::{Registries, pin};
-use super::secrets::{AppKeyId, KeySource, Keyring, SECRETS_PATH, Secrets};
+use super::secrets::{AgeIdentity, AppKeyId, KeySource, SECRETS_PATH, Secrets};
 use super::source::CommitTree;
 use crate::datadir::DataDir;
 use crate::gateway::{AppLogs, AppRoute, Gateway, LogKind};
@@ -33,7 +33,7 @@ pub type Output = Arc<dyn Fn(String) + Send + Sync>;
 pub struct Deployer {
     pub dir: DataDir,
     pub store: Store,
-    pub keyring: Keyring,
+    pub age: AgeIdentity,
     pub tools: Toolchain,
     pub registries: Registries,
     pub http: reqwest::Client,
@@ -105,7 +105,7 @@ impl Deployer {
     pub fn new(
         dir: DataDir,
         store: Store,
-        keyring: Keyring,
+        age: AgeIdentity,
         tools: Toolchain,
         registries: Registries,
         gateway: Arc<Gateway>,
@@ -117,7 +117,7 @@ impl Deployer {
         Deployer {
             dir,
             store,
-            keyring,
+            age,
             tools,
             registries,
             http: reqwest::Client::builder()
@@ -245,7 +245,7 @@ impl Deployer {
         // A rollback re-opens the file its release was deployed with, the same way it was opened then.
         let daemon_wide_allowed = rollback_of.is_some_and(|r| r.secrets_key == KeySource::DaemonWide);
         let (secrets, secrets_key) = match secrets_file {
-            Some(bytes) => self.keyring.open_for(key_id, &bytes, daemon_wide_allowed)?,
+            Some(bytes) => self.age.open_for(key_id, &bytes, daemon_wide_allowed)?,
             None => (Secrets::new(), KeySource::App),
         };
         let missing: Vec<&str> = plan
@@ -259,12 +259,12 @@ impl Deployer {
                 "required env {} missing: add {} to {SECRETS_PATH} (encrypt with: age -r {} -o {SECRETS_PATH} .env)",
                 if missing.len() == 1 { "variable is" } else { "variables are" },
                 missing.join(", "),
-                self.keyring.app_recipient(key_id)
+                self.age.app_recipient(key_id)
             ));
         }
         let previous = self.store.live_release(app.as_str()).map_err(|e| e.to_string())?;
         let digests: BTreeMap<String, String> =
-            secrets.iter().map(|(k, v)| (k.clone(), self.keyring.digest(k, v))).collect();
+            secrets.iter().map(|(k, v)| (k.clone(), self.age.digest(k, v))).collect();
         if !digests.is_empty() {
             let described: Vec<String> = digests
                 .iter()
@@ -680,9 +680,7 @@ impl Deployer {
             self.store.app(app.as_str()).map_err(|e| e.to_string())?.ok_or("the app record is gone")?;
         let key_id = AppKeyId { app: app.as_str(), incarnation: &record.incarnation };
         let secrets = match tree.read(SECRETS_PATH) {
-            Some(bytes) => {
-                self.keyring.open_for(key_id, &bytes, live.secrets_key == KeySource::DaemonWide)?.0
-            }
+            Some(bytes) => self.age.open_for(key_id, &bytes, live.secrets_key == KeySource::DaemonWide)?.0,
             None => Secrets::new(),
         };
         let dir = live.install_dir.clone().ok_or("the live release has no install")?;

@@ -84,6 +84,9 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
         warm_idle: std::time::Duration::ZERO.into(),
         input_timeout: std::time::Duration::from_secs(5 * 60).into(),
         max_sessions: 4096,
+        // Every request comes from the daemon's address (its pooled proxy connections): no per-address cap.
+        max_connections_per_ip: 0,
+        pool_size: 8,
         max_body_bytes: 4 << 20,
         upstream: None,
         upstream_header: Vec::new(),
