@@ -363,9 +363,11 @@ async fn closing_the_stream_cancels_and_the_child_is_not_reused_and_a_crash_is_a
     let b = Bridge::start(&[]);
     let c = client();
     let pid: u32 = tool_text(&c, &b.url, None, 1, "pid", json!({})).await.parse().unwrap();
+    // A request that asked for log messages has its child alone (their messages cannot be told apart).
     let mut msg =
         modern_msg(2, "tools/call", json!({"name": "progress_slow", "arguments": {"count": 100, "ms": 200}}));
     msg["params"]["_meta"]["progressToken"] = 2.into();
+    msg["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = "error".into();
     let mut sse = Sse::new(modern(&c, &b.url, None, &msg, &[]).await);
     assert_eq!(sse.next_msg().await.unwrap().1["method"], "notifications/progress");
     drop(sse);
@@ -376,6 +378,28 @@ async fn closing_the_stream_cancels_and_the_child_is_not_reused_and_a_crash_is_a
     );
     let next: u32 = tool_text(&c, &b.url, None, 3, "pid", json!({})).await.parse().unwrap();
     assert_ne!(next, pid);
+    // A shared request (no log level, no input it could be asked for) cancelled: its child goes on serving
+    // the others, and the abandoned call's late progress reaches nobody.
+    let mut msg =
+        modern_msg(31, "tools/call", json!({"name": "progress_slow", "arguments": {"count": 5, "ms": 100}}));
+    msg["params"]["_meta"]["progressToken"] = "abandoned".into();
+    let mut sse = Sse::new(modern(&c, &b.url, None, &msg, &[]).await);
+    assert_eq!(sse.next_msg().await.unwrap().1["params"]["progressToken"], "abandoned");
+    drop(sse);
+    let mut msg =
+        modern_msg(32, "tools/call", json!({"name": "progress_slow", "arguments": {"count": 2, "ms": 300}}));
+    msg["params"]["_meta"]["progressToken"] = "mine".into();
+    let mut sse = Sse::new(modern(&c, &b.url, None, &msg, &[]).await);
+    loop {
+        let (_, m) = sse.next_msg().await.expect("stream ended early");
+        if m["method"] == "notifications/progress" {
+            assert_eq!(m["params"]["progressToken"], "mine", "another request's progress leaked: {m}");
+        } else {
+            assert_eq!(m["id"], 32, "{m}");
+            break;
+        }
+    }
+    assert!(pid_alive(next), "a shared child is kept when one of its requests is cancelled");
     // A server that dies mid-call: a JSON-RPC error, and the next request gets a fresh child.
     let r = modern(
         &c,

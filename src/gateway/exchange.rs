@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::jsonrpc::Classified;
-use super::pool::{ChildMsg, Lease};
+use super::pool::{ChildMsg, Lease, Mode, child_progress_token};
 
 /// How long a cancelled request's child may take to finish before it is stopped instead of reused.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
@@ -36,6 +36,21 @@ const CACHEABLE: &[&str] = &[
 
 /// Requests that may answer `input_required` (the revision's MRTR "Supported Requests").
 const MAY_ASK_FOR_INPUT: &[&str] = &["tools/call", "prompts/get", "resources/read"];
+
+/// How a request is lent its child: alone when it may need the child's unattributable messages (it asked
+/// for log messages, or it may be asked for input and its client declared it can answer), else shared.
+pub fn mode_for(msg: &Value) -> Mode {
+    let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+    let wants_logs = meta_of(msg, "io.modelcontextprotocol/logLevel").is_some();
+    let caps = meta_of(msg, "io.modelcontextprotocol/clientCapabilities");
+    let can_answer =
+        ["elicitation", "sampling", "roots"].iter().any(|c| caps.and_then(|m| m.get(*c)).is_some());
+    if wants_logs || (MAY_ASK_FOR_INPUT.contains(&method) && can_answer) {
+        Mode::Exclusive
+    } else {
+        Mode::Shared
+    }
+}
 
 /// Server→client requests of the handshake era that 2026-07-28 carries as input requests, and the client
 /// capability each needs.
@@ -192,7 +207,7 @@ impl Exchange {
             method: msg.get("method").and_then(Value::as_str).unwrap_or("").to_string(),
             uri: msg.pointer("/params/uri").and_then(Value::as_str).map(str::to_string),
             scope,
-            child_progress: meta_of(msg, "progressToken").cloned(),
+            child_progress: meta_of(msg, "progressToken").map(|_| json!(child_progress_token(n))),
             client_progress: None,
             min_level: None,
             capabilities: Value::Null,

@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 
 use super::exchange::{self, Exchange, Step};
 use super::park::StateError;
-use super::pool::{self, ChildMsg, Lease, LeaseError, ServerFacts};
+use super::pool::{self, ChildMsg, Lease, LeaseError, Mode, ServerFacts};
 use super::protocol::{self as p, Resp};
 use super::session::Out;
 use super::sse::{self, OutSink, SseBody};
@@ -314,8 +314,9 @@ async fn lend(
     route: &AppRoute,
     context: &str,
     id: &Value,
+    mode: Mode,
 ) -> Result<Lease, Resp> {
-    match pool::lease(gw, app, route, context).await {
+    match pool::lease(gw, app, route, context, mode).await {
         Ok(l) => Ok(l),
         Err(LeaseError::Busy(m)) => {
             let mut r = error_response(
@@ -363,7 +364,7 @@ async fn discover(
         Some(f) => f,
         None => {
             // The first modern request of a release initializes a child (which then stays in the pool).
-            let lease = match lend(gw, app, route, context, id).await {
+            let lease = match lend(gw, app, route, context, id, Mode::Shared).await {
                 Ok(l) => l,
                 Err(r) => return record.fail(r),
             };
@@ -443,7 +444,7 @@ async fn forward(
             ex
         }
         None => {
-            let lease = match lend(gw, app, route, context, id).await {
+            let lease = match lend(gw, app, route, context, id, exchange::mode_for(&msg)).await {
                 Ok(l) => l,
                 Err(r) => return record.fail(r),
             };
@@ -548,7 +549,7 @@ async fn listen(
             None,
         );
     }
-    let mut lease = match lend(gw, app, route, context, id).await {
+    let mut lease = match lend(gw, app, route, context, id, Mode::Exclusive).await {
         Ok(l) => l,
         Err(r) => return record.fail(r),
     };

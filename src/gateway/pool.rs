@@ -8,10 +8,12 @@
 //! - **One authorization context per child.** A server keeps state between requests (open files,
 //!   caches, a logged-in API client); a child only ever serves the token (or OAuth grant) it was first
 //!   lent to, so one user's state never reaches another user's request.
-//! - **One exchange at a time per child.** Legacy servers send progress and log notifications that do
-//!   not always say which request they belong to; with one request in flight they can only belong to it.
-//!   Concurrent requests of one context get more children (up to `pool_max_per_context`), then wait
-//!   (up to `POOL_WAIT`) for one to come back.
+//! - **Alone only when it matters** ([`Mode`]). Legacy servers send log messages and server→client
+//!   requests that do not say which request they belong to; a request that may need them (it asked for
+//!   log messages, or it may be asked for input and its client can answer) has its child alone. Every
+//!   other request shares a child with up to `MAX_SHARED` others of its context: its answer is routed by
+//!   id and its progress by a token catwalk gives it, so nothing crosses. Concurrent requests of one
+//!   context get more children (up to `pool_max_per_context`), then wait (up to `POOL_WAIT`) for room.
 //! - **Children come from the warm spares** (`spares.rs`) when one is ready, so a modern client's first
 //!   request pays an `initialize`, not a process start; a cold start is counted like a session's.
 //! - **A child never outlives its release**: leases and returns compare the route's backend, and
@@ -20,7 +22,7 @@
 //!   children count against `max_sessions_per_app` with sessions and spares.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -102,6 +104,29 @@ pub struct PooledChild {
     holder: Mutex<Option<mpsc::UnboundedSender<ChildMsg>>>,
     dead: AtomicBool,
     idle_since: Mutex<Instant>,
+    /// Shared exchanges in flight on this child (see [`Mode::Shared`]).
+    load: AtomicUsize,
+}
+
+/// How a request uses the child it is lent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Alone: the request may need the child's unattributable messages (log messages at a level it asked
+    /// for, server→client requests it could turn into input requests). One exchange at a time.
+    Exclusive,
+    /// Beside up to [`MAX_SHARED`] other shared requests of the same context: everything the request can
+    /// get from the child is attributable (its response by id, its progress by a token catwalk gives it),
+    /// and server→client requests during it are answered with an error anyway.
+    Shared,
+}
+
+/// Most shared requests in flight on one pooled child (a 2025 server handles concurrent requests itself).
+const MAX_SHARED: usize = 32;
+
+/// The progress token a request with id `n` carries at the child: unique per child, so progress is routed
+/// by it whatever token the client chose, and mapped back by the exchange.
+pub fn child_progress_token(n: u64) -> String {
+    format!("cw-p-{n}")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,6 +154,9 @@ impl PooledChild {
     fn send_request(&self, mut request: Value, tx: mpsc::UnboundedSender<ChildMsg>) -> Option<u64> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         request["id"] = json!(n);
+        if request.pointer("/params/_meta/progressToken").is_some() {
+            request["params"]["_meta"]["progressToken"] = json!(child_progress_token(n));
+        }
         lock(&self.waiting).insert(n, tx);
         let line = serde_json::to_vec(&request).ok()?;
         if self.proc()?.send(jsonrpc::to_line(&line)) {
@@ -203,7 +231,15 @@ impl ChildEvents for PooledChild {
                 self.listeners.publish(&line, &c);
             }
             Kind::Notification => {
-                if let Some(tx) = lock(&self.holder).as_ref() {
+                // Progress goes to the request whose token it carries; anything else only to an exclusive holder.
+                let owner = c
+                    .progress_token
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str::<String>(t).ok())
+                    .and_then(|t| t.strip_prefix("cw-p-").and_then(|n| n.parse::<u64>().ok()))
+                    .and_then(|n| lock(&self.waiting).get(&n).cloned());
+                let to = owner.or_else(|| lock(&self.holder).clone());
+                if let Some(tx) = to {
                     let _ = tx.send(ChildMsg::Notification(line, c));
                 }
             }
@@ -228,6 +264,8 @@ struct AppPool {
     /// from a lease is stopped and not counted.
     generation: u64,
     idle: HashMap<Arc<str>, Vec<Arc<PooledChild>>>,
+    /// Children lent to shared requests, per context (with room while `load < MAX_SHARED`).
+    sharing: HashMap<Arc<str>, Vec<Arc<PooledChild>>>,
     /// Children alive (idle, lent, or starting) per context.
     live: HashMap<Arc<str>, usize>,
     listeners: HashMap<Arc<str>, Arc<Listeners>>,
@@ -281,13 +319,17 @@ pub struct Lease {
     app: String,
     child: Arc<PooledChild>,
     reusable: bool,
+    mode: Mode,
 }
 
 impl Lease {
-    /// Sends a request to the child and makes this exchange the holder of its notifications.
+    /// Sends a request to the child; its response and progress come on the receiver, and (exclusive
+    /// lease) everything else the child sends during it too.
     pub fn request(&self, request: Value) -> Option<(u64, mpsc::UnboundedReceiver<ChildMsg>)> {
         let (tx, rx) = mpsc::unbounded_channel();
-        *lock(&self.child.holder) = Some(tx.clone());
+        if self.mode == Mode::Exclusive {
+            *lock(&self.child.holder) = Some(tx.clone());
+        }
         let n = self.child.send_request(request, tx)?;
         Some((n, rx))
     }
@@ -305,9 +347,12 @@ impl Lease {
     }
 
     /// Stop the child instead of giving it back (a `subscriptions/listen` left subscriptions on it, or
-    /// a cancelled request did not finish in time).
+    /// an exclusive request was cancelled). A shared child serves others: it is kept (a late answer of
+    /// the cancelled request finds no waiter, its progress no token).
     pub fn discard(&mut self) {
-        self.reusable = false;
+        if self.mode == Mode::Exclusive {
+            self.reusable = false;
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -324,8 +369,10 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        *lock(&self.child.holder) = None;
-        self.pool.give_back(&self.app, self.child.clone(), self.reusable);
+        if self.mode == Mode::Exclusive {
+            *lock(&self.child.holder) = None;
+        }
+        self.pool.give_back(&self.app, self.child.clone(), self.reusable, self.mode);
     }
 }
 
@@ -336,6 +383,7 @@ impl Pool {
             backend: backend.clone(),
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             idle: HashMap::new(),
+            sharing: HashMap::new(),
             live: HashMap::new(),
             listeners: HashMap::new(),
             returned: HashMap::new(),
@@ -343,13 +391,27 @@ impl Pool {
         }
     }
 
-    fn give_back(&self, app: &str, child: Arc<PooledChild>, reusable: bool) {
+    fn give_back(&self, app: &str, child: Arc<PooledChild>, reusable: bool, mode: Mode) {
         let mut apps = lock(&self.apps);
         let Some(entry) = apps.get_mut(app).filter(|e| e.generation == child.generation) else {
             drop(apps);
             child.stop();
             return;
         };
+        if mode == Mode::Shared {
+            let left = child.load.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+            if left > 0 && !child.is_dead() {
+                // Still serving other shared requests: there is room on it again.
+                entry.signal(&child.context);
+                return;
+            }
+            if let Some(list) = entry.sharing.get_mut(&child.context) {
+                list.retain(|c| !Arc::ptr_eq(c, &child));
+            }
+            if left > 0 {
+                return;
+            }
+        }
         if reusable && !child.is_dead() {
             *lock(&child.idle_since) = Instant::now();
             entry.signal(&child.context);
@@ -433,6 +495,7 @@ pub async fn lease(
     app: &str,
     route: &AppRoute,
     context: &str,
+    mode: Mode,
 ) -> Result<Lease, LeaseError> {
     let Backend::Stdio { argv, env, cwd } = &route.backend else {
         return Err(LeaseError::Start("not a stdio app".into()));
@@ -454,12 +517,30 @@ pub async fn lease(
                 }
                 *entry = pool.fresh(&route.backend);
             }
+            if mode == Mode::Shared
+                && let Some(child) = entry
+                    .sharing
+                    .get(&context)
+                    .and_then(|list| {
+                        list.iter()
+                            .filter(|c| !c.is_dead() && c.load.load(Ordering::Acquire) < MAX_SHARED)
+                            .min_by_key(|c| c.load.load(Ordering::Acquire))
+                    })
+                    .cloned()
+            {
+                child.load.fetch_add(1, Ordering::AcqRel);
+                return Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true, mode });
+            }
             while let Some(child) = entry.idle.get_mut(&context).and_then(Vec::pop) {
                 if child.is_dead() {
                     entry.forget(&context);
                     continue;
                 }
-                return Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true });
+                if mode == Mode::Shared {
+                    child.load.store(1, Ordering::Release);
+                    entry.sharing.entry(context.clone()).or_default().push(child.clone());
+                }
+                return Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true, mode });
             }
             let mine = entry.live.get(&context).copied().unwrap_or(0);
             if mine < gw.cfg.pool_max_per_context {
@@ -497,6 +578,7 @@ pub async fn lease(
         holder: Mutex::new(None),
         dead: AtomicBool::new(false),
         idle_since: Mutex::new(Instant::now()),
+        load: AtomicUsize::new(0),
     });
     let owner: Weak<dyn ChildEvents> = Arc::downgrade(&child) as Weak<dyn ChildEvents>;
     let proc = match gw.spares.take(app, route) {
@@ -523,7 +605,14 @@ pub async fn lease(
         tokio::spawn(async move { gw.warm(&app) });
     }
     let _ = child.proc.set(proc.clone());
-    let lease = Lease { pool: pool.clone(), app: app.to_string(), child: child.clone(), reusable: true };
+    // Initialized alone, then lent as asked.
+    let lease = Lease {
+        pool: pool.clone(),
+        app: app.to_string(),
+        child: child.clone(),
+        reusable: true,
+        mode: Mode::Exclusive,
+    };
     match initialize(&lease, gw.cfg.pool_init_timeout).await {
         Ok(facts) => {
             gw.logs.push(
@@ -531,9 +620,16 @@ pub async fn lease(
                 LogKind::Event,
                 &format!("process {} joined the 2026-07-28 pool (initialized by catwalk)", proc.pid),
             );
+            let mut lease = lease;
+            *lock(&child.holder) = None;
             if let Some(e) = lock(&pool.apps).get_mut(app).filter(|e| e.generation == generation) {
                 e.facts.get_or_insert(Arc::new(facts));
+                if mode == Mode::Shared {
+                    child.load.store(1, Ordering::Release);
+                    e.sharing.entry(context.clone()).or_default().push(child.clone());
+                }
             }
+            lease.mode = mode;
             Ok(lease)
         }
         Err(e) => {
