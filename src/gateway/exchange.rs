@@ -196,6 +196,7 @@ fn meta_of<'a>(msg: &'a Value, key: &str) -> Option<&'a Value> {
 impl Exchange {
     /// Sends `msg` (the client's modern request, already checked) to the lent child.
     pub fn start(lease: Lease, msg: &Value, child_request: Value, scope: &'static str) -> Option<Exchange> {
+        let lease_mode = lease.mode();
         let (n, rx) = lease.request(child_request)?;
         let mut ex = Exchange {
             lease: Some(lease),
@@ -211,7 +212,8 @@ impl Exchange {
             client_progress: None,
             min_level: None,
             capabilities: Value::Null,
-            digest: call_digest(msg),
+            // Only an exclusive exchange can be parked (and resumed by a digest-bound retry).
+            digest: if lease_mode == Mode::Exclusive { call_digest(msg) } else { [0; 32] },
             pending: BTreeMap::new(),
             rounds: 0,
         };

@@ -394,9 +394,10 @@ async fn post(
         Err(r) => return r,
     };
     // One URL, two eras: a request that claims a protocol version in `_meta` is 2026-07-28 (modern.rs).
-    let claims_version =
-        !jsonrpc::is_batch(&body) && jsonrpc::classify(&body).is_ok_and(|c| c.claims_version);
-    if modern::is_modern(headers, claims_version) {
+    // (The body is only classified here when the header does not already say 2026-07-28.)
+    let modern = modern::is_modern(headers, false)
+        || (!jsonrpc::is_batch(&body) && jsonrpc::classify(&body).is_ok_and(|c| c.claims_version));
+    if modern {
         return modern::post(gw, headers, body, app, route, identity.as_ref()).await;
     }
     let token = identity.map(|i: TokenIdentity| Arc::<str>::from(i.token_name));

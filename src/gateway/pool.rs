@@ -189,7 +189,9 @@ impl PooledChild {
             Some(m) => jsonrpc::error_body(
                 Some(&id),
                 -32601,
-                &format!("{m} is not available: no client request is in flight on this process"),
+                &format!(
+                    "{m} is not available: no client that declared it can answer is waiting on this process"
+                ),
             )
             .to_vec(),
             None => return,
@@ -353,6 +355,10 @@ impl Lease {
         if self.mode == Mode::Exclusive {
             self.reusable = false;
         }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     pub fn pid(&self) -> u32 {
