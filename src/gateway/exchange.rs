@@ -63,6 +63,65 @@ fn input_capability(method: &str) -> Option<&'static str> {
     }
 }
 
+/// The common case of [`modern_response`] without building a `Value`: a result object gets the client's id
+/// spliced in and the missing `resultType` (and, on cacheable results, caching hints) inserted after its
+/// opening brace; everything else is relayed byte for byte. `None` (the general path) for errors and
+/// anything unusual.
+fn modern_result_fast(line: &[u8], id: &Value, method: &str, scope: &str) -> Option<Bytes> {
+    use serde::Deserialize;
+    use serde::de::IgnoredAny;
+    use serde_json::value::RawValue;
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+        #[serde(borrow)]
+        result: Option<&'a RawValue>,
+        error: Option<IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Present {
+        #[serde(rename = "resultType")]
+        result_type: Option<IgnoredAny>,
+        #[serde(rename = "ttlMs")]
+        ttl: Option<IgnoredAny>,
+        #[serde(rename = "cacheScope")]
+        scope: Option<IgnoredAny>,
+    }
+    let env: Envelope<'_> = serde_json::from_slice(line).ok()?;
+    if env.error.is_some() {
+        return None;
+    }
+    let (raw_id, result) = (env.id?, env.result?);
+    let text = result.get();
+    if !text.starts_with('{') {
+        return None;
+    }
+    let present: Present = serde_json::from_str(text).ok()?;
+    let mut fields = Vec::new();
+    if present.result_type.is_none() {
+        fields.push("\"resultType\":\"complete\"".to_string());
+    }
+    if CACHEABLE.contains(&method) {
+        if present.ttl.is_none() {
+            fields.push("\"ttlMs\":0".to_string());
+        }
+        if present.scope.is_none() {
+            fields.push(format!("\"cacheScope\":\"{scope}\""));
+        }
+    }
+    let result_span = super::jsonrpc::span_of(line, result);
+    let empty = text[1..].trim_start().starts_with('}');
+    let mut insert = fields.join(",");
+    if !insert.is_empty() && !empty {
+        insert.push(',');
+    }
+    let id_span = super::jsonrpc::span_of(line, raw_id);
+    let id_text = serde_json::to_vec(id).ok()?;
+    let at = result_span.start + 1;
+    Some(super::jsonrpc::splice_many(line, vec![(id_span, id_text), (at..at, insert.into_bytes())]))
+}
+
 /// A legacy child's final response as a modern one: the client's id, `resultType`, caching hints on the
 /// cacheable results, and the 2026-07-28 code for "resource not found". Returns the bytes, whether the
 /// error was "method not found" (HTTP 404 on the JSON path), and whether it is an error at all.
@@ -73,6 +132,9 @@ fn modern_response(
     scope: &str,
     uri: Option<&str>,
 ) -> (Bytes, bool, bool) {
+    if let Some(fast) = modern_result_fast(line, id, method, scope) {
+        return (fast, false, false);
+    }
     let mut v: Value = serde_json::from_slice(line).unwrap_or_else(|_| json!({}));
     v["id"] = id.clone();
     let mut not_found = false;
@@ -451,6 +513,41 @@ mod tests {
         let progress = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":5,"progress":1}}"#;
         assert!(request_note_wanted(progress, Some("notifications/progress"), Some(&json!(5)), None));
         assert!(!request_note_wanted(progress, Some("notifications/progress"), Some(&json!(6)), None));
+    }
+
+    #[test]
+    fn the_fast_path_equals_the_general_one() {
+        for (line, method) in [
+            (&br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a"}]}}"#[..], "tools/list"),
+            (br#"{"jsonrpc":"2.0","id":3,"result":{}}"#, "tools/list"),
+            (br#"{"jsonrpc":"2.0","id":3,"result":{ }}"#, "tools/call"),
+            (
+                br#"{"jsonrpc":"2.0","result":{"content":[],"resultType":"complete","ttlMs":5},"id":3}"#,
+                "resources/read",
+            ),
+        ] {
+            let fast = modern_result_fast(line, &json!("x"), method, "public").expect("fast path taken");
+            let fast: Value = serde_json::from_slice(&fast).unwrap_or_else(|e| panic!("{e}: {fast:?}"));
+            // The general path on the same input (the fast one bypassed by going through an error-free Value).
+            let mut v: Value = serde_json::from_slice(line).unwrap();
+            v["id"] = json!("x");
+            let r = v["result"].as_object_mut().unwrap();
+            r.entry("resultType").or_insert(json!("complete"));
+            if CACHEABLE.contains(&method) {
+                r.entry("ttlMs").or_insert(json!(0));
+                r.entry("cacheScope").or_insert(json!("public"));
+            }
+            assert_eq!(fast, v, "{}", String::from_utf8_lossy(line));
+        }
+        assert!(
+            modern_result_fast(
+                br#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"m"}}"#,
+                &json!(1),
+                "x",
+                "public"
+            )
+            .is_none()
+        );
     }
 
     #[test]

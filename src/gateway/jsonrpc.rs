@@ -122,7 +122,7 @@ pub enum Invalid {
     Shape(&'static str),
 }
 
-fn span_of(whole: &[u8], part: &RawValue) -> Range<usize> {
+pub(crate) fn span_of(whole: &[u8], part: &RawValue) -> Range<usize> {
     let start = part.get().as_ptr() as usize - whole.as_ptr() as usize;
     start..start + part.get().len()
 }
