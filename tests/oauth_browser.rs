@@ -104,6 +104,20 @@ impl Browser {
         self.cmd(reqwest::Method::GET, "/source", None).await.as_str().unwrap_or_default().to_string()
     }
 
+    /// The page source once it contains `needle` (up to 10 s): on a loaded machine the first read can still
+    /// see the page being replaced. Panics with the last source otherwise.
+    async fn source_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let source = self.source().await;
+            if source.contains(needle) {
+                return source;
+            }
+            assert!(std::time::Instant::now() < deadline, "the page never showed {needle:?}:\n{source}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// The element matching `css`, if the page has one.
     async fn find(&self, css: &str) -> Option<String> {
         let v = self
@@ -184,7 +198,7 @@ async fn chromium_renders_the_page_signs_in_and_clicks_allow() {
     let login: Value = serde_json::from_str(&ok(&d.ssh(&d.admin, "login --json", ""))).unwrap();
     let link = login["url"].as_str().unwrap();
     browser.goto(link).await;
-    assert!(browser.source().await.contains("Signed in as admin"), "{}", browser.source().await);
+    browser.source_with("Signed in as admin").await;
     let cookies = browser.cmd(reqwest::Method::GET, "/cookie", None).await;
     let session =
         cookies.as_array().unwrap().iter().find(|c| c["name"] == "cw_session").expect("the session cookie");
