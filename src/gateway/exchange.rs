@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::jsonrpc::Classified;
+use super::modern::{META_CAPABILITIES, META_LOG_LEVEL};
 use super::pool::{ChildMsg, Lease, Mode, child_progress_token};
 
 /// How long a cancelled request's child may take to finish before it is stopped instead of reused.
@@ -41,8 +42,8 @@ const MAY_ASK_FOR_INPUT: &[&str] = &["tools/call", "prompts/get", "resources/rea
 /// for log messages, or it may be asked for input and its client declared it can answer), else shared.
 pub fn mode_for(msg: &Value) -> Mode {
     let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
-    let wants_logs = meta_of(msg, "io.modelcontextprotocol/logLevel").is_some();
-    let caps = meta_of(msg, "io.modelcontextprotocol/clientCapabilities");
+    let wants_logs = meta_of(msg, META_LOG_LEVEL).is_some();
+    let caps = meta_of(msg, META_CAPABILITIES);
     let can_answer =
         ["elicitation", "sampling", "roots"].iter().any(|c| caps.and_then(|m| m.get(*c)).is_some());
     if wants_logs || (MAY_ASK_FOR_INPUT.contains(&method) && can_answer) {
@@ -287,10 +288,8 @@ impl Exchange {
     fn adopt(&mut self, msg: &Value) {
         self.client_id = msg.get("id").cloned().unwrap_or(Value::Null);
         self.client_progress = meta_of(msg, "progressToken").cloned();
-        self.min_level =
-            meta_of(msg, "io.modelcontextprotocol/logLevel").and_then(Value::as_str).and_then(level_rank);
-        self.capabilities =
-            meta_of(msg, "io.modelcontextprotocol/clientCapabilities").cloned().unwrap_or_else(|| json!({}));
+        self.min_level = meta_of(msg, META_LOG_LEVEL).and_then(Value::as_str).and_then(level_rank);
+        self.capabilities = meta_of(msg, META_CAPABILITIES).cloned().unwrap_or_else(|| json!({}));
     }
 
     /// Resumes a parked exchange with the client's retry: each pending input request answered in
