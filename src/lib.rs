@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the modules, the data path of a push and of an MCP request, and the invariants.
 
 pub mod access;
+pub mod authorized_keys;
 pub mod bridge;
 pub mod commands;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod names;
 pub mod oauth;
 pub mod output;
 pub mod pipeline;
+pub mod platform;
 pub mod runtime;
 pub mod ssh;
 pub mod store;

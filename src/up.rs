@@ -50,15 +50,18 @@ pub fn prepare(dir: &DataDir) -> Result<Vec<String>> {
 }
 
 /// The lines `up` prints once the daemon listens.
-pub fn hints(daemon: &crate::daemon::Daemon) -> Vec<String> {
-    let (host, port) = daemon.config.ssh_host_port();
+pub fn hints(platform: &crate::platform::Platform) -> Vec<String> {
+    let (host, port) = platform.config.ssh_host_port();
     vec![
-        format!("catwalk is up: ssh on {}, http on {}", daemon.config.ssh.listen, daemon.config.http.listen),
+        format!(
+            "catwalk is up: ssh on {}, http on {}",
+            platform.config.ssh.listen, platform.config.http.listen
+        ),
         "deploy an app:".to_string(),
         format!("  git remote add catwalk ssh://git@{host}:{port}/APP"),
-        format!("  git push catwalk {}", daemon.config.git.deploy_branch),
+        format!("  git push catwalk {}", platform.config.git.deploy_branch),
         "commands:".to_string(),
         format!("  ssh -p {port} git@{host} help"),
-        format!("  catwalk --dir {} help", daemon.dir.root().display()),
+        format!("  catwalk --dir {} help", platform.dir.root().display()),
     ]
 }

@@ -174,7 +174,7 @@ fn concurrent_pushes_to_one_app_queue_and_land_in_order() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let queued = ChildGuard(Some(cmd.spawn().unwrap()));
-    d.wait_log("push to queue by admin: queued behind admin's push of (receiving)");
+    d.wait_log("queue: push by admin queued behind admin's push of (receiving)");
 
     // ...and both land, in order, once the first is released.
     std::fs::write(&gate, "").unwrap();

@@ -43,10 +43,10 @@ pub async fn run(ctx: &Ctx<'_>, action: Option<AppsCmd>, json: bool) -> CmdResul
 }
 
 fn app_json(ctx: &Ctx<'_>, app: &AppRecord) -> serde_json::Value {
-    let daemon = ctx.daemon;
-    let branch = git::push::deploy_branch(daemon, Some(app));
-    let head = AppName::parse(&app.name).ok().and_then(|n| git::branch_head(&daemon.dir.repo(&n), &branch));
-    let live = daemon.store.live_release(&app.name).ok().flatten();
+    let platform = ctx.platform;
+    let branch = platform.deploy_branch(app);
+    let head = AppName::parse(&app.name).ok().and_then(|n| git::branch_head(&platform.dir.repo(&n), &branch));
+    let live = platform.store.live_release(&app.name).ok().flatten();
     json!({
         "name": app.name,
         "live_release": live.as_ref().map(super::releases::release_json),
@@ -55,13 +55,13 @@ fn app_json(ctx: &Ctx<'_>, app: &AppRecord) -> serde_json::Value {
         "created_by": app.created_by,
         "deploy_branch": branch,
         "head": head,
-        "endpoint": format!("{}/mcp/{}", daemon.config.public_url(), app.name),
+        "endpoint": format!("{}/mcp/{}", platform.config.public_url(), app.name),
     })
 }
 
 fn list(ctx: &Ctx<'_>, json: bool) -> CmdResult {
     let apps: Vec<AppRecord> =
-        ctx.daemon.store.apps()?.into_iter().filter(|a| ctx.who.can_manage(a)).collect();
+        ctx.platform.store.apps()?.into_iter().filter(|a| ctx.who.can_manage(a)).collect();
     if json {
         ctx.json(&json!(apps.iter().map(|a| app_json(ctx, a)).collect::<Vec<_>>()));
         return Ok(());
@@ -90,39 +90,16 @@ fn list(ctx: &Ctx<'_>, json: bool) -> CmdResult {
 
 async fn create(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     let app = AppName::parse(name).map_err(|e| Failure::Error(e.to_string()))?;
-    let daemon = ctx.daemon;
-    // Under the deploy lock, like a first push: nothing else creates, pushes to or destroys it meanwhile.
-    let _guard = daemon
-        .locks
-        .acquire(&app, &ctx.who.name, |holder| {
-            ctx.out.eline(format!("waiting: queued behind {}", holder.describe()))
-        })
-        .await;
-    match daemon.store.app(app.as_str())? {
-        Some(existing) if ctx.who.can_manage(&existing) => {
-            return Err(Failure::Error(format!("app {app} already exists (see `info {app}`)")));
-        }
-        Some(_) => return Err(Failure::Error(git::push::name_taken(app.as_str()))),
-        None => {}
-    }
-    ctx.who
-        .may_create_app(&daemon.store.apps()?, daemon.config.deploy.max_apps_per_deployer)
-        .map_err(Failure::Error)?;
-    super::erase::clear_before_create(daemon, &app).map_err(Failure::Error)?;
-    let record = AppRecord::new(app.as_str(), &ctx.who.name, vec![ctx.who.name.clone()]);
-    daemon.store.create_app(&record).map_err(|e| match e {
-        crate::store::StoreError::Conflict(_) => Failure::Error(git::push::name_taken(app.as_str())),
-        e => e.into(),
-    })?;
-    git::ensure_repo(&daemon.dir, &daemon.config, &app, &daemon.config.git.deploy_branch)
-        .map_err(|e| Failure::Error(format!("{e:#}")))?;
+    let platform = ctx.platform;
+    let record =
+        platform.create_app(&app, ctx.who, |queued| ctx.out.eline(queued)).await.map_err(Failure::Error)?;
     if json {
         ctx.json(&app_json(ctx, &record));
     } else {
-        let (host, port) = daemon.config.ssh_host_port();
+        let (host, port) = platform.config.ssh_host_port();
         ctx.out.line(format!("created app {app}"));
         ctx.out.line(format!("  git remote add catwalk ssh://git@{host}:{port}/{app}"));
-        ctx.out.line(format!("  git push catwalk {}", daemon.config.git.deploy_branch));
+        ctx.out.line(format!("  git push catwalk {}", platform.config.git.deploy_branch));
     }
     Ok(())
 }
@@ -136,15 +113,11 @@ async fn destroy(ctx: &Ctx<'_>, name: &str, confirm: &str) -> CmdResult {
         )));
     }
     let app = AppName::parse(&record.name).map_err(|e| Failure::Error(e.to_string()))?;
-    let daemon = ctx.daemon;
-    // Never pull a repository from under a running push: wait for it like a push would.
-    let _guard = daemon
-        .locks
-        .acquire(&app, &ctx.who.name, |holder| {
-            ctx.out.eline(format!("waiting: queued behind {}", holder.describe()))
-        })
-        .await;
-    let erased = super::erase::destroy(daemon, &app, &ctx.who.name).await.map_err(Failure::Error)?;
+    let erased = ctx
+        .platform
+        .destroy_app(&app, &ctx.who.name, |queued| ctx.out.eline(queued))
+        .await
+        .map_err(Failure::Error)?;
     ctx.out.line(format!(
         "destroyed app {app}: its repository, files, releases ({}), tokens ({}), OAuth grants, push records ({}) and log",
         erased.releases, erased.tokens, erased.pushes
@@ -156,8 +129,8 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     let record = ctx.managed_app(name, "info")?;
     let mut value = app_json(ctx, &record);
     let app = AppName::parse(&record.name).map_err(|e| Failure::Error(e.to_string()))?;
-    let repo = ctx.daemon.dir.repo(&app);
-    let last = ctx.daemon.store.pushes(Some(&record.name), 1)?.into_iter().next();
+    let repo = ctx.platform.dir.repo(&app);
+    let last = ctx.platform.store.pushes(Some(&record.name), 1)?.into_iter().next();
     value["repository"] = json!(repo.display().to_string());
     value["last_push"] = match &last {
         Some(p) => json!({
@@ -168,7 +141,7 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     };
     let machines = super::machines::read(ctx, &record.name, 10).await;
     value["fly"] = machines.json();
-    let server = ctx.daemon.deployer.server_status(&record.name);
+    let server = ctx.platform.deployer.server_status(&record.name);
     value["server"] = server.clone().unwrap_or(serde_json::Value::Null);
     let (grants, grant_lines) = super::oauth::info_lines(ctx, &record.name);
     value["grants"] = grants;
@@ -202,7 +175,7 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         }
         None => line("last push:  none".into()),
     }
-    match ctx.daemon.store.live_release(&record.name)? {
+    match ctx.platform.store.live_release(&record.name)? {
         Some(r) => {
             line(format!(
                 "live:       v{} ({}) {}",
@@ -231,7 +204,7 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
         line(text);
     }
     line(format!("endpoint:   {}", value["endpoint"].as_str().unwrap_or_default()));
-    line(format!("auth:       {}", ctx.daemon.oauth.mode(&record.name).as_str()));
+    line(format!("auth:       {}", ctx.platform.oauth.mode(&record.name).as_str()));
     // Grant lines name OAuth clients, whose names the clients registered themselves.
     for text in grant_lines {
         line(text);

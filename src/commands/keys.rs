@@ -36,7 +36,7 @@ pub async fn run(ctx: &Ctx<'_>, action: KeysCmd, input: &mut Input) -> CmdResult
         KeysCmd::Remove { .. } => "keys remove",
     };
     ctx.require_admin(what)?;
-    let store = &ctx.daemon.store;
+    let store = &ctx.platform.store;
     match action {
         KeysCmd::List { json } => {
             let mut keys: Vec<(String, String, String, String)> = store
@@ -51,7 +51,7 @@ pub async fn run(ctx: &Ctx<'_>, action: KeysCmd, input: &mut Input) -> CmdResult
                     )
                 })
                 .collect();
-            for k in ctx.daemon.authorized_keys.file_keys() {
+            for k in ctx.platform.authorized_keys.file_keys() {
                 keys.push((
                     k.name,
                     k.role.as_str().to_string(),

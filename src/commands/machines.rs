@@ -33,11 +33,11 @@ pub enum Machines {
 /// Reads `app`'s machines with their last `events` events each.
 pub async fn read(ctx: &Ctx<'_>, app: &str, events: u32) -> Machines {
     let on_fly =
-        ctx.daemon.store.releases(app).map(|rs| rs.iter().any(|r| r.runtime == "fly")).unwrap_or(false);
+        ctx.platform.store.releases(app).map(|rs| rs.iter().any(|r| r.runtime == "fly")).unwrap_or(false);
     if !on_fly {
         return Machines::NotOnFly;
     }
-    let Some(fly) = &ctx.daemon.deployer.fly else {
+    let Some(fly) = &ctx.platform.deployer.fly else {
         return Machines::Failed {
             fly_app: String::new(),
             error: "this daemon has no [runtime.fly] configuration".into(),

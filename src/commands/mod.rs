@@ -5,7 +5,6 @@
 //! and return an exit code (0 ok, 1 failure or permission denied, 2 usage error).
 
 mod apps;
-pub mod erase;
 mod keys;
 mod machines;
 mod oauth;
@@ -15,9 +14,9 @@ mod tokens;
 
 use clap::{Parser, Subcommand};
 
-use crate::daemon::Daemon;
 use crate::identity::Identity;
 use crate::output::{Input, Output};
+use crate::platform::Platform;
 
 /// Exit code of a usage error (unknown command, bad arguments), as with clap and most Unix tools.
 pub const USAGE: i32 = 2;
@@ -160,7 +159,13 @@ pub fn split_line(command: &[u8]) -> Result<Vec<String>, String> {
 }
 
 /// Parses and runs one command line. Usage errors print the usage and return [`USAGE`].
-pub async fn run(daemon: &Daemon, who: &Identity, argv: &[String], input: &mut Input, out: &Output) -> i32 {
+pub async fn run(
+    platform: &Platform,
+    who: &Identity,
+    argv: &[String],
+    input: &mut Input,
+    out: &Output,
+) -> i32 {
     let grammar = match Grammar::try_parse_from(argv) {
         Ok(g) => g,
         Err(e) => {
@@ -179,7 +184,7 @@ pub async fn run(daemon: &Daemon, who: &Identity, argv: &[String], input: &mut I
             };
         }
     };
-    let ctx = Ctx { daemon, who, out };
+    let ctx = Ctx { platform, who, out };
     let result = match grammar.command {
         Cmd::Version { json } => {
             let version = env!("CARGO_PKG_VERSION");
@@ -250,7 +255,7 @@ pub type CmdResult = Result<(), Failure>;
 
 /// What every command handler gets.
 pub struct Ctx<'a> {
-    pub daemon: &'a Daemon,
+    pub platform: &'a Platform,
     pub who: &'a Identity,
     pub out: &'a Output,
 }
@@ -277,7 +282,7 @@ impl Ctx<'_> {
     /// a name nobody uses, nor learn who owns it.
     pub fn managed_app(&self, name: &str, _what: &str) -> Result<crate::store::AppRecord, Failure> {
         let app = crate::names::AppName::parse(name).map_err(|e| Failure::Error(e.to_string()))?;
-        match self.daemon.store.app(app.as_str())? {
+        match self.platform.store.app(app.as_str())? {
             Some(record) if self.who.can_manage(&record) => Ok(record),
             Some(_) | None => Err(Failure::Error(no_such_app(&app))),
         }
@@ -295,7 +300,7 @@ fn secrets_pubkey(ctx: &Ctx<'_>, app: Option<&str>, json: bool) -> CmdResult {
     };
     let record = ctx.managed_app(name, "secrets pubkey")?;
     let key_id = crate::pipeline::secrets::AppKeyId { app: &record.name, incarnation: &record.incarnation };
-    let recipient = ctx.daemon.deployer.age.app_recipient(key_id);
+    let recipient = ctx.platform.deployer.age.app_recipient(key_id);
     if json {
         ctx.json(&serde_json::json!({ "app": record.name, "recipient": recipient }));
     } else {

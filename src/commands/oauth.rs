@@ -42,7 +42,7 @@ fn redirect_host(uri: &str) -> String {
 }
 
 pub fn approve(ctx: &Ctx<'_>, code: &str, json: bool) -> CmdResult {
-    let oauth = &ctx.daemon.oauth;
+    let oauth = &ctx.platform.oauth;
     let (request, grant) = crate::oauth::authorize::approve(oauth, ctx.who, code).map_err(Failure::Error)?;
     if json {
         ctx.json(&grant_json(&grant));
@@ -62,9 +62,9 @@ pub fn approve(ctx: &Ctx<'_>, code: &str, json: bool) -> CmdResult {
 }
 
 pub fn login(ctx: &Ctx<'_>, json: bool) -> CmdResult {
-    let oauth = &ctx.daemon.oauth;
+    let oauth = &ctx.platform.oauth;
     let ttl = oauth.cfg.login_link_ttl;
-    let secret = ctx.daemon.store.create_login_link(&ctx.who.name, ctx.who.role, ttl.as_secs())?;
+    let secret = ctx.platform.store.create_login_link(&ctx.who.name, ctx.who.role, ttl.as_secs())?;
     let link = format!("{}/oauth/login/{secret}", oauth.issuer);
     if json {
         ctx.json(&json!({ "url": link, "expires_in": ttl.as_secs(), "key": ctx.who.name }));
@@ -81,7 +81,7 @@ pub fn login(ctx: &Ctx<'_>, json: bool) -> CmdResult {
 }
 
 pub fn grants(ctx: &Ctx<'_>, action: GrantsCmd) -> CmdResult {
-    let store = &ctx.daemon.store;
+    let store = &ctx.platform.store;
     match action {
         GrantsCmd::List { app, json } => {
             let record = ctx.managed_app(&app, "grants list")?;
@@ -114,7 +114,7 @@ pub fn grants(ctx: &Ctx<'_>, action: GrantsCmd) -> CmdResult {
             let record = ctx.managed_app(&app, "grants revoke")?;
             let reason = format!("revoked by {}", ctx.who.name);
             let grant = store.revoke_grant(&record.name, &id, &reason)?;
-            ctx.daemon.oauth.audit(
+            ctx.platform.oauth.audit(
                 &grant.app,
                 &grant.id,
                 "oauth/revoke",
@@ -132,7 +132,7 @@ pub fn grants(ctx: &Ctx<'_>, action: GrantsCmd) -> CmdResult {
 
 /// The active grants of `app`, for `info APP`.
 pub fn info_lines(ctx: &Ctx<'_>, app: &str) -> (serde_json::Value, Vec<String>) {
-    let grants = ctx.daemon.store.grants(app).unwrap_or_default();
+    let grants = ctx.platform.store.grants(app).unwrap_or_default();
     let active: Vec<&GrantRecord> = grants.iter().filter(|g| g.revoked_at.is_none()).collect();
     let lines = active
         .iter()
@@ -152,11 +152,11 @@ pub fn info_lines(ctx: &Ctx<'_>, app: &str) -> (serde_json::Value, Vec<String>) 
 
 pub fn connect(ctx: &Ctx<'_>, app: &str, json: bool) -> CmdResult {
     let record = ctx.managed_app(app, "connect")?;
-    let daemon = ctx.daemon;
+    let platform = ctx.platform;
     let name = &record.name;
-    let url = daemon.oauth.resource_url(name);
-    let mode = daemon.oauth.mode(name);
-    let ssh = &daemon.oauth.ssh_command;
+    let url = platform.oauth.resource_url(name);
+    let mode = platform.oauth.mode(name);
+    let ssh = &platform.oauth.ssh_command;
     let header = match mode {
         AuthMode::Token => Some("Authorization: Bearer <token from `tokens create`>"),
         _ => None,

@@ -36,7 +36,7 @@ pub fn release_json(r: &ReleaseRecord) -> serde_json::Value {
 
 pub fn releases(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     let app = app_name(ctx, name, "releases")?;
-    let releases = ctx.daemon.store.releases(app.as_str())?;
+    let releases = ctx.platform.store.releases(app.as_str())?;
     if json {
         ctx.json(&json!(releases.iter().map(release_json).collect::<Vec<_>>()));
         return Ok(());
@@ -90,24 +90,11 @@ fn parse_version(v: &str) -> Result<u32, Failure> {
 pub async fn rollback(ctx: &Ctx<'_>, name: &str, version: Option<&str>) -> CmdResult {
     let app = app_name(ctx, name, "rollback")?;
     let version = version.map(parse_version).transpose()?;
-    let record =
-        ctx.daemon.store.app(app.as_str())?.ok_or_else(|| Failure::Error(format!("no app {app}")))?;
-    let branch = crate::git::push::deploy_branch(ctx.daemon, Some(&record));
-    // Serialised with pushes: a rollback moves the branch, so no push may be mid-flight.
-    let waiting = ctx.out.clone();
-    let _guard = ctx
-        .daemon
-        .locks
-        .acquire(&app, &ctx.who.name, |holder| {
-            waiting.line(format!("queued behind {}'s push", holder.pusher));
-        })
-        .await;
     let out = ctx.out.clone();
     let sink: crate::pipeline::deploy::Output = std::sync::Arc::new(move |line: String| out.line(line));
     let version = ctx
-        .daemon
-        .deployer
-        .rollback(&app, version, &ctx.who.name, &branch, &sink)
+        .platform
+        .rollback(&app, version, &ctx.who.name, &sink, |queued| ctx.out.eline(queued))
         .await
         .map_err(Failure::Error)?;
     ctx.out.line(format!("-----> {app} v{version} is live"));
@@ -116,7 +103,7 @@ pub async fn rollback(ctx: &Ctx<'_>, name: &str, version: Option<&str>) -> CmdRe
 
 pub async fn restart(ctx: &Ctx<'_>, name: &str) -> CmdResult {
     let app = app_name(ctx, name, "restart")?;
-    let done = ctx.daemon.deployer.restart(&app).await.map_err(Failure::Error)?;
+    let done = ctx.platform.deployer.restart(&app).await.map_err(Failure::Error)?;
     ctx.out.line(done);
     Ok(())
 }
@@ -152,7 +139,7 @@ const MAX_FOLLOW_QUEUE: usize = 1 << 20;
 
 pub async fn logs(ctx: &Ctx<'_>, name: &str, follow: bool, lines: usize) -> CmdResult {
     let app = app_name(ctx, name, "logs")?;
-    let logs = ctx.daemon.gateway.logs();
+    let logs = ctx.platform.gateway.logs();
     if !follow {
         let backlog = logs.tail(app.as_str(), lines);
         for line in backlog_lines(ctx, app.as_str(), &backlog, lines).await {
@@ -169,7 +156,7 @@ pub async fn logs(ctx: &Ctx<'_>, name: &str, follow: bool, lines: usize) -> CmdR
     let mut skipped = 0usize;
     loop {
         tokio::select! {
-            _ = ctx.daemon.shutdown.cancelled() => return Ok(()),
+            _ = ctx.platform.shutdown.cancelled() => return Ok(()),
             _ = ctx.out.closed() => return Ok(()),
             next = rx.recv() => match next {
                 Ok(_) if ctx.out.queued_bytes() > MAX_FOLLOW_QUEUE => skipped += 1,

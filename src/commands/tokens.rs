@@ -51,7 +51,7 @@ fn token_json(t: &TokenRecord) -> serde_json::Value {
 }
 
 pub fn run(ctx: &Ctx<'_>, action: TokensCmd) -> CmdResult {
-    let store = &ctx.daemon.store;
+    let store = &ctx.platform.store;
     match action {
         TokensCmd::Create { app, name, expires, json } => {
             let record = ctx.managed_app(&app, "tokens create")?;
@@ -69,7 +69,7 @@ pub fn run(ctx: &Ctx<'_>, action: TokensCmd) -> CmdResult {
                 ),
             };
             let new = store.create_token(&record.name, &name, expires_in, &ctx.who.name)?;
-            let endpoint = format!("{}/mcp/{}", ctx.daemon.config.public_url(), record.name);
+            let endpoint = format!("{}/mcp/{}", ctx.platform.config.public_url(), record.name);
             if json {
                 let mut value = token_json(&new.record);
                 value["token"] = json!(new.token);

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::{ClientFrame, DaemonFrame, HookKind, MAX_FRAME, encode};
-use crate::git::push::{QuarantineEnv, RefUpdate};
+use crate::git::hook::{QuarantineEnv, RefUpdate};
 
 /// Largest stdin the local CLI forwards (a public key, a small file).
 const MAX_STDIN: u64 = 1 << 20;

@@ -22,7 +22,7 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-use crate::git::push::{QuarantineEnv, RefUpdate};
+use crate::git::hook::{QuarantineEnv, RefUpdate};
 
 /// Longest accepted frame (a hook frame lists every pushed ref).
 pub const MAX_FRAME: usize = 4 << 20;

@@ -10,10 +10,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ClientFrame, DaemonFrame, HookKind, MAX_FRAME, encode};
-use crate::daemon::Daemon;
-use crate::git::push::{self, PushContext, Verdict};
+use crate::git::hook::{QuarantineEnv, RefUpdate};
 use crate::identity::Identity;
 use crate::output::{Input, Output, Progress, Stream};
+use crate::platform::Platform;
+use crate::platform::push::{self, Verdict};
 
 /// Binds the socket (0600), replacing a stale one but refusing to steal a live daemon's socket.
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -34,13 +35,13 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 /// Accepts connections until the process exits (hooks of running pushes need it during shutdown).
-pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+pub async fn serve(platform: Arc<Platform>, listener: UnixListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let daemon = daemon.clone();
+                let platform = platform.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(daemon, stream).await {
+                    if let Err(e) = handle(platform, stream).await {
                         tracing::debug!("control connection: {e:#}");
                     }
                 });
@@ -66,7 +67,7 @@ async fn read_frame<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Result<O
     Ok(Some(serde_json::from_slice(&line).context("malformed frame")?))
 }
 
-async fn handle(daemon: Arc<Daemon>, stream: UnixStream) -> Result<()> {
+async fn handle(platform: Arc<Platform>, stream: UnixStream) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let Some(first) = read_frame(&mut reader).await? else { return Ok(()) };
@@ -94,20 +95,20 @@ async fn handle(daemon: Arc<Daemon>, stream: UnixStream) -> Result<()> {
     });
 
     let work = {
-        let daemon = daemon.clone();
+        let platform = platform.clone();
         tokio::spawn(async move {
             let code = match first {
                 ClientFrame::Command { argv } => {
-                    if daemon.shutdown.is_cancelled() {
+                    if platform.shutdown.is_cancelled() {
                         out.eline("catwalk: the daemon is shutting down; try again when it is back");
                         1
                     } else {
                         let mut input = Input::new(stdin_rx, Some(request_tx));
-                        crate::commands::run(&daemon, &Identity::local(), &argv, &mut input, &out).await
+                        crate::commands::run(&platform, &Identity::local(), &argv, &mut input, &out).await
                     }
                 }
                 ClientFrame::Hook { hook, push_id, updates, options, quarantine } => {
-                    run_hook(&daemon, hook, &push_id, updates, options, quarantine, &out).await
+                    run_hook(&platform, hook, &push_id, updates, options, quarantine, &out).await
                 }
                 _ => {
                     out.eline("catwalk: the first frame must be a command or a hook");
@@ -156,27 +157,20 @@ async fn handle(daemon: Arc<Daemon>, stream: UnixStream) -> Result<()> {
 }
 
 async fn run_hook(
-    daemon: &Daemon,
+    platform: &Platform,
     hook: HookKind,
     push_id: &str,
-    updates: Vec<push::RefUpdate>,
+    updates: Vec<RefUpdate>,
     options: Vec<String>,
-    quarantine: push::QuarantineEnv,
+    quarantine: QuarantineEnv,
     out: &Output,
 ) -> i32 {
-    let Some(session) = daemon.pushes.get(push_id) else {
+    let progress = Progress::new(out.clone());
+    let Some(ctx) = platform.push_context(push_id, updates, options, quarantine, progress) else {
         out.eline(
             "catwalk: this push is not known to the daemon (pushes must go through catwalk's SSH server)",
         );
         return 1;
-    };
-    let ctx = PushContext {
-        daemon,
-        push: &session,
-        updates,
-        options,
-        quarantine,
-        progress: Progress::new(out.clone()),
     };
     match hook {
         HookKind::PreReceive => match push::pre_receive(&ctx).await {

@@ -2,8 +2,8 @@
 //! pushes and clones (neither libgit2 nor gitoxide implements receive-pack/upload-pack; git2 is used
 //! only to create repositories and read refs).
 
+pub mod hook;
 pub mod locks;
-pub mod push;
 pub mod relay;
 
 use std::ffi::OsString;

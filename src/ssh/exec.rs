@@ -12,15 +12,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Daemon;
 use crate::git::locks::PushTicket;
 use crate::git::{self, Service};
 use crate::identity::Identity;
 use crate::names::AppName;
 use crate::output::{Input, Output, Stream};
+use crate::platform::Platform;
 
 pub struct Request {
-    pub daemon: Arc<Daemon>,
+    pub platform: Arc<Platform>,
     pub identity: Identity,
     pub command: Vec<u8>,
     pub git_protocol: Option<String>,
@@ -99,7 +99,7 @@ async fn dispatch_inner<'r>(
             return crate::commands::USAGE;
         }
     };
-    if req.daemon.shutdown.is_cancelled() {
+    if req.platform.shutdown.is_cancelled() {
         to_stderr(write, "catwalk: the daemon is shutting down; try again in a moment\n").await;
         return 1;
     }
@@ -133,7 +133,7 @@ async fn dispatch_inner<'r>(
         })
     };
     let mut input = Input::new(input, None);
-    let code = crate::commands::run(&req.daemon, &req.identity, &argv, &mut input, &out).await;
+    let code = crate::commands::run(&req.platform, &req.identity, &argv, &mut input, &out).await;
     drop(out);
     let _ = forward.await;
     code
@@ -148,59 +148,48 @@ async fn git_service<'r>(
     gone: &CancellationToken,
     slot: &mut Option<PushTicket<'r>>,
 ) -> Result<i32, String> {
-    let daemon = &req.daemon;
+    let platform = &req.platform;
     let who = &req.identity;
     let [path] = args else {
         return Err(format!("usage: git-{} 'APP' (one repository path)", service.git_subcommand()));
     };
     // Validated before anything touches the disk: `../x`, `a/b`, quotes, upper case never get further.
     let app = AppName::from_repo_path(path).map_err(|e| e.to_string())?;
-    let record = daemon.store.app(app.as_str()).map_err(|e| e.to_string())?;
     let env = |push_id: Option<String>| git::GitEnv { push_id, git_protocol: req.git_protocol.clone() };
     match service {
         Service::UploadPack => {
+            let record = platform.store.app(app.as_str()).map_err(|e| e.to_string())?;
             let readable = record.as_ref().is_some_and(|r| who.can_manage(r));
-            let repo = daemon.dir.repo(&app);
+            let repo = platform.dir.repo(&app);
             if !readable || !repo.exists() {
                 // The same words as every command's answer for an app the caller cannot see.
                 return Err(crate::commands::no_such_app(&app));
             }
-            let cmd = git::command(&daemon.config, &daemon.dir, service, &repo, &env(None));
-            relay(cmd, input, write, daemon.pushes.abort.clone()).await
+            let cmd = git::command(&platform.config, &platform.dir, service, &repo, &env(None));
+            relay(cmd, input, write, platform.pushes.abort.clone()).await
         }
         Service::ReceivePack => {
-            git::push::may_push(who, record.as_ref())?;
-            let guard = tokio::select! {
-                guard = daemon.locks.acquire(&app, &who.name, |holder| {
-                    tracing::info!("push to {app} by {}: queued behind {}", who.name, holder.describe());
-                    let message = format!("catwalk: {app}: queued behind {}\n", holder.describe());
+            let started = tokio::select! {
+                started = platform.begin_push(&app, who, |queued| {
+                    let message = format!("catwalk: {queued}\n");
                     let write_stderr = write.make_writer_ext(Some(1));
                     tokio::spawn(async move {
                         let mut w = write_stderr;
                         let _ = w.write_all(message.as_bytes()).await;
                         let _ = w.flush().await;
                     });
-                }) => guard,
+                }) => started,
                 _ = gone.cancelled() => return Ok(1),
             };
-            // A first push creates the app: under the lock, whatever an earlier app of this name left
-            // (a crash mid-destroy, an operator's copy) goes before the new repository is made.
-            if daemon.store.app(app.as_str()).map_err(|e| e.to_string())?.is_none() {
-                crate::commands::erase::clear_before_create(daemon, &app)?;
-            }
-            let branch = git::push::deploy_branch(daemon, record.as_ref());
-            let repo = git::ensure_repo(&daemon.dir, &daemon.config, &app, &branch)
-                .map_err(|e| format!("preparing the repository of {app}: {e:#}"))?;
-            let ticket = daemon.pushes.register(app.clone(), who.clone(), guard);
-            tracing::info!("push to {app} by {}: started (push {})", who.name, ticket.session.id);
+            let (ticket, repo) = started?;
             let cmd = git::command(
-                &daemon.config,
-                &daemon.dir,
+                &platform.config,
+                &platform.dir,
                 service,
                 &repo,
                 &env(Some(ticket.session.id.clone())),
             );
-            let code = relay(cmd, input, write, daemon.pushes.abort.clone()).await;
+            let code = relay(cmd, input, write, platform.pushes.abort.clone()).await;
             tracing::info!("push to {app} by {}: finished with status {code:?}", who.name);
             // Kept (with the deploy lock) until the client has the exit status.
             *slot = Some(ticket);

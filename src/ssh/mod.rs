@@ -6,7 +6,6 @@
 //! key and then signing with its own key is its own key (soft-serve GHSA-pchf-49fh-w34r).
 
 mod exec;
-pub mod keys;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,13 +18,13 @@ use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::daemon::Daemon;
 use crate::identity::Identity;
+use crate::platform::Platform;
 
 /// The russh configuration: publickey only (keyboard-interactive had a pre-auth DoS; passwords have no
 /// place here), idle timeout from the config.
-pub fn russh_config(daemon: &Daemon) -> Result<Arc<russh::server::Config>> {
-    let path = daemon.dir.host_key();
+pub fn russh_config(platform: &Platform) -> Result<Arc<russh::server::Config>> {
+    let path = platform.dir.host_key();
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the SSH host key {} (run `catwalk init`)", path.display()))?;
     let key = PrivateKey::from_openssh(&text)
@@ -34,7 +33,7 @@ pub fn russh_config(daemon: &Daemon) -> Result<Arc<russh::server::Config>> {
         server_id: russh::SshId::Standard(format!("SSH-2.0-catwalk_{}", env!("CARGO_PKG_VERSION")).into()),
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         keys: vec![key],
-        inactivity_timeout: Some(daemon.config.ssh.idle_timeout),
+        inactivity_timeout: Some(platform.config.ssh.idle_timeout),
         auth_rejection_time: std::time::Duration::from_millis(500),
         // OpenSSH starts with a "none" probe to learn the methods: answer it at once.
         auth_rejection_time_initial: Some(std::time::Duration::ZERO),
@@ -45,13 +44,13 @@ pub fn russh_config(daemon: &Daemon) -> Result<Arc<russh::server::Config>> {
 }
 
 /// Accepts connections until shutdown starts; running sessions keep going.
-pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, config: Arc<russh::server::Config>) {
+pub async fn serve(platform: Arc<Platform>, listener: TcpListener, config: Arc<russh::server::Config>) {
     loop {
         tokio::select! {
-            _ = daemon.shutdown.cancelled() => break,
+            _ = platform.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(connection(daemon.clone(), config.clone(), stream, peer));
+                    tokio::spawn(connection(platform.clone(), config.clone(), stream, peer));
                 }
                 Err(e) => {
                     tracing::warn!("ssh accept: {e}");
@@ -65,16 +64,16 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, config: Arc<russh
 
 /// Runs one connection, closing it if it has not authenticated within `ssh.handshake_timeout`.
 async fn connection(
-    daemon: Arc<Daemon>,
+    platform: Arc<Platform>,
     config: Arc<russh::server::Config>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
     let authed = Arc::new(AtomicBool::new(false));
-    let deadline = daemon.config.ssh.handshake_timeout;
+    let deadline = platform.config.ssh.handshake_timeout;
     let handler = Conn {
-        daemon: daemon.clone(),
+        platform: platform.clone(),
         peer,
         identity: None,
         authed: authed.clone(),
@@ -117,7 +116,7 @@ async fn connection(
 
 /// One SSH connection.
 struct Conn {
-    daemon: Arc<Daemon>,
+    platform: Arc<Platform>,
     peer: SocketAddr,
     /// Set only by `auth_publickey`, after russh verified the signature.
     identity: Option<Identity>,
@@ -130,7 +129,7 @@ struct Conn {
 
 impl Conn {
     fn hint(&self) -> String {
-        let (host, port) = self.daemon.config.ssh_host_port();
+        let (host, port) = self.platform.config.ssh_host_port();
         format!("catwalk has no shell; try: ssh -p {port} git@{host} help\r\n")
     }
 }
@@ -151,7 +150,7 @@ impl russh::server::Handler for Conn {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.daemon.authorized_keys.lookup(offer.public_key).is_some() {
+        Ok(if self.platform.authorized_keys.lookup(offer.public_key).is_some() {
             Auth::Accept
         } else {
             Auth::reject()
@@ -160,7 +159,7 @@ impl russh::server::Handler for Conn {
 
     /// The signature was verified: this is the one place a connection gets an identity.
     async fn auth_publickey(&mut self, _user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        match self.daemon.authorized_keys.lookup(key.public_key) {
+        match self.platform.authorized_keys.lookup(key.public_key) {
             Some(identity) => {
                 tracing::info!("ssh {}: authenticated as {}", self.peer, identity.describe());
                 self.identity = Some(identity);
@@ -255,7 +254,7 @@ impl russh::server::Handler for Conn {
         };
         session.channel_success(channel)?;
         let request = exec::Request {
-            daemon: self.daemon.clone(),
+            platform: self.platform.clone(),
             identity,
             command: data.to_vec(),
             git_protocol: self.git_protocol.remove(&channel),

@@ -747,11 +747,9 @@ impl Deployer {
         if let Some(server) = server {
             server.shut_down().await;
         }
+        // The app's directory is left to the caller (`platform::erase`), which moves it aside atomically
+        // before the store forgets the app.
         self.store.delete_releases(app.as_str()).map_err(|e| e.to_string())?;
-        let dir = self.dir.app(app);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
-        }
         Ok(())
     }
 }

@@ -9,73 +9,19 @@
 //!
 //! [`post_receive`] runs after the refs moved and only prints the summary.
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-use crate::daemon::Daemon;
+use super::Platform;
+use crate::git::hook::{QuarantineEnv, RefUpdate};
 use crate::git::locks::{PushSession, short_sha};
 use crate::identity::Identity;
 use crate::output::Progress;
 use crate::store::{AppRecord, PushRecord, now};
 
-/// One line of the hook's stdin: `old new refname`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefUpdate {
-    pub old: String,
-    pub new: String,
-    #[serde(rename = "ref")]
-    pub refname: String,
-}
-
-impl RefUpdate {
-    /// Parses `old new refname`.
-    pub fn parse(line: &str) -> Option<RefUpdate> {
-        let mut parts = line.split_whitespace();
-        let (old, new, refname) = (parts.next()?, parts.next()?, parts.next()?);
-        let is_sha = |s: &str| matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if parts.next().is_some() || !is_sha(old) || !is_sha(new) {
-            return None;
-        }
-        Some(RefUpdate { old: old.into(), new: new.into(), refname: refname.into() })
-    }
-
-    pub fn is_delete(&self) -> bool {
-        self.new.bytes().all(|b| b == b'0')
-    }
-
-    pub fn is_create(&self) -> bool {
-        self.old.bytes().all(|b| b == b'0')
-    }
-}
-
-/// The environment git gives the pre-receive hook to read the not-yet-accepted objects.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuarantineEnv {
-    /// `GIT_QUARANTINE_PATH`: the directory holding the pushed objects.
-    pub quarantine_path: Option<String>,
-    /// `GIT_OBJECT_DIRECTORY`.
-    pub object_directory: Option<String>,
-    /// `GIT_ALTERNATE_OBJECT_DIRECTORIES` (the repository's own objects).
-    pub alternate_object_directories: Option<String>,
-}
-
-impl QuarantineEnv {
-    /// The directories holding the pushed objects: the quarantine object directory (and the
-    /// repository's own, which the bare repository already reads).
-    pub fn object_dirs(&self) -> Vec<std::path::PathBuf> {
-        let mut dirs: Vec<std::path::PathBuf> = Vec::new();
-        if let Some(dir) = &self.object_directory {
-            dirs.push(dir.into());
-        } else if let Some(dir) = &self.quarantine_path {
-            dirs.push(dir.into());
-        }
-        dirs
-    }
-}
-
 /// Everything the gate knows about one push.
 pub struct PushContext<'a> {
-    pub daemon: &'a Daemon,
-    pub push: &'a PushSession,
+    pub platform: &'a Platform,
+    pub push: Arc<PushSession>,
     pub updates: Vec<RefUpdate>,
     /// `git push -o key=value` options, in order.
     pub options: Vec<String>,
@@ -142,8 +88,8 @@ pub async fn post_receive(ctx: &PushContext<'_>) {
 }
 
 /// The deploy branch of an app (its own setting, else the daemon's).
-pub fn deploy_branch(daemon: &Daemon, app: Option<&AppRecord>) -> String {
-    app.and_then(|a| a.deploy_branch.clone()).unwrap_or_else(|| daemon.config.git.deploy_branch.clone())
+pub fn deploy_branch(platform: &Platform, app: Option<&AppRecord>) -> String {
+    app.and_then(|a| a.deploy_branch.clone()).unwrap_or_else(|| platform.config.git.deploy_branch.clone())
 }
 
 /// Whether `who` may push to `app` (`None`: the app does not exist yet and would be created).
@@ -166,11 +112,11 @@ pub fn name_taken(app: &str) -> String {
 
 /// The policy of this issue: one update, to the deploy branch, not a deletion, by a key with rights.
 fn check<'u>(ctx: &'u PushContext<'_>) -> Result<&'u RefUpdate, String> {
-    let daemon = ctx.daemon;
+    let platform = ctx.platform;
     let app = &ctx.push.app;
-    let record = daemon.store.app(app.as_str()).map_err(|e| format!("cannot read app {app}: {e}"))?;
+    let record = platform.store.app(app.as_str()).map_err(|e| format!("cannot read app {app}: {e}"))?;
     may_push(&ctx.push.pusher, record.as_ref())?;
-    let branch = deploy_branch(daemon, record.as_ref());
+    let branch = deploy_branch(platform, record.as_ref());
     let deploy_ref = format!("refs/heads/{branch}");
     let mut target = None;
     for update in &ctx.updates {
@@ -219,7 +165,7 @@ async fn deploy(ctx: &PushContext<'_>, update: &RefUpdate) -> Verdict {
         dry_run: option("dry-run"),
         detach: option("async"),
     };
-    match ctx.daemon.deployer.push(request, out).await {
+    match ctx.platform.deployer.push(request, out).await {
         Ok(crate::pipeline::deploy::Outcome::DryRun) => {
             Verdict::Reject("dry run (-o dry-run): the push was validated; the ref was not updated".into())
         }
@@ -229,14 +175,14 @@ async fn deploy(ctx: &PushContext<'_>, update: &RefUpdate) -> Verdict {
 }
 
 fn ensure_app(ctx: &PushContext<'_>) -> Result<(), String> {
-    let store = &ctx.daemon.store;
+    let store = &ctx.platform.store;
     let app = &ctx.push.app;
     match store.app(app.as_str()) {
         // Created meanwhile (`check` read the store before): the pusher must still be allowed.
         Ok(Some(record)) => may_push(&ctx.push.pusher, Some(&record)),
         Ok(None) => {
             let apps = store.apps().map_err(|e| format!("cannot read the apps: {e}"))?;
-            ctx.push.pusher.may_create_app(&apps, ctx.daemon.config.deploy.max_apps_per_deployer)?;
+            ctx.push.pusher.may_create_app(&apps, ctx.platform.config.deploy.max_apps_per_deployer)?;
             let pusher = &ctx.push.pusher.name;
             let record = AppRecord::new(app.as_str(), pusher, vec![pusher.clone()]);
             match store.create_app(&record) {
@@ -268,7 +214,7 @@ fn record(ctx: &PushContext<'_>, verdict: &Verdict) {
             options: ctx.options.clone(),
             verdict: verdict.clone(),
         };
-        if let Err(e) = ctx.daemon.store.record_push(record) {
+        if let Err(e) = ctx.platform.store.record_push(record) {
             tracing::error!("recording a push of {}: {e}", ctx.push.app);
         }
     }
@@ -276,22 +222,4 @@ fn record(ctx: &PushContext<'_>, verdict: &Verdict) {
 
 fn branch_of(refname: &str) -> &str {
     refname.strip_prefix("refs/heads/").unwrap_or(refname)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The all-zero sha git uses for "no object" (creation or deletion).
-    const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
-
-    #[test]
-    fn parses_update_lines() {
-        let old = "a".repeat(40);
-        let u = RefUpdate::parse(&format!("{old} {ZERO_SHA} refs/heads/main")).unwrap();
-        assert!(u.is_delete() && !u.is_create());
-        assert!(RefUpdate::parse("x y refs/heads/main").is_none());
-        assert!(RefUpdate::parse(&format!("{old} {old}")).is_none());
-        assert!(RefUpdate::parse(&format!("{old} {old} refs/heads/main extra")).is_none());
-    }
 }

@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::daemon::Daemon;
+use super::Platform;
 use crate::names::AppName;
 use crate::store::Erased;
 
@@ -25,16 +25,16 @@ use crate::store::Erased;
 const DESTROYED: &str = ".destroyed-";
 
 /// The paths an app's files live at.
-fn app_paths(daemon: &Daemon, app: &AppName) -> [PathBuf; 2] {
-    [daemon.dir.repo(app), daemon.dir.app(app)]
+fn app_paths(platform: &Platform, app: &AppName) -> [PathBuf; 2] {
+    [platform.dir.repo(app), platform.dir.app(app)]
 }
 
 /// Moves the app's repository and runtime directory out of its name's paths (renames in the same
 /// directories, so each is atomic). Returns where they went.
-fn move_aside(daemon: &Daemon, app: &AppName) -> Result<Vec<PathBuf>, String> {
+fn move_aside(platform: &Platform, app: &AppName) -> Result<Vec<PathBuf>, String> {
     let tag = hex::encode(rand::random::<[u8; 6]>());
     let mut moved = Vec::new();
-    for path in app_paths(daemon, app) {
+    for path in app_paths(platform, app) {
         if std::fs::symlink_metadata(&path).is_err() {
             continue;
         }
@@ -48,8 +48,8 @@ fn move_aside(daemon: &Daemon, app: &AppName) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Deletes what destroys moved aside (this one's and any a crash left), logging what it cannot delete.
-fn sweep(daemon: &Daemon) {
-    for parent in [daemon.dir.repos(), daemon.dir.apps()] {
+fn sweep(platform: &Platform) {
+    for parent in [platform.dir.repos(), platform.dir.apps()] {
         let Ok(entries) = std::fs::read_dir(&parent) else { continue };
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(DESTROYED) {
@@ -71,14 +71,14 @@ fn remove(path: &Path) {
 }
 
 /// Erases `app` for good (`apps destroy`; the caller holds its deploy lock and checked the rights).
-pub async fn destroy(daemon: &Daemon, app: &AppName, by: &str) -> Result<Erased, String> {
+pub async fn destroy(platform: &Platform, app: &AppName, by: &str) -> Result<Erased, String> {
     // Stop serving it: Fly app, routes, sessions, servers.
-    daemon.deployer.destroy(app).await?;
-    move_aside(daemon, app)?;
+    platform.deployer.destroy(app).await?;
+    move_aside(platform, app)?;
     // The one step that frees the name: every store row of the app, in one transaction.
-    let erased = daemon.store.destroy_app(app.as_str(), by).map_err(|e| e.to_string())?;
-    daemon.gateway.logs().erase(app.as_str());
-    sweep(daemon);
+    let erased = platform.store.destroy_app(app.as_str(), by).map_err(|e| e.to_string())?;
+    platform.gateway.logs().erase(app.as_str());
+    sweep(platform);
     tracing::info!(
         "apps destroy: {app} destroyed by {by}: erased its repository, files, log, {} tokens, {} releases \
          and {} push records; {} audit records kept for the operator as {}",
@@ -93,14 +93,14 @@ pub async fn destroy(daemon: &Daemon, app: &AppName, by: &str) -> Result<Erased,
 
 /// Before `app` is created (the caller holds its deploy lock and found no record): removes anything
 /// left at its paths and in its log, so a new owner starts from nothing.
-pub fn clear_before_create(daemon: &Daemon, app: &AppName) -> Result<(), String> {
-    let leftovers = move_aside(daemon, app)?;
+pub fn clear_before_create(platform: &Platform, app: &AppName) -> Result<(), String> {
+    let leftovers = move_aside(platform, app)?;
     if !leftovers.is_empty() {
         tracing::warn!("{app}: removed files left by an earlier app of this name before creating it again");
     }
     for path in leftovers {
         remove(&path);
     }
-    daemon.gateway.logs().erase(app.as_str());
+    platform.gateway.logs().erase(app.as_str());
     Ok(())
 }
