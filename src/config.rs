@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::plan::RuntimeKind;
+
 /// The whole configuration file. Every section is optional and defaults to values fit for a laptop.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -195,7 +197,7 @@ impl Default for DeployConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Runtime of apps that do not choose one: `local` or `fly`.
-    pub default: String,
+    pub default: RuntimeKind,
     /// Let an app's own `catwalk.toml` choose its runtime (`runtime = "fly"` / `"local"`).
     pub allow_app_choice: bool,
     /// Fly.io Machines settings; required when any app may run on `fly`.
@@ -204,7 +206,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { default: "local".into(), allow_app_choice: true, fly: None }
+        RuntimeConfig { default: RuntimeKind::Local, allow_app_choice: true, fly: None }
     }
 }
 
@@ -346,11 +348,8 @@ impl Config {
                 return Err("deploy.enrich.timeout must be more than 0s".into());
             }
         }
-        match self.runtime.default.as_str() {
-            "local" => {}
-            "fly" if self.runtime.fly.is_some() => {}
-            "fly" => return Err("runtime.default = \"fly\" needs a [runtime.fly] section".into()),
-            other => return Err(format!("runtime.default = {other:?}: expected \"local\" or \"fly\"")),
+        if self.runtime.default == RuntimeKind::Fly && self.runtime.fly.is_none() {
+            return Err("runtime.default = \"fly\" needs a [runtime.fly] section".into());
         }
         if let Some(fly) = &self.runtime.fly {
             fly.validate()?;

@@ -21,6 +21,7 @@ pub mod names;
 pub mod oauth;
 pub mod output;
 pub mod pipeline;
+pub mod plan;
 pub mod platform;
 pub mod runtime;
 pub mod ssh;

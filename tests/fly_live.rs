@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use catwalk::pipeline::plan::{Entry, Language, Plan, Registry, Source, Transport};
 use catwalk::pipeline::secrets::Secrets;
+use catwalk::plan::{Entry, Language, Plan, Registry, Source, Transport};
 use catwalk::runtime::fly::{FlyConfig, FlyRuntime};
 use catwalk::store::{ReleaseRecord, ReleaseStatus};
 
@@ -55,7 +55,7 @@ async fn fly_live_optional() {
             env: Vec::new(),
             shared: false,
             install_scripts: false,
-            runtime: Some("fly".into()),
+            runtime: Some(catwalk::plan::RuntimeKind::Fly),
             allowed_origins: Vec::new(),
             no_network: false,
             auth: Default::default(),
@@ -65,7 +65,7 @@ async fn fly_live_optional() {
         created_at: 0,
         pusher: "live-test".into(),
         secrets: Default::default(),
-        runtime: "fly".into(),
+        runtime: catwalk::plan::RuntimeKind::Fly,
         timings: Vec::new(),
         introspection: None,
         error: None,

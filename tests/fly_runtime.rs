@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catwalk::gateway::{AppDirectory, AppLogs, AppRoute, Gateway, GatewayConfig, Mount, NoAudit};
-use catwalk::pipeline::plan::{Entry, EnvSpec, Language, Plan, Registry, Source, Transport};
 use catwalk::pipeline::secrets::{Secrets, parse_dotenv};
+use catwalk::plan::{Entry, EnvSpec, Language, Plan, Registry, Source, Transport};
 use catwalk::runtime::fly::{FlyConfig, FlyRuntime, Network};
 use catwalk::store::{ReleaseRecord, ReleaseStatus};
 use fly_fake::{FakeFly, FakeImage};
@@ -150,7 +150,7 @@ fn release(app: &str, version: u32) -> ReleaseRecord {
             ],
             shared: false,
             install_scripts: false,
-            runtime: Some("fly".into()),
+            runtime: Some(catwalk::plan::RuntimeKind::Fly),
             allowed_origins: Vec::new(),
             no_network: false,
             auth: Default::default(),
@@ -160,7 +160,7 @@ fn release(app: &str, version: u32) -> ReleaseRecord {
         created_at: 0,
         pusher: "test".into(),
         secrets: BTreeMap::new(),
-        runtime: "fly".into(),
+        runtime: catwalk::plan::RuntimeKind::Fly,
         timings: Vec::new(),
         introspection: None,
         error: None,

@@ -67,8 +67,8 @@ async fn sandboxed_install(
     package: &str,
 ) -> (catwalk::runtime::install::Toolchain, catwalk::runtime::install::Installed) {
     use catwalk::pipeline::analyse::analyse;
-    use catwalk::pipeline::plan::Source;
     use catwalk::pipeline::registry::{Registries, pin};
+    use catwalk::plan::Source;
     use catwalk::runtime::install::{Toolchain, install_package};
     use std::collections::BTreeMap;
 

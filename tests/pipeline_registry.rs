@@ -1,7 +1,7 @@
 //! Pinning against the real npm and PyPI registries (reachable from CI, like the installs themselves).
 
-use catwalk::pipeline::plan::Registry;
 use catwalk::pipeline::registry::{Registries, pin};
+use catwalk::plan::Registry;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().user_agent("catwalk-tests").build().unwrap()

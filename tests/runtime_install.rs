@@ -1,12 +1,12 @@
 //! Installing real packages from npm and PyPI, and re-using an identical install.
 
 use catwalk::pipeline::analyse::{analyse, parse_package_spec};
-use catwalk::pipeline::plan::Source;
 use catwalk::pipeline::registry::{Registries, pin};
+use catwalk::plan::Source;
 use catwalk::runtime::install::{Toolchain, install_package};
 use std::collections::BTreeMap;
 
-async fn pinned_plan(manifest: &str) -> catwalk::pipeline::plan::Plan {
+async fn pinned_plan(manifest: &str) -> catwalk::plan::Plan {
     let tree: BTreeMap<String, Vec<u8>> = [("catwalk.toml".to_string(), manifest.as_bytes().to_vec())].into();
     let mut plan = analyse(&tree).unwrap();
     if let Source::Package { registry, name, version } = &mut plan.source {

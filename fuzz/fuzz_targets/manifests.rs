@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use catwalk::pipeline::analyse::{analyse, parse_package_spec};
-use catwalk::pipeline::plan::{Entry, Registry, Source, Transport};
+use catwalk::plan::{Entry, Registry, Source, Transport};
 use catwalk::pipeline::validate;
 use libfuzzer_sys::fuzz_target;
 

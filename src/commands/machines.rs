@@ -32,8 +32,12 @@ pub enum Machines {
 
 /// Reads `app`'s machines with their last `events` events each.
 pub async fn read(ctx: &Ctx<'_>, app: &str, events: u32) -> Machines {
-    let on_fly =
-        ctx.platform.store.releases(app).map(|rs| rs.iter().any(|r| r.runtime == "fly")).unwrap_or(false);
+    let on_fly = ctx
+        .platform
+        .store
+        .releases(app)
+        .map(|rs| rs.iter().any(|r| r.runtime == crate::plan::RuntimeKind::Fly))
+        .unwrap_or(false);
     if !on_fly {
         return Machines::NotOnFly;
     }

@@ -11,40 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::{Authenticator, RateLimit};
 
-/// How an app's MCP endpoint is protected (the app's `[deploy] auth` in its `catwalk.toml`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum AuthMode {
-    /// OAuth access tokens issued for this endpoint, and `tokens create` bearer tokens (the default).
-    #[default]
-    #[serde(rename = "oauth+token")]
-    OAuthAndToken,
-    /// Only `tokens create` bearer tokens; no OAuth metadata is offered.
-    #[serde(rename = "token")]
-    Token,
-    /// A public endpoint: no credential at all (still rate-limited and audited, as one caller "public").
-    #[serde(rename = "none")]
-    Public,
-}
-
-impl AuthMode {
-    /// The manifest spelling: `oauth+token`, `token` or `none`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMode::OAuthAndToken => "oauth+token",
-            AuthMode::Token => "token",
-            AuthMode::Public => "none",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<AuthMode> {
-        match text {
-            "oauth+token" => Some(AuthMode::OAuthAndToken),
-            "token" => Some(AuthMode::Token),
-            "none" => Some(AuthMode::Public),
-            _ => None,
-        }
-    }
-}
+pub use crate::plan::AuthMode;
 
 /// Who a valid token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::plan::{Entry, EnvSpec, Language, Plan, Registry, Source, Transport};
 use super::validate;
+use crate::plan::{AuthMode, Entry, EnvSpec, Language, Plan, Registry, RuntimeKind, Source, Transport};
 
 /// Read-only access to the files of the pushed commit (a git tree in production, a map in tests).
 pub trait Tree {
@@ -197,9 +197,16 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
             return Err(format!("catwalk.toml: deploy.network {other:?}: use \"default\" or \"none\""));
         }
     };
+    let runtime = match manifest.deploy.runtime.as_deref() {
+        None => None,
+        Some(text) => Some(
+            RuntimeKind::parse(text)
+                .ok_or_else(|| format!("catwalk.toml: deploy.runtime {text:?}: use \"local\" or \"fly\""))?,
+        ),
+    };
     let auth = match manifest.deploy.auth.as_deref() {
-        None => crate::gateway::AuthMode::default(),
-        Some(text) => crate::gateway::AuthMode::parse(text).ok_or_else(|| {
+        None => AuthMode::default(),
+        Some(text) => AuthMode::parse(text).ok_or_else(|| {
             format!(
                 "catwalk.toml: deploy.auth {text:?}: use \"oauth+token\" (default), \"token\" or \"none\" (public)"
             )
@@ -215,7 +222,7 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
         env,
         shared: s.shared,
         install_scripts: manifest.deploy.install_scripts,
-        runtime: manifest.deploy.runtime,
+        runtime,
         allowed_origins: manifest.deploy.allowed_origins,
         no_network,
         auth,
@@ -487,7 +494,7 @@ fn from_pyproject(text: &str) -> Result<Option<Plan>, String> {
     let is_mcp = deps.iter().any(|d| {
         let name: String =
             d.chars().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect();
-        matches!(validate::pypi_normalise(&name).as_str(), "mcp" | "fastmcp")
+        matches!(crate::names::pypi_normalise(&name).as_str(), "mcp" | "fastmcp")
     });
     if !is_mcp {
         return Ok(None);
@@ -574,11 +581,6 @@ fn check(plan: &Plan) -> Result<(), String> {
                 "{m}: allowed_origins: {origin:?} is not an origin like https://example.com"
             ));
         }
-    }
-    if let Some(r) = &plan.runtime
-        && !matches!(r.as_str(), "local" | "fly")
-    {
-        return Err(format!("{m}: deploy.runtime {r:?}: use \"local\" or \"fly\""));
     }
     Ok(())
 }

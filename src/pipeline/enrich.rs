@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::plan::Plan;
 use crate::config::EnrichConfig;
+use crate::plan::Plan;
 
 /// Longest accepted description, in characters.
 pub const MAX_DESCRIPTION_CHARS: usize = 200;
@@ -295,7 +295,7 @@ fn check_description(value: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::plan::{Entry, EnvSpec, Language, Source, Transport};
+    use crate::plan::{Entry, EnvSpec, Language, Source, Transport};
 
     fn env(name: &str, description: Option<&str>, value: Option<&str>) -> EnvSpec {
         EnvSpec {
@@ -313,7 +313,7 @@ mod tests {
             manifest: "catwalk.toml".into(),
             language: Language::Node,
             source: Source::Package {
-                registry: crate::pipeline::plan::Registry::Npm,
+                registry: crate::plan::Registry::Npm,
                 name: "@acme/mcp".into(),
                 version: Some("1.2.3".into()),
             },

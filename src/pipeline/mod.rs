@@ -6,8 +6,6 @@
 pub mod analyse;
 pub mod deploy;
 pub mod enrich;
-pub mod health;
-pub mod plan;
 pub mod registry;
 pub mod secrets;
 pub mod source;

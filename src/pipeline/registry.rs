@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::Registry;
 use super::validate;
+use crate::plan::Registry;
 use crate::store::Store;
 
 /// Registry endpoints (configurable for mirrors).
@@ -140,7 +140,7 @@ async fn pin_pypi(
 ) -> Result<Pinned, String> {
     // One document answers both "latest" and "does this version exist": the per-version endpoint is not
     // served by every mirror.
-    let url = format!("{}/pypi/{}/json", r.pypi.trim_end_matches('/'), validate::pypi_normalise(name));
+    let url = format!("{}/pypi/{}/json", r.pypi.trim_end_matches('/'), crate::names::pypi_normalise(name));
     let what = format!("PyPI package {name:?}");
     let doc = get_json(client, r, &url, &what).await?;
     let version = match version {

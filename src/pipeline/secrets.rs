@@ -17,8 +17,6 @@
 //! a valid scalar after clamping). The daemon-wide recipient of catwalk before per-app keys is accepted
 //! only to restore or roll back a release that was already deployed with it ([`KeySource::DaemonWide`]).
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Read;
 
 use hmac::{Hmac, Mac};
@@ -32,30 +30,7 @@ pub const SECRETS_PATH: &str = ".catwalk/secrets.age";
 /// Refuse absurd secrets files before decrypting them.
 const MAX_SECRETS_FILE: usize = 1 << 20;
 
-/// A secret value. Deliberately not `Serialize`, and redacted when formatted.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(String);
-
-impl SecretValue {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for SecretValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Decrypted secrets by env name.
-pub type Secrets = BTreeMap<String, SecretValue>;
+pub use crate::plan::secret::{SecretValue, Secrets};
 
 /// The app a secrets file must belong to: its name and the incarnation id of its store record.
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +126,7 @@ impl AgeIdentity {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key).expect("any key length");
         mac.update(name.as_bytes());
         mac.update(b"\0");
-        mac.update(value.0.as_bytes());
+        mac.update(value.expose().as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
 }
@@ -204,7 +179,7 @@ pub fn parse_dotenv(text: &str) -> Result<Secrets, String> {
         validate::env_name(name).map_err(|e| format!("{SECRETS_PATH}: line {line_no}: {e}"))?;
         let value = unquote(value.trim())
             .ok_or_else(|| format!("{SECRETS_PATH}: line {line_no} ({name}): unterminated quote"))?;
-        if out.insert(name.to_string(), SecretValue(value)).is_some() {
+        if out.insert(name.to_string(), SecretValue::new(value)).is_some() {
             return Err(format!("{SECRETS_PATH}: line {line_no}: {name} is set twice"));
         }
     }
@@ -357,7 +332,7 @@ mod tests {
     #[test]
     fn values_are_redacted_and_digests_keyed() {
         let (k, _) = keyring();
-        let v = SecretValue("canary".into());
+        let v = SecretValue::new("canary".into());
         assert_eq!(format!("{v:?} {v}"), "<redacted> <redacted>");
         let (k2, _) = keyring();
         assert_ne!(k.digest("A", &v), k2.digest("A", &v));

@@ -107,24 +107,6 @@ pub fn pypi_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// PEP 503 normalised form (`Mcp_Server.Time` → `mcp-server-time`), used for registry URLs and caching.
-pub fn pypi_normalise(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut last_sep = false;
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            if !last_sep {
-                out.push('-');
-            }
-            last_sep = true;
-        } else {
-            out.push(c.to_ascii_lowercase());
-            last_sep = false;
-        }
-    }
-    out
-}
-
 /// An exact version as registries publish them (semver for npm, PEP 440 for PyPI): no ranges, no tags.
 pub fn exact_version(version: &str) -> Result<(), String> {
     let ok = !version.is_empty()
@@ -229,7 +211,7 @@ mod tests {
         for bad in ["", "-x", "x-", "a b", "x;y", "../x", "x==1"] {
             assert!(pypi_name(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(pypi_normalise("Mcp_Server..Time"), "mcp-server-time");
+        assert_eq!(crate::names::pypi_normalise("Mcp_Server..Time"), "mcp-server-time");
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl Platform {
             max_drain: config.gateway.session_idle_timeout,
             kill_grace: crate::gateway::GatewayConfig::default().kill_grace,
         };
-        deployer.default_runtime = config.runtime.default.clone();
+        deployer.default_runtime = config.runtime.default;
         deployer.allow_app_choice = config.runtime.allow_app_choice;
         if let Some(fly) = &config.runtime.fly {
             let key = deployer.age.derive_key("fly bridge credentials");

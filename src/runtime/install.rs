@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::BufReader;
 use tokio::process::Command;
 
-use crate::pipeline::plan::{Entry, Language, Plan, Registry, Source};
+use crate::plan::{Entry, Language, Plan, Registry, Source};
 use crate::runtime::sandbox::{self, AppSandbox, SandboxPolicy};
 
 /// The language toolchains, resolved to absolute paths once at start-up.
@@ -450,7 +450,7 @@ fn npm_bin(dir: &Path, name: &str, bin: Option<&str>) -> Result<String, String> 
 fn python_script(dir: &Path, name: &str, bin: Option<&str>) -> Result<String, String> {
     let bin_dir = dir.join("venv/bin");
     let confined = open_confined(dir)?;
-    let normal = crate::pipeline::validate::pypi_normalise(name);
+    let normal = crate::names::pypi_normalise(name);
     let candidates: Vec<String> = match bin {
         Some(b) => vec![b.to_string()],
         None => vec![normal.clone(), name.to_string(), normal.replace('-', "_")],

@@ -3,6 +3,7 @@
 //! Machines and the gateway proxies to them over HTTP.
 
 pub mod fly;
+pub mod health;
 pub mod http_server;
 pub mod install;
 pub mod routes;

@@ -11,7 +11,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{Result, Store, StoreError, decode, encode};
-use crate::pipeline::plan::Plan;
+use crate::plan::{Plan, RuntimeKind};
 
 pub(super) const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 
@@ -51,7 +51,7 @@ pub struct ReleaseRecord {
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
     #[serde(default)]
-    pub runtime: String,
+    pub runtime: RuntimeKind,
     /// (step, milliseconds) in order.
     #[serde(default)]
     pub timings: Vec<(String, u64)>,

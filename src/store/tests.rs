@@ -181,18 +181,33 @@ fn pushes_and_audit_append_in_order() {
 }
 
 fn release(app: &str, version: u32, status: ReleaseStatus) -> ReleaseRecord {
-    let tree: std::collections::BTreeMap<String, Vec<u8>> =
-        [("catwalk.toml".to_string(), b"[server]\npackage = \"npm:x\"\n".to_vec())].into();
+    use crate::plan::{Entry, Language, Plan, Registry, Source, Transport};
+    let plan = Plan {
+        manifest: "catwalk.toml".into(),
+        language: Language::Node,
+        source: Source::Package { registry: Registry::Npm, name: "x".into(), version: Some("1.0.0".into()) },
+        entry: Entry::PackageBin { bin: None },
+        args: vec![],
+        transport: Transport::Stdio,
+        env: vec![],
+        shared: false,
+        install_scripts: false,
+        runtime: None,
+        allowed_origins: vec![],
+        no_network: false,
+        auth: Default::default(),
+        warm: None,
+    };
     ReleaseRecord {
         app: app.into(),
         version,
         commit: format!("{version:040}"),
-        plan: crate::pipeline::analyse::analyse(&tree).unwrap(),
+        plan,
         status,
         created_at: 1,
         pusher: "alice".into(),
         secrets: Default::default(),
-        runtime: "local".into(),
+        runtime: crate::plan::RuntimeKind::Local,
         timings: vec![],
         introspection: None,
         error: None,

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 mod start;
 
 use super::analyse::{Tree, analyse};
-use super::plan::{Plan, Source};
 use super::registry::{Registries, pin};
 use super::secrets::{AgeIdentity, AppKeyId, KeySource, SECRETS_PATH, Secrets};
 use super::source::CommitTree;
 use crate::datadir::DataDir;
 use crate::gateway::{AppLogs, AppRoute, Gateway, LogKind};
 use crate::names::AppName;
+use crate::plan::{Plan, RuntimeKind, Source};
 use crate::runtime::http_server::{self, HttpServer, Lifecycle};
 use crate::runtime::install::{self, Installed, Toolchain};
 use crate::runtime::routes::RouteTable;
@@ -52,7 +52,7 @@ pub struct Deployer {
     /// The Fly Machines runtime, when `[runtime.fly]` is configured.
     pub fly: Option<Arc<crate::runtime::fly::FlyRuntime>>,
     /// Runtime of apps that do not choose one (`local` or `fly`).
-    pub default_runtime: String,
+    pub default_runtime: RuntimeKind,
     /// Whether an app's catwalk.toml may choose its runtime.
     pub allow_app_choice: bool,
     /// Start, idle, drain and stop timeouts of local `transport = "http"` servers.
@@ -133,7 +133,7 @@ impl Deployer {
             rate_limit: None,
             extra_origins: Vec::new(),
             fly: None,
-            default_runtime: "local".into(),
+            default_runtime: RuntimeKind::Local,
             allow_app_choice: true,
             warm_spares: 1,
             lifecycle: Lifecycle::default(),
@@ -297,7 +297,7 @@ impl Deployer {
             created_at: now(),
             pusher: pusher.to_string(),
             secrets: digests,
-            runtime: "local".into(),
+            runtime: RuntimeKind::Local,
             timings,
             introspection: None,
             error: None,
@@ -317,7 +317,7 @@ impl Deployer {
             Ok(runtime) => runtime,
             Err(e) => return Err(self.failed(app, release, e)),
         };
-        if release.runtime == "fly" {
+        if release.runtime == RuntimeKind::Fly {
             return self.finish_on_fly(app, release, &secrets, out).await;
         }
         let result = self.install_and_check(app, &mut release, &secrets, out).await;
@@ -341,17 +341,17 @@ impl Deployer {
     }
 
     /// Where a release runs: the app's choice when the operator allows it, else the daemon's default.
-    fn runtime_for(&self, plan: &Plan) -> Result<String, String> {
-        let runtime = match (&plan.runtime, self.allow_app_choice) {
-            (Some(r), true) => r.clone(),
-            (Some(r), false) if *r != self.default_runtime => {
+    fn runtime_for(&self, plan: &Plan) -> Result<RuntimeKind, String> {
+        let runtime = match (plan.runtime, self.allow_app_choice) {
+            (Some(r), true) => r,
+            (Some(r), false) if r != self.default_runtime => {
                 return Err(format!(
-                    "this app asks for runtime {r:?}, but the operator does not let apps choose (runtime.allow_app_choice = false)"
+                    "this app asks for runtime \"{r}\", but the operator does not let apps choose (runtime.allow_app_choice = false)"
                 ));
             }
-            _ => self.default_runtime.clone(),
+            _ => self.default_runtime,
         };
-        if runtime == "fly" && self.fly.is_none() {
+        if runtime == RuntimeKind::Fly && self.fly.is_none() {
             return Err(
                 "this app asks for runtime \"fly\", but this daemon has no [runtime.fly] configuration"
                     .into(),
@@ -392,7 +392,7 @@ impl Deployer {
             .store
             .live_release(app.as_str())
             .map_err(|e| e.to_string())?
-            .filter(|r| r.runtime == "fly")
+            .filter(|r| r.runtime == RuntimeKind::Fly)
             .map(|r| r.version);
         let progress_out = out.clone();
         let progress = move |line: String| progress_out(line);
@@ -436,7 +436,7 @@ impl Deployer {
 
     /// Announces a release that just became live (log event and the pusher's endpoint line).
     fn went_live(&self, app: &AppName, release: &ReleaseRecord, out: &Output) -> u32 {
-        let on = if release.runtime == "fly" { " on fly" } else { "" };
+        let on = if release.runtime == RuntimeKind::Fly { " on fly" } else { "" };
         self.logs.push(app.as_str(), LogKind::Event, &format!("release v{} is live{on}", release.version));
         out(format!(
             "-----> live at {}/mcp/{app}   (tokens: {} tokens create {app})",
@@ -462,7 +462,7 @@ impl Deployer {
         release.status = ReleaseStatus::Failed;
         release.error = Some(e.clone());
         let _ = self.store.put_release(&release);
-        let on = if release.runtime == "fly" { " on fly" } else { "" };
+        let on = if release.runtime == RuntimeKind::Fly { " on fly" } else { "" };
         self.logs.push(
             app.as_str(),
             LogKind::Event,
@@ -602,7 +602,7 @@ impl Deployer {
         };
         // A local release that became healthy has its command recorded; a Fly release is redeployed
         // from its plan (the machine installs the pinned package), so only its status counts.
-        let never_ran = target.runtime != "fly" && target.command.is_empty();
+        let never_ran = target.runtime != RuntimeKind::Fly && target.command.is_empty();
         if target.status == ReleaseStatus::Failed || never_ran {
             return Err(format!(
                 "release v{} never became healthy; roll back to a release that was live",
@@ -655,7 +655,7 @@ impl Deployer {
         let Some(live) = self.store.live_release(app.as_str()).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        if live.runtime == "fly" {
+        if live.runtime == RuntimeKind::Fly {
             // The live machine is found by its metadata (the Fly API is reached in the background).
             let fly = self
                 .fly
@@ -715,7 +715,7 @@ impl Deployer {
         self.gateway.drain_app(app.as_str());
         let live = self.store.live_release(app.as_str()).map_err(|e| e.to_string())?;
         if let (Some(fly), Some(live)) = (&self.fly, &live)
-            && live.runtime == "fly"
+            && live.runtime == RuntimeKind::Fly
         {
             // The machine is stopped and started again (its bridge and server start fresh).
             fly.scale_to_zero(app.as_str()).await?;
@@ -736,7 +736,7 @@ impl Deployer {
     /// Stops serving `app` and removes its releases and runtime data (`apps destroy`).
     pub async fn destroy(&self, app: &AppName) -> Result<(), String> {
         let releases = self.store.releases(app.as_str()).map_err(|e| e.to_string())?;
-        if releases.iter().any(|r| r.runtime == "fly")
+        if releases.iter().any(|r| r.runtime == RuntimeKind::Fly)
             && let Some(fly) = &self.fly
         {
             fly.destroy(app.as_str()).await?;

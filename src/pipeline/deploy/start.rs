@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::super::health;
-use super::super::plan::{Source, Transport};
 use super::super::secrets::Secrets;
 use super::{Deployer, Output};
 use crate::gateway::{AppRoute, Backend, Gateway, GatewayConfig, Mount, NoAudit, WakeHandle};
 use crate::names::AppName;
+use crate::plan::{Source, Transport};
+use crate::runtime::health;
 use crate::runtime::http_server::{self, HttpServer, HttpServerSpec};
 use crate::runtime::install::{self, Installed};
 use crate::runtime::sandbox::{self, AppSandbox};

@@ -27,8 +27,8 @@ use super::{
     SOURCE_TOKEN_SECRET,
 };
 use crate::gateway::AppRoute;
-use crate::pipeline::health;
-use crate::pipeline::secrets::Secrets;
+use crate::plan::Secrets;
+use crate::runtime::health;
 use crate::store::{Introspection, ReleaseRecord};
 
 /// Progress lines for the pusher (`-----> fly: ...`).

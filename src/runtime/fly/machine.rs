@@ -13,8 +13,8 @@ use super::{
     BRIDGE_TOKEN_SECRET, FlyConfig, META_APP, META_LAUNCH, META_RELEASE, Network, PLAN_ENV, SOURCE_ID_ENV,
     SOURCE_URL_ENV,
 };
-use crate::pipeline::plan::{Plan, Source};
-use crate::pipeline::secrets::Secrets;
+use crate::plan::Secrets;
+use crate::plan::{Plan, Source};
 use crate::store::ReleaseRecord;
 
 /// Builds the config of a new machine for `release`. `launch` is this deploy's unique id;

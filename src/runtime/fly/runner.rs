@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use super::machine::plan_from_env;
 use super::{PLAN_ENV, SOURCE_ID_ENV, SOURCE_TOKEN_SECRET, SOURCE_URL_ENV};
 use crate::bridge::BridgeArgs;
-use crate::pipeline::plan::{Plan, Source};
+use crate::plan::{Plan, Source};
 use crate::runtime::install::{self, Installed, Toolchain};
 
 #[derive(clap::Args, Debug, Clone)]

@@ -3,7 +3,86 @@
 //! A plan is data only. It holds no secret values (only their names), so it can be stored with the
 //! release, shown to the pusher, and re-used by `rollback`.
 
+//!
+//! It lives below the pipeline, the runtimes and the store (all three use it; none points back up), with
+//! the other values a release is made of: the app's [`AuthMode`], the [`RuntimeKind`] it runs on and the
+//! type of its decrypted [`Secrets`].
+
+pub mod secret;
+
 use serde::{Deserialize, Serialize};
+
+pub use secret::{SecretValue, Secrets};
+
+/// Where a release runs. Parsed once (config, manifest, stored release) so no code compares strings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Sandboxed processes on the daemon's host (the default).
+    #[default]
+    Local,
+    /// Fly.io Machines (`[runtime.fly]`).
+    Fly,
+}
+
+impl RuntimeKind {
+    /// The spelling of the config, the manifest and `--json`: `local` or `fly`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Local => "local",
+            RuntimeKind::Fly => "fly",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RuntimeKind> {
+        match text {
+            "local" => Some(RuntimeKind::Local),
+            "fly" => Some(RuntimeKind::Fly),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an app's MCP endpoint is protected (the app's `[deploy] auth` in its `catwalk.toml`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AuthMode {
+    /// OAuth access tokens issued for this endpoint, and `tokens create` bearer tokens (the default).
+    #[default]
+    #[serde(rename = "oauth+token")]
+    OAuthAndToken,
+    /// Only `tokens create` bearer tokens; no OAuth metadata is offered.
+    #[serde(rename = "token")]
+    Token,
+    /// A public endpoint: no credential at all (still rate-limited and audited, as one caller "public").
+    #[serde(rename = "none")]
+    Public,
+}
+
+impl AuthMode {
+    /// The manifest spelling: `oauth+token`, `token` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::OAuthAndToken => "oauth+token",
+            AuthMode::Token => "token",
+            AuthMode::Public => "none",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AuthMode> {
+        match text {
+            "oauth+token" => Some(AuthMode::OAuthAndToken),
+            "token" => Some(AuthMode::Token),
+            "none" => Some(AuthMode::Public),
+            _ => None,
+        }
+    }
+}
 
 /// The language runtime a server needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +220,7 @@ pub struct Plan {
     pub install_scripts: bool,
     /// Runtime the app asks for (`local`, `fly`), subject to the operator's policy.
     #[serde(default)]
-    pub runtime: Option<String>,
+    pub runtime: Option<RuntimeKind>,
     /// Extra `Origin` values the app allows.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
@@ -150,7 +229,7 @@ pub struct Plan {
     pub no_network: bool,
     /// `[deploy] auth`: which credentials the endpoint accepts (default `oauth+token`).
     #[serde(default)]
-    pub auth: crate::gateway::AuthMode,
+    pub auth: AuthMode,
     /// `[deploy] warm`: warm spares for this app (`None`: the daemon's `[deploy] warm`).
     #[serde(default)]
     pub warm: Option<u32>,
