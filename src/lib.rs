@@ -23,6 +23,7 @@ pub mod output;
 pub mod pipeline;
 pub mod plan;
 pub mod platform;
+pub mod process_group;
 pub mod runtime;
 pub mod ssh;
 pub mod store;

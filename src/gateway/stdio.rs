@@ -150,7 +150,7 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    crate::runtime::sandbox::own_session(&mut command);
+    crate::process_group::own_session(&mut command);
     let mut child = command.spawn().map_err(|e| {
         format!(
             "could not start `{prog}` (working directory {}): {e}; check that the command \

@@ -395,7 +395,7 @@ fn spawn(spec: &HttpServerSpec, logs: &Arc<AppLogs>) -> Result<tokio::process::C
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    crate::runtime::sandbox::own_session(&mut cmd);
+    crate::process_group::own_session(&mut cmd);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the server when the
     // daemon dies, so a killed daemon does not leave servers holding their ports.
     unsafe {

@@ -508,7 +508,7 @@ async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    crate::runtime::sandbox::own_session(&mut cmd);
+    crate::process_group::own_session(&mut cmd);
     for (key, value) in host_network_env() {
         cmd.env(key, value);
     }

@@ -400,16 +400,6 @@ fn under_system_dir(path: &Path) -> bool {
 /// Returns the argv that runs `argv` inside the sandbox described by `policy` and `sb` (unchanged when
 /// the sandbox is off or unavailable: [`SandboxPolicy::warning`] says so). When the daemon is root it
 /// also hands the writable directories to the app's uid (`chown -R`), since that uid writes them.
-/// Starts `cmd` in a new session: its own process group (stopped as a whole with `killpg`) and no
-/// controlling terminal, so nothing it runs can inject keystrokes into the daemon's terminal.
-/// Every server and install is spawned this way, sandboxed or not.
-pub fn own_session(cmd: &mut tokio::process::Command) {
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
-    }
-}
-
 pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<Vec<String>, String> {
     let Some(Status::Active { identity, landlock_abi }) = &policy.runtime.status else {
         return Ok(argv.to_vec());
@@ -490,7 +480,7 @@ pub fn wrap(policy: &SandboxPolicy, sb: &AppSandbox, argv: &[String]) -> Result<
         push(&["--unshare-user", "--uid", &id, "--gid", &id, "--disable-userns", "--cap-drop", "ALL"]);
     }
     // No `--new-session`: the spawner already put the command in a session of its own
-    // ([`own_session`]), which keeps TIOCSTI away from any terminal just the same, while SIGTERM to
+    // ([`crate::process_group::own_session`]), which keeps TIOCSTI away from any terminal just the same, while SIGTERM to
     // the process group still reaches the server (bwrap's --new-session would shield it).
     push(&["--die-with-parent", "--hostname", "catwalk-app"]);
     for dir in SYSTEM_DIRS {
