@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -88,42 +87,64 @@ impl Output {
     }
 }
 
-/// Progress lines of a push, in the `-----> step` style git users know from Heroku/Dokku, with the time
-/// since the push started so slow steps are visible to the pusher.
-#[derive(Clone, Debug)]
+/// Progress lines of a push, a rollback or a deploy, in the `-----> step` style git users know from
+/// Heroku/Dokku. The one sink the push gate, the pipeline, installs and the Fly runtime all write to: the
+/// formatting lives here, and where the lines go (the pusher's terminal, an app's log for a detached
+/// deploy, the Fly runner's stderr) is chosen once by whoever creates it.
+#[derive(Clone)]
 pub struct Progress {
-    out: Output,
-    started: Instant,
+    sink: ProgressSink,
+}
+
+#[derive(Clone)]
+enum ProgressSink {
+    /// A client's stdout (a push's `remote:` lines, a command's output).
+    Client(Output),
+    /// Whole lines to a function (an app's log, a process's stderr).
+    Lines(Arc<dyn Fn(String) + Send + Sync>),
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sink = match self.sink {
+            ProgressSink::Client(_) => "client",
+            ProgressSink::Lines(_) => "lines",
+        };
+        f.debug_struct("Progress").field("sink", &sink).finish()
+    }
 }
 
 impl Progress {
+    /// Progress written to a client's stdout.
     pub fn new(out: Output) -> Progress {
-        Progress { out, started: Instant::now() }
+        Progress { sink: ProgressSink::Client(out) }
+    }
+
+    /// Progress written line by line to `f` (each line formatted exactly as a client would see it).
+    pub fn to_lines(f: impl Fn(String) + Send + Sync + 'static) -> Progress {
+        Progress { sink: ProgressSink::Lines(Arc::new(f)) }
+    }
+
+    fn line(&self, text: String) {
+        match &self.sink {
+            ProgressSink::Client(out) => out.line(text),
+            ProgressSink::Lines(f) => f(text),
+        }
     }
 
     /// A headline: `-----> text`.
     pub fn step(&self, text: impl AsRef<str>) {
-        self.out.line(format!("-----> {}", text.as_ref()));
+        self.line(format!("-----> {}", text.as_ref()));
     }
 
     /// A detail under the current step.
     pub fn detail(&self, text: impl AsRef<str>) {
-        self.out.line(format!("       {}", text.as_ref()));
-    }
-
-    /// A headline with the elapsed time: `-----> text (0.12s)`.
-    pub fn timed(&self, text: impl AsRef<str>) {
-        let secs = self.started.elapsed().as_secs_f64();
-        self.out.line(format!("-----> {} ({secs:.2}s)", text.as_ref()));
+        self.line(format!("       {}", text.as_ref()));
     }
 
     /// A refusal, on its own marked line.
     pub fn error(&self, text: impl AsRef<str>) {
-        self.out.line(format!(" !     {}", text.as_ref()));
-    }
-
-    pub fn output(&self) -> &Output {
-        &self.out
+        self.line(format!(" !     {}", text.as_ref()));
     }
 }
 

@@ -74,7 +74,7 @@ async fn fly_live_optional() {
         command: Vec::new(),
         secrets_key: Default::default(),
     };
-    let out = |l: String| println!("{l}");
+    let out = catwalk::output::Progress::to_lines(|l: String| println!("{l}"));
     let result = rt.deploy(&release, &Secrets::new(), None, &out).await;
     let staged_ok = match &result {
         Ok(staged) => rt.commit(staged, &out).await.map(|()| staged.introspection.tools.clone()),

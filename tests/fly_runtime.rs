@@ -30,9 +30,9 @@ struct Env {
 }
 
 impl Env {
-    fn out(&self) -> impl Fn(String) + Send + Sync + 'static {
+    fn out(&self) -> catwalk::output::Progress {
         let lines = self.lines.clone();
-        move |l: String| lines.lock().unwrap().push(l)
+        catwalk::output::Progress::to_lines(move |l: String| lines.lock().unwrap().push(l))
     }
 
     fn output(&self) -> String {

@@ -87,7 +87,7 @@ async fn sandboxed_install(
                 .unwrap_or_else(|e| panic!("pinning {package}: {e}"));
         *version = Some(p.version);
     }
-    let progress = |_l: String| {};
+    let progress = catwalk::output::Progress::to_lines(|_| {});
     let installed = install_package(&tools, &data.root().join("installs"), &plan, &progress)
         .await
         .unwrap_or_else(|e| panic!("sandboxed install of {package}: {e}"));

@@ -23,8 +23,7 @@ async fn installs_a_pypi_package_once_and_reuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let tools = Toolchain::detect(dir.path().join("cache"));
     let plan = pinned_plan("[server]\npackage = \"pypi:mcp-server-time\"\n").await;
-    let lines = std::sync::Mutex::new(Vec::new());
-    let progress = |l: String| lines.lock().unwrap().push(l);
+    let progress = catwalk::output::Progress::to_lines(|_| {});
     let first = install_package(&tools, &dir.path().join("installs"), &plan, &progress).await.unwrap();
     assert!(!first.reused);
     assert!(std::path::Path::new(&first.command[0]).is_file(), "{:?}", first.command);
@@ -38,7 +37,7 @@ async fn installs_an_npm_package_without_lifecycle_scripts() {
     let dir = tempfile::tempdir().unwrap();
     let tools = Toolchain::detect(dir.path().join("cache"));
     let plan = pinned_plan("[server]\npackage = \"npm:@modelcontextprotocol/server-everything\"\n").await;
-    let progress = |_l: String| {};
+    let progress = catwalk::output::Progress::to_lines(|_| {});
     let installed = install_package(&tools, &dir.path().join("installs"), &plan, &progress).await.unwrap();
     assert!(installed.command[0].contains("server-everything"), "{:?}", installed.command);
     assert!(std::path::Path::new(&installed.command[0]).is_file());

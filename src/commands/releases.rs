@@ -90,14 +90,13 @@ fn parse_version(v: &str) -> Result<u32, Failure> {
 pub async fn rollback(ctx: &Ctx<'_>, name: &str, version: Option<&str>) -> CmdResult {
     let app = app_name(ctx, name, "rollback")?;
     let version = version.map(parse_version).transpose()?;
-    let out = ctx.out.clone();
-    let sink: crate::pipeline::deploy::Output = std::sync::Arc::new(move |line: String| out.line(line));
+    let progress = crate::output::Progress::new(ctx.out.clone());
     let version = ctx
         .platform
-        .rollback(&app, version, &ctx.who.name, &sink, |queued| ctx.out.eline(queued))
+        .rollback(&app, version, &ctx.who.name, &progress, |queued| ctx.out.eline(queued))
         .await
         .map_err(Failure::Error)?;
-    ctx.out.line(format!("-----> {app} v{version} is live"));
+    progress.step(format!("{app} v{version} is live"));
     Ok(())
 }
 

@@ -128,7 +128,7 @@ impl Enricher {
                 *plan = enriched;
                 let n = applied.described.len();
                 let mut line = format!(
-                    "-----> enrich: described {n} env var{} ({}) with {}",
+                    "enrich: described {n} env var{} ({}) with {}",
                     if n == 1 { "" } else { "s" },
                     applied.described.join(", "),
                     self.model
@@ -184,7 +184,7 @@ impl Enricher {
 }
 
 fn skipped(reason: &str) -> String {
-    format!("-----> enrich: skipped ({reason})")
+    format!("enrich: skipped ({reason})")
 }
 
 /// A description counts as missing when it is absent or blank.
@@ -492,7 +492,7 @@ mod tests {
         let before = plan();
         let mut p = before.clone();
         let line = e.enrich("acme", &mut p).await.unwrap();
-        assert!(line.starts_with("-----> enrich: skipped ("), "{line}");
+        assert!(line.starts_with("enrich: skipped ("), "{line}");
         assert_eq!(p, before);
         // Nothing to describe: nothing is sent and nothing is printed.
         for v in p.env.iter_mut() {

@@ -323,7 +323,7 @@ impl Platform {
         app: &AppName,
         version: Option<u32>,
         by: &str,
-        out: &crate::pipeline::deploy::Output,
+        progress: &Progress,
         on_wait: impl FnOnce(String),
     ) -> Result<u32, String> {
         let record = self
@@ -334,7 +334,7 @@ impl Platform {
         let branch = push::deploy_branch(self, Some(&record));
         // A rollback moves the branch, so no push may be mid-flight.
         let _guard = self.lock_app(app, by, "rollback", on_wait).await;
-        self.deployer.rollback(app, version, by, &branch, out).await
+        self.deployer.rollback(app, version, by, &branch, progress).await
     }
 
     /// The deploy branch of `app` (its own setting, else the daemon's).

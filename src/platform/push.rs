@@ -145,16 +145,6 @@ fn check<'u>(ctx: &'u PushContext<'_>) -> Result<&'u RefUpdate, String> {
 /// Creates the app record on the first accepted push, with the pusher as owner.
 /// Runs the deploy pipeline for an accepted update (see `pipeline::deploy`).
 async fn deploy(ctx: &PushContext<'_>, update: &RefUpdate) -> Verdict {
-    let progress = ctx.progress.clone();
-    let out: crate::pipeline::deploy::Output = std::sync::Arc::new(move |line: String| {
-        if let Some(rest) = line.strip_prefix("-----> ") {
-            progress.step(rest);
-        } else if let Some(rest) = line.strip_prefix("       ") {
-            progress.detail(rest);
-        } else {
-            progress.detail(line);
-        }
-    });
     let option = |name: &str| ctx.options.iter().any(|o| o == name || o.strip_prefix(name) == Some("=true"));
     let quarantine = ctx.quarantine.object_dirs();
     let request = crate::pipeline::deploy::PushDeploy {
@@ -165,7 +155,7 @@ async fn deploy(ctx: &PushContext<'_>, update: &RefUpdate) -> Verdict {
         dry_run: option("dry-run"),
         detach: option("async"),
     };
-    match ctx.platform.deployer.push(request, out).await {
+    match ctx.platform.deployer.push(request, ctx.progress.clone()).await {
         Ok(crate::pipeline::deploy::Outcome::DryRun) => {
             Verdict::Reject("dry run (-o dry-run): the push was validated; the ref was not updated".into())
         }

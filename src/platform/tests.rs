@@ -69,7 +69,7 @@ async fn pushes_and_commands_wait_in_one_line_with_one_message() {
         let platform = f.platform.clone();
         tokio::spawn(async move {
             platform
-                .rollback(&app("shop"), None, "alice", &(Arc::new(|_| {}) as _), |line| {
+                .rollback(&app("shop"), None, "alice", &Progress::to_lines(|_| {}), |line| {
                     tx.send(line).unwrap()
                 })
                 .await

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::BufReader;
 use tokio::process::Command;
 
+use crate::output::Progress;
 use crate::plan::{Entry, Language, Plan, Registry, Source};
 use crate::runtime::sandbox::{self, AppSandbox, SandboxPolicy};
 
@@ -132,9 +133,6 @@ pub struct Installed {
     pub reused: bool,
 }
 
-/// Where progress lines go (the pusher's terminal, the app log).
-pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
-
 /// Keeps the last 20 lines `reader` writes in `tail`. A step's output is untrusted: one endless line must
 /// not grow the daemon's memory, so a line is kept up to [`MAX_OUTPUT_LINE`] bytes and a longer one is
 /// replaced by a notice.
@@ -182,7 +180,7 @@ pub async fn install_package(
     tools: &Toolchain,
     installs_dir: &Path,
     plan: &Plan,
-    progress: Progress<'_>,
+    progress: &Progress,
 ) -> Result<Installed, String> {
     let Source::Package { registry, name, version: Some(version) } = &plan.source else {
         return Err("internal: install_package needs a pinned registry package".into());
@@ -287,7 +285,7 @@ pub async fn install_repository(
     tools: &Toolchain,
     src: &Path,
     plan: &Plan,
-    progress: Progress<'_>,
+    progress: &Progress,
 ) -> Result<Installed, String> {
     // The pushed tree (and, after the first step, what the sandboxed build wrote) is the pusher's:
     // the daemon looks at it only through a handle confined to `src`.
@@ -358,7 +356,7 @@ async fn npm_install(
     name: &str,
     version: &str,
     scripts: bool,
-    progress: Progress<'_>,
+    progress: &Progress,
 ) -> Result<(), String> {
     // A package.json of our own makes `--prefix DIR` install into DIR, not into a parent project.
     // `dir` was just created empty by the daemon; `create_new` still refuses any name already there.
@@ -389,7 +387,7 @@ async fn pip_install(
     tools: &Toolchain,
     dir: &Path,
     requirement: &str,
-    progress: Progress<'_>,
+    progress: &Progress,
 ) -> Result<(), String> {
     run(tools, dir, &tools.python, &["-m".into(), "venv".into(), "venv".into()], progress).await?;
     let args: Vec<String> = vec![
@@ -471,7 +469,7 @@ async fn run(
     cwd: &Path,
     program: &Path,
     args: &[String],
-    progress: Progress<'_>,
+    progress: &Progress,
 ) -> Result<(), String> {
     // Installs run sandboxed too (npm/pip run package code: install scripts, sdist builds): network on,
     // writable: only the install directory and the download cache.
@@ -540,7 +538,7 @@ async fn run(
         return Err(format!("{label} failed ({status}):\n{}", tail.join("\n")));
     }
     if let Some(last) = tail.iter().rev().find(|l| !l.trim().is_empty()) {
-        progress(format!("{label}: {}", last.trim()));
+        progress.detail(format!("{label}: {}", last.trim()));
     }
     Ok(())
 }

@@ -20,14 +20,12 @@ use super::source::CommitTree;
 use crate::datadir::DataDir;
 use crate::gateway::{AppLogs, AppRoute, Gateway, LogKind};
 use crate::names::AppName;
+use crate::output::Progress;
 use crate::plan::{Plan, RuntimeKind, Source};
 use crate::runtime::http_server::{self, HttpServer, Lifecycle};
 use crate::runtime::install::{self, Installed, Toolchain};
 use crate::runtime::routes::RouteTable;
 use crate::store::{Introspection, ReleaseRecord, ReleaseStatus, Store, now};
-
-/// Where push output goes: one call per line (the hook turns them into `remote:` lines).
-pub type Output = Arc<dyn Fn(String) + Send + Sync>;
 
 /// Everything a deploy needs, shared by all pushes.
 pub struct Deployer {
@@ -148,7 +146,7 @@ impl Deployer {
     }
 
     /// Deploys a push (see the module docs). `Err` is the message that rejects the push.
-    pub async fn push(self: &Arc<Self>, req: PushDeploy, out: Output) -> Result<Outcome, String> {
+    pub async fn push(self: &Arc<Self>, req: PushDeploy, progress: Progress) -> Result<Outcome, String> {
         let lock = self.app_lock(req.app.as_str());
         let guard = lock.clone().lock_owned().await;
         let repo = self.dir.repo(&req.app);
@@ -157,11 +155,11 @@ impl Deployer {
         let plan = analyse(&tree)?;
         let secrets_file = tree.read(SECRETS_PATH);
         let prepared =
-            self.prepare(&req.app, &req.commit, &req.pusher, plan, secrets_file, None, &out).await?;
+            self.prepare(&req.app, &req.commit, &req.pusher, plan, secrets_file, None, &progress).await?;
         if req.dry_run {
-            out("-----> dry run: the plan is valid; nothing was deployed and the ref was not updated".into());
+            progress.step("dry run: the plan is valid; nothing was deployed and the ref was not updated");
             for line in plan_lines(&prepared.release.plan) {
-                out(format!("       {line}"));
+                progress.detail(line);
             }
             return Ok(Outcome::DryRun);
         }
@@ -176,8 +174,8 @@ impl Deployer {
         let version = prepared.release.version;
         self.store.put_release(&prepared.release).map_err(|e| e.to_string())?;
         if req.detach {
-            out(format!(
-                "-----> async: release v{version} continues in the background; follow it with: {} logs {} -f",
+            progress.step(format!(
+                "async: release v{version} continues in the background; follow it with: {} logs {} -f",
                 self.ssh_command, req.app
             ));
             let this = self.clone();
@@ -185,15 +183,16 @@ impl Deployer {
             tokio::spawn(async move {
                 let logs = this.logs.clone();
                 let name = app.to_string();
-                let sink: Output = Arc::new(move |line: String| logs.push(&name, LogKind::Event, &line));
+                // The same lines a pusher would have seen, into the app's log (`logs APP -f`).
+                let sink = Progress::to_lines(move |line| logs.push(&name, LogKind::Event, &line));
                 let _guard = guard;
                 if let Err(e) = this.finish(&app, prepared, &sink).await {
-                    sink(format!("release v{version} failed: {e}"));
+                    sink.error(format!("release v{version} failed: {e}"));
                 }
             });
             return Ok(Outcome::Detached { version });
         }
-        let result = self.finish(&req.app, prepared, &out).await;
+        let result = self.finish(&req.app, prepared, &progress).await;
         drop(guard);
         result.map(|version| Outcome::Live { version })
     }
@@ -210,7 +209,7 @@ impl Deployer {
         mut plan: Plan,
         secrets_file: Option<Vec<u8>>,
         rollback_of: Option<&ReleaseRecord>,
-        out: &Output,
+        progress: &Progress,
     ) -> Result<Prepared, String> {
         let started = Instant::now();
         let short = &commit[..commit.len().min(7)];
@@ -224,16 +223,16 @@ impl Deployer {
                     .await?;
             *version = Some(pinned.version);
             let how = if was_pinned { "pinned by the manifest" } else { "pinned" };
-            out(format!("-----> analysing {short}: {} → {} ({how})", plan.manifest, plan.describe()));
+            progress.step(format!("analysing {short}: {} → {} ({how})", plan.manifest, plan.describe()));
         } else {
-            out(format!("-----> analysing {short}: {} → {}", plan.manifest, plan.describe()));
+            progress.step(format!("analysing {short}: {} → {}", plan.manifest, plan.describe()));
         }
         timings.push(("analyse".to_string(), started.elapsed().as_millis() as u64));
         // Rollbacks re-use a plan that was already enriched (or not) when it was first pushed.
         if let Some(enricher) = self.enrich.as_ref().filter(|_| rollback_of.is_none()) {
             let started = Instant::now();
             if let Some(line) = enricher.enrich(app.as_str(), &mut plan).await {
-                out(line);
+                progress.step(line);
                 timings.push(("enrich".to_string(), started.elapsed().as_millis() as u64));
             }
         }
@@ -275,13 +274,13 @@ impl Deployer {
                     None => name.clone(),
                 })
                 .collect();
-            out(format!("-----> secrets: {} (from {SECRETS_PATH})", described.join(", ")));
+            progress.step(format!("secrets: {} (from {SECRETS_PATH})", described.join(", ")));
         }
         if let Some(prev) = &previous {
             let removed: Vec<&String> = prev.secrets.keys().filter(|k| !digests.contains_key(*k)).collect();
             if !removed.is_empty() {
-                out(format!(
-                    "-----> secrets removed since v{}: {}",
+                progress.step(format!(
+                    "secrets removed since v{}: {}",
                     prev.version,
                     removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                 ));
@@ -310,7 +309,7 @@ impl Deployer {
     }
 
     /// Install, health gate, switch. Marks the release failed (and leaves the old one serving) on error.
-    async fn finish(&self, app: &AppName, prepared: Prepared, out: &Output) -> Result<u32, String> {
+    async fn finish(&self, app: &AppName, prepared: Prepared, progress: &Progress) -> Result<u32, String> {
         let Prepared { mut release, secrets } = prepared;
         // The release is already recorded as deploying: a refusal here must mark it failed too.
         release.runtime = match self.runtime_for(&release.plan) {
@@ -318,9 +317,9 @@ impl Deployer {
             Err(e) => return Err(self.failed(app, release, e)),
         };
         if release.runtime == RuntimeKind::Fly {
-            return self.finish_on_fly(app, release, &secrets, out).await;
+            return self.finish_on_fly(app, release, &secrets, progress).await;
         }
-        let result = self.install_and_check(app, &mut release, &secrets, out).await;
+        let result = self.install_and_check(app, &mut release, &secrets, progress).await;
         match result {
             Ok((route, server)) => {
                 self.routes.set(app.as_str(), route);
@@ -329,7 +328,7 @@ impl Deployer {
                 self.switch_server(app, server).await;
                 self.store.put_release(&release).map_err(|e| e.to_string())?;
                 self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
-                Ok(self.went_live(app, &release, out))
+                Ok(self.went_live(app, &release, progress))
             }
             Err(e) => Err(self.failed(app, release, e)),
         }
@@ -368,7 +367,7 @@ impl Deployer {
         app: &AppName,
         mut release: ReleaseRecord,
         secrets: &Secrets,
-        out: &Output,
+        progress: &Progress,
     ) -> Result<u32, String> {
         let fly = self.fly.clone().ok_or("no [runtime.fly] configuration")?;
         let started = Instant::now();
@@ -394,9 +393,7 @@ impl Deployer {
             .map_err(|e| e.to_string())?
             .filter(|r| r.runtime == RuntimeKind::Fly)
             .map(|r| r.version);
-        let progress_out = out.clone();
-        let progress = move |line: String| progress_out(line);
-        let result = match fly.deploy_with_source(&release, secrets, live, source.as_ref(), &progress).await {
+        let result = match fly.deploy_with_source(&release, secrets, live, source.as_ref(), progress).await {
             Ok(staged) => {
                 // Over 6PN the route carries the machine's wake (scale to zero).
                 let live_route = fly.live_route(
@@ -418,10 +415,10 @@ impl Deployer {
                 release.introspection = Some(staged.introspection.clone());
                 self.store.put_release(&release).map_err(|e| e.to_string())?;
                 self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
-                if let Err(e) = fly.commit(&staged, &progress).await {
+                if let Err(e) = fly.commit(&staged, progress).await {
                     // The new release serves; the next deploy retires what is left.
-                    out(format!(
-                        "       fly: retiring the old machines failed ({e}); the next deploy retries"
+                    progress.detail(format!(
+                        "fly: retiring the old machines failed ({e}); the next deploy retries"
                     ));
                 }
                 Ok(())
@@ -429,27 +426,27 @@ impl Deployer {
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => Ok(self.went_live(app, &release, out)),
+            Ok(()) => Ok(self.went_live(app, &release, progress)),
             Err(e) => Err(self.failed(app, release, e)),
         }
     }
 
     /// Announces a release that just became live (log event and the pusher's endpoint line).
-    fn went_live(&self, app: &AppName, release: &ReleaseRecord, out: &Output) -> u32 {
+    fn went_live(&self, app: &AppName, release: &ReleaseRecord, progress: &Progress) -> u32 {
         let on = if release.runtime == RuntimeKind::Fly { " on fly" } else { "" };
         self.logs.push(app.as_str(), LogKind::Event, &format!("release v{} is live{on}", release.version));
-        out(format!(
-            "-----> live at {}/mcp/{app}   (tokens: {} tokens create {app})",
+        progress.step(format!(
+            "live at {}/mcp/{app}   (tokens: {} tokens create {app})",
             self.public_url, self.ssh_command
         ));
         match release.plan.auth {
-            crate::gateway::AuthMode::Public => out(format!(
-                "-----> WARNING: auth = \"none\": {}/mcp/{app} is PUBLIC: anyone who can reach it may call its \
+            crate::gateway::AuthMode::Public => progress.step(format!(
+                "WARNING: auth = \"none\": {}/mcp/{app} is PUBLIC: anyone who can reach it may call its \
                  tools without a token (requests are still rate-limited and audited)",
                 self.public_url
             )),
-            crate::gateway::AuthMode::OAuthAndToken => out(format!(
-                "-----> connect Claude, Claude Code, Cursor or VS Code: {} connect {app}",
+            crate::gateway::AuthMode::OAuthAndToken => progress.step(format!(
+                "connect Claude, Claude Code, Cursor or VS Code: {} connect {app}",
                 self.ssh_command
             )),
             crate::gateway::AuthMode::Token => {}
@@ -476,41 +473,39 @@ impl Deployer {
         app: &AppName,
         release: &mut ReleaseRecord,
         secrets: &Secrets,
-        out: &Output,
+        progress: &Progress,
     ) -> Result<(AppRoute, Option<Arc<HttpServer>>), String> {
         if let Some(warning) = self.tools.sandbox.warning() {
-            out(format!("-----> {warning}"));
+            progress.step(warning);
         }
         let started = Instant::now();
-        let progress_out = out.clone();
-        let progress = move |line: String| progress_out(format!("       {line}"));
         let installed = if let (Some(dir), false) = (&release.install_dir, release.command.is_empty()) {
             Installed { dir: PathBuf::from(dir), command: release.command.clone(), reused: true }
         } else {
             match &release.plan.source {
                 Source::Package { .. } => {
-                    out("-----> installing ...".into());
+                    progress.step("installing ...");
                     install::install_package(
                         &self.tools,
                         &self.dir.root().join("installs"),
                         &release.plan,
-                        &progress,
+                        progress,
                     )
                     .await?
                 }
                 Source::Repository => {
-                    out("-----> building from the repository ...".into());
+                    progress.step("building from the repository ...");
                     let src = self.release_dir(app, release.version).join("src");
-                    install::install_repository(&self.tools, &src, &release.plan, &progress).await?
+                    install::install_repository(&self.tools, &src, &release.plan, progress).await?
                 }
             }
         };
         let took = started.elapsed();
         release.timings.push(("install".into(), took.as_millis() as u64));
-        out(if installed.reused {
-            format!("-----> installing ... re-used an identical install ({})", secs(took))
+        progress.step(if installed.reused {
+            format!("installing ... re-used an identical install ({})", secs(took))
         } else {
-            format!("-----> installing ... done in {}", secs(took))
+            format!("installing ... done in {}", secs(took))
         });
         release.install_dir = Some(installed.dir.to_string_lossy().into_owned());
         release.command = installed.command.clone();
@@ -518,12 +513,12 @@ impl Deployer {
 
         let (route, server) = self.route_for(app, release, secrets, &installed)?;
         if let Some(server) = &server
-            && let Err(e) = self.make_room(app, server, out).await
+            && let Err(e) = self.make_room(app, server, progress).await
         {
             server.shut_down().await;
             return Err(e);
         }
-        out(format!("-----> starting release v{} ...", release.version));
+        progress.step(format!("starting release v{} ...", release.version));
         let started = Instant::now();
         // An HTTP server is started first so a server that never listens gets that precise error.
         let gate = match &server {
@@ -553,8 +548,8 @@ impl Deployer {
         };
         let took = started.elapsed();
         release.timings.push(("health".into(), took.as_millis() as u64));
-        out(format!(
-            "-----> release v{} healthy in {}: {}",
+        progress.step(format!(
+            "release v{} healthy in {}: {}",
             release.version,
             secs(took),
             describe_introspection(&intro)
@@ -563,8 +558,7 @@ impl Deployer {
         if let Some(server) = &server
             && http_server::listens_on_all_interfaces(server.spec().port)
         {
-            out(format!(
-                "-----> warning: the server listens on all interfaces (port {}), so other hosts can reach it                  without a catwalk token unless a firewall blocks that port; make it bind 127.0.0.1                  (catwalk sets $HOST=127.0.0.1)",
+            progress.step(format!("warning: the server listens on all interfaces (port {}), so other hosts can reach it without a catwalk token unless a firewall blocks that port; make it bind 127.0.0.1 (catwalk sets $HOST=127.0.0.1)",
                 server.spec().port
             ));
         }
@@ -584,7 +578,7 @@ impl Deployer {
         version: Option<u32>,
         by: &str,
         branch: &str,
-        out: &Output,
+        progress: &Progress,
     ) -> Result<u32, String> {
         let lock = self.app_lock(app.as_str());
         let _guard = lock.lock().await;
@@ -612,15 +606,16 @@ impl Deployer {
         let target = target.clone();
         let repo = self.dir.repo(app);
         let secrets_file = CommitTree::open(&repo, &[], &target.commit)?.read(SECRETS_PATH);
-        out(format!(
-            "-----> rolling back {app} to v{} ({})",
+        progress.step(format!(
+            "rolling back {app} to v{} ({})",
             target.version,
             &target.commit[..7.min(target.commit.len())]
         ));
         let plan = target.plan.clone();
-        let prepared = self.prepare(app, &target.commit, by, plan, secrets_file, Some(&target), out).await?;
+        let prepared =
+            self.prepare(app, &target.commit, by, plan, secrets_file, Some(&target), progress).await?;
         self.store.put_release(&prepared.release).map_err(|e| e.to_string())?;
-        let version = self.finish(app, prepared, out).await?;
+        let version = self.finish(app, prepared, progress).await?;
         move_branch(&repo, branch, &target.commit)?;
         Ok(version)
     }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::super::secrets::Secrets;
-use super::{Deployer, Output};
+use super::Deployer;
 use crate::gateway::{AppRoute, Backend, Gateway, GatewayConfig, Mount, NoAudit, WakeHandle};
 use crate::names::AppName;
+use crate::output::Progress;
 use crate::plan::{Source, Transport};
 use crate::runtime::health;
 use crate::runtime::http_server::{self, HttpServer, HttpServerSpec};
@@ -51,7 +52,7 @@ impl Deployer {
         &self,
         app: &AppName,
         server: &HttpServer,
-        out: &Output,
+        progress: &Progress,
     ) -> Result<(), String> {
         let spec = server.spec();
         if !spec.fixed_port {
@@ -60,8 +61,7 @@ impl Deployer {
         if let Some(old) = self.live_server(app)
             && old.spec().port == spec.port
         {
-            out(format!(
-                "-----> port {} is fixed by the manifest: stopping v{} before starting v{} (leave `port` out for deploys without a gap)",
+            progress.step(format!("port {} is fixed by the manifest: stopping v{} before starting v{} (leave `port` out for deploys without a gap)",
                 spec.port,
                 old.spec().release,
                 spec.release
@@ -75,7 +75,7 @@ impl Deployer {
         }
         if port_accepts(spec.port).await {
             return Err(format!(
-                "port {} is already in use on this host (another app or process listens on it); leave `port`                  out of catwalk.toml so catwalk assigns a free port through $PORT",
+                "port {} is already in use on this host (another app or process listens on it); leave `port` out of catwalk.toml so catwalk assigns a free port through $PORT",
                 spec.port
             ));
         }

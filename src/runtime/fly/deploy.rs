@@ -27,12 +27,10 @@ use super::{
     SOURCE_TOKEN_SECRET,
 };
 use crate::gateway::AppRoute;
+use crate::output::Progress;
 use crate::plan::Secrets;
 use crate::runtime::health;
 use crate::store::{Introspection, ReleaseRecord};
-
-/// Progress lines for the pusher (`-----> fly: ...`).
-pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
 
 /// The exported source of a release built from its repository, for its machine to download.
 #[derive(Debug, Clone)]
@@ -76,9 +74,9 @@ impl FlyRuntime {
         release: &ReleaseRecord,
         secrets: &Secrets,
         live_release: Option<u32>,
-        out: Progress<'_>,
+        progress: &Progress,
     ) -> Result<Staged, String> {
-        self.deploy_with_source(release, secrets, live_release, None, out).await
+        self.deploy_with_source(release, secrets, live_release, None, progress).await
     }
 
     /// [`FlyRuntime::deploy`] for any release: `source` is required for one built from its repository.
@@ -89,14 +87,14 @@ impl FlyRuntime {
         secrets: &Secrets,
         live_release: Option<u32>,
         source: Option<&ReleaseSource>,
-        out: Progress<'_>,
+        progress: &Progress,
     ) -> Result<Staged, String> {
         let grant = source.map(|s| {
             let base = self.cfg.daemon_url.as_deref().unwrap_or(&s.daemon_url).trim_end_matches('/');
             let token = self.sources.grant(&release.app, release.version, &s.dir);
             (format!("{base}{SOURCE_PATH}"), token)
         });
-        let result = self.stage(release, secrets, live_release, grant.as_ref(), out).await;
+        let result = self.stage(release, secrets, live_release, grant.as_ref(), progress).await;
         if grant.is_some() {
             self.sources.revoke(&release.app, release.version);
         }
@@ -109,7 +107,7 @@ impl FlyRuntime {
         secrets: &Secrets,
         live_release: Option<u32>,
         source: Option<&(String, String)>,
-        out: Progress<'_>,
+        progress: &Progress,
     ) -> Result<Staged, String> {
         for reserved in [BRIDGE_TOKEN_SECRET, SOURCE_TOKEN_SECRET] {
             if secrets.contains_key(reserved) {
@@ -127,8 +125,8 @@ impl FlyRuntime {
             machines.into_iter().partition(|m| live.is_some() && m.meta(META_RELEASE) == live.as_deref());
         for m in &leftovers {
             self.retire(&fly_app, &m.id).await?;
-            out(format!(
-                "-----> fly: removed machine {} left by an interrupted deploy (release v{})",
+            progress.step(format!(
+                "fly: removed machine {} left by an interrupted deploy (release v{})",
                 short(&m.id),
                 m.meta(META_RELEASE).unwrap_or("?")
             ));
@@ -170,11 +168,11 @@ impl FlyRuntime {
             }
             msg
         })?;
-        out(format!(
-            "-----> fly: app {fly_app}, secrets version {secrets_version}, machine {} ({}) created",
+        progress.step(format!(
+            "fly: app {fly_app}, secrets version {secrets_version}, machine {} ({}) created",
             machine.id, machine.region
         ));
-        let gated = match self.gate(app, &fly_app, &machine, out, started).await {
+        let gated = match self.gate(app, &fly_app, &machine, progress, started).await {
             // Over Flycast the machine joins fly-proxy only now, healthy and before the route switches
             // (requests are pinned with fly-force-instance-id, so nothing reaches it before the switch).
             Ok(g) if self.cfg.network == Network::Flycast => {
@@ -196,11 +194,10 @@ impl FlyRuntime {
             }),
             Err(e) => {
                 match self.retire(&fly_app, &machine.id).await {
-                    Ok(()) => {
-                        out(format!("-----> fly: machine {} destroyed (release failed)", short(&machine.id)))
-                    }
-                    Err(c) => out(format!(
-                        "-----> fly: could not destroy machine {} ({c}); the next deploy removes it",
+                    Ok(()) => progress
+                        .step(format!("fly: machine {} destroyed (release failed)", short(&machine.id))),
+                    Err(c) => progress.step(format!(
+                        "fly: could not destroy machine {} ({c}); the next deploy removes it",
                         short(&machine.id)
                     )),
                 }
@@ -215,7 +212,7 @@ impl FlyRuntime {
         app: &str,
         fly_app: &str,
         machine: &Machine,
-        out: Progress<'_>,
+        progress: &Progress,
         started: Instant,
     ) -> Result<(Machine, AppRoute, Introspection), String> {
         let deadline = Instant::now() + self.cfg.start_timeout;
@@ -235,8 +232,8 @@ impl FlyRuntime {
             .map_err(|e| format!("machine {} failed the MCP health check: {e}", short(&machine.id)))?;
         // A server that answered once and then crashed is restart-looping: check again.
         self.smoke(fly_app, &machine.id).await?;
-        out(format!(
-            "-----> fly: machine started in {}, MCP healthy in {}: {} tool{}",
+        progress.step(format!(
+            "fly: machine started in {}, MCP healthy in {}: {} tool{}",
             secs(boot),
             secs(t.elapsed()),
             intro.tools.len(),
@@ -263,7 +260,7 @@ impl FlyRuntime {
 
     /// Makes the staged release the live one: stops and destroys the old machines (cordoned first over
     /// Flycast). Call after switching the route.
-    pub async fn commit(&self, staged: &Staged, out: Progress<'_>) -> Result<(), String> {
+    pub async fn commit(&self, staged: &Staged, progress: &Progress) -> Result<(), String> {
         self.live.lock().expect("live map").insert(
             staged.app.clone(),
             LiveMachine {
@@ -279,7 +276,7 @@ impl FlyRuntime {
                 let _ = self.client.cordon(&staged.fly_app, id).await;
             }
             match self.retire(&staged.fly_app, id).await {
-                Ok(()) => out(format!("-----> fly: old machine {} stopped and destroyed", short(id))),
+                Ok(()) => progress.step(format!("fly: old machine {} stopped and destroyed", short(id))),
                 Err(e) => problems.push(format!("machine {}: {e}", short(id))),
             }
         }
@@ -302,9 +299,9 @@ impl FlyRuntime {
     }
 
     /// Gives up a staged release (the caller could not switch to it): destroys its machine.
-    pub async fn abort(&self, staged: &Staged, out: Progress<'_>) -> Result<(), String> {
+    pub async fn abort(&self, staged: &Staged, progress: &Progress) -> Result<(), String> {
         self.retire(&staged.fly_app, &staged.machine.id).await?;
-        out(format!("-----> fly: machine {} destroyed (release not switched)", short(&staged.machine.id)));
+        progress.step(format!("fly: machine {} destroyed (release not switched)", short(&staged.machine.id)));
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use super::machine::plan_from_env;
 use super::{PLAN_ENV, SOURCE_ID_ENV, SOURCE_TOKEN_SECRET, SOURCE_URL_ENV};
 use crate::bridge::BridgeArgs;
+use crate::output::Progress;
 use crate::plan::{Plan, Source};
 use crate::runtime::install::{self, Installed, Toolchain};
 
@@ -49,7 +50,7 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
     }
     let tools = Toolchain::detect(args.dir.join("cache"));
     eprintln!("[runner] installing {}", plan.describe());
-    let progress = |line: String| eprintln!("[runner] {line}");
+    let progress = Progress::to_lines(|line| eprintln!("[runner] {}", line.trim_start()));
     let installed = match plan.source {
         Source::Repository => {
             let installed = build_source(&tools, &args.dir, &plan, &progress).await?;
@@ -102,7 +103,7 @@ async fn build_source(
     tools: &Toolchain,
     dir: &std::path::Path,
     plan: &Plan,
-    progress: install::Progress<'_>,
+    progress: &Progress,
 ) -> anyhow::Result<Installed> {
     let id = std::env::var(SOURCE_ID_ENV).with_context(|| format!("{SOURCE_ID_ENV} is not set"))?;
     if id.is_empty()
@@ -126,7 +127,7 @@ async fn build_source(
             "the secret {SOURCE_TOKEN_SECRET} is not set: this machine cannot download its release's source"
         );
     }
-    progress(format!("downloading the release's source from {url}..."));
+    progress.detail(format!("downloading the release's source from {url}..."));
     let http = reqwest::Client::builder()
         .user_agent(concat!("catwalk-runner/", env!("CARGO_PKG_VERSION")))
         .timeout(std::time::Duration::from_secs(300))
@@ -152,7 +153,7 @@ async fn build_source(
     // A half-unpacked or half-built tree of an interrupted boot is discarded, never trusted.
     let _ = std::fs::remove_dir_all(&src);
     super::source::unpack(&bytes, &src).map_err(anyhow::Error::msg)?;
-    progress(format!("building {} ({} bytes of source)", plan.describe(), bytes.len()));
+    progress.detail(format!("building {} ({} bytes of source)", plan.describe(), bytes.len()));
     let installed =
         install::install_repository(tools, &src, plan, progress).await.map_err(anyhow::Error::msg)?;
     let partial = sources.join(format!("{id}.built.partial"));
