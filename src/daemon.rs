@@ -116,7 +116,7 @@ pub async fn serve(dir: DataDir, options: ServeOptions, on_ready: Option<OnReady
         platform.pushes.abort.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), platform.pushes.wait_idle()).await;
     }
-    platform.deployer.stop_servers().await;
+    platform.deployer.local.stop_servers().await;
     control_task.abort();
     let _ = std::fs::remove_file(dir.control_socket());
     tracing::info!("catwalk stopped");

@@ -9,8 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use catwalk::names::AppName;
 use catwalk::pipeline::secrets::Secrets;
 use catwalk::plan::{Entry, Language, Plan, Registry, Source, Transport};
+use catwalk::runtime::Runtime;
 use catwalk::runtime::fly::{FlyConfig, FlyRuntime};
 use catwalk::store::{ReleaseRecord, ReleaseStatus};
 
@@ -77,11 +79,14 @@ async fn fly_live_optional() {
     let out = catwalk::output::Progress::to_lines(|l: String| println!("{l}"));
     let result = rt.deploy(&release, &Secrets::new(), None, &out).await;
     let staged_ok = match &result {
-        Ok(staged) => rt.commit(staged, &out).await.map(|()| staged.introspection.tools.clone()),
+        Ok(staged) => rt
+            .commit(&AppName::parse("time").unwrap(), staged, &out)
+            .await
+            .map(|()| staged.introspection.tools.clone()),
         Err(e) => Err(e.clone()),
     };
     // Always delete the app, then judge.
-    let cleanup = rt.destroy("time").await;
+    let cleanup = rt.destroy(&AppName::parse("time").unwrap()).await;
     let tools = staged_ok.expect("live deploy");
     assert!(tools.iter().any(|t| t == "get_current_time"), "{tools:?}");
     cleanup.expect("deleting the live test's Fly app");

@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catwalk::gateway::{AppDirectory, AppLogs, AppRoute, Gateway, GatewayConfig, Mount, NoAudit};
+use catwalk::names::AppName;
 use catwalk::pipeline::secrets::{Secrets, parse_dotenv};
 use catwalk::plan::{Entry, EnvSpec, Language, Plan, Registry, Source, Transport};
+use catwalk::runtime::Runtime;
 use catwalk::runtime::fly::{FlyConfig, FlyRuntime, Network};
 use catwalk::store::{ReleaseRecord, ReleaseStatus};
 use fly_fake::{FakeFly, FakeImage};
@@ -267,7 +269,7 @@ async fn deploy_live(env: &Env, app: &str, version: u32, live: Option<u32>) -> c
             );
         }
     };
-    env.rt.commit(&staged, &out).await.expect("commit");
+    env.rt.commit(&AppName::parse(app).unwrap(), &staged, &out).await.expect("commit");
     staged
 }
 
@@ -352,7 +354,7 @@ async fn redeploy_is_blue_green() {
     assert_eq!(text_of(&call_tool(&url, None, "echo", json!({"text": "old"})).await.unwrap()), "old");
     stop.cancel();
     assert_eq!(v2.old_machines, vec![v1.machine.id.clone()]);
-    env.rt.commit(&v2, &out).await.expect("commit v2");
+    env.rt.commit(&AppName::parse("bg").unwrap(), &v2, &out).await.expect("commit v2");
     let machines = env.machines("bg");
     assert_eq!(machines.len(), 1, "{machines:?}");
     assert_eq!(machines[0].0, v2.machine.id);
@@ -486,7 +488,7 @@ async fn destroy_deletes_the_fly_app() {
     let env = setup(|_| {}).await;
     let v1 = deploy_live(&env, "gone", 1, None).await;
     assert!(env.fake.app_exists("cw-gone"));
-    env.rt.destroy("gone").await.expect("destroy");
+    env.rt.destroy(&AppName::parse("gone").unwrap()).await.expect("destroy");
     assert!(!env.fake.app_exists("cw-gone"));
     // Nothing answers at the old address any more.
     let (url, stop) = gateway_for(v1.route.clone()).await;
@@ -494,7 +496,7 @@ async fn destroy_deletes_the_fly_app() {
     stop.cancel();
     assert!(env.rt.status("gone", 5).await.unwrap().is_empty());
     // Destroying again is fine (the app is already gone).
-    env.rt.destroy("gone").await.expect("destroy twice");
+    env.rt.destroy(&AppName::parse("gone").unwrap()).await.expect("destroy twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

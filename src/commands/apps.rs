@@ -141,7 +141,7 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     };
     let machines = super::machines::read(ctx, &record.name, 10).await;
     value["fly"] = machines.json();
-    let server = ctx.platform.deployer.server_status(&record.name);
+    let server = ctx.platform.deployer.local.server_status(&record.name);
     value["server"] = server.clone().unwrap_or(serde_json::Value::Null);
     let (grants, grant_lines) = super::oauth::info_lines(ctx, &record.name);
     value["grants"] = grants;
@@ -184,7 +184,7 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
                 r.plan.describe()
             ));
             if let Some(i) = &r.introspection {
-                line(format!("serves:     {}", crate::pipeline::deploy::describe_introspection(i)));
+                line(format!("serves:     {}", i.describe()));
             }
             for e in &r.plan.env {
                 line(format!("env:        {}", e.summary()));

@@ -144,16 +144,13 @@ pub fn env_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Replaced by the release's port in the args of `transport = "http"` servers.
-pub const PORT_PLACEHOLDER: &str = "{port}";
-
 /// An argument for the server's argv: printable, no shell metacharacters, bounded.
 pub fn argument(arg: &str) -> Result<(), String> {
     if arg.len() > 4096 {
         return Err("an argument is longer than 4096 bytes".to_string());
     }
     // `{port}` is the one placeholder catwalk fills in (the port of an HTTP server).
-    let unplaced = arg.replace(PORT_PLACEHOLDER, "");
+    let unplaced = arg.replace(crate::plan::PORT_PLACEHOLDER, "");
     if let Some(c) = unplaced.chars().find(|c| SHELL_META.contains(c) || c.is_control()) {
         return Err(format!("argument {arg:?} contains {c:?}, which is not allowed in server arguments"));
     }

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub use secret::{SecretValue, Secrets};
 
+/// Replaced by the release's port in the args of `transport = "http"` servers.
+pub const PORT_PLACEHOLDER: &str = "{port}";
+
 /// Where a release runs. Parsed once (config, manifest, stored release) so no code compares strings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -26,10 +26,11 @@ use crate::git::locks::{DeployGuard, DeployLocks, PushRegistry, PushTicket};
 use crate::identity::Identity;
 use crate::names::AppName;
 use crate::output::Progress;
-use crate::pipeline::deploy::Deployer;
+use crate::pipeline::deploy::{DeployPolicy, Deployer, DeployerParts};
 use crate::pipeline::registry::Registries;
 use crate::pipeline::secrets::AgeIdentity;
 use crate::runtime::install::Toolchain;
+use crate::runtime::local::{LocalRuntime, LocalSettings};
 use crate::runtime::routes::RouteTable;
 use crate::store::{AppRecord, Erased, Role, Store};
 
@@ -113,59 +114,77 @@ impl Platform {
         tools
             .set_sandbox(config.sandbox_policy().with_net_dir(net_dir))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut deployer = Deployer::new(
+        let local = LocalRuntime::new(
             dir.clone(),
-            store.clone(),
-            age,
             tools,
-            Registries {
+            LocalSettings {
+                health_timeout: config.deploy.health_timeout,
+                lifecycle: crate::runtime::http_server::Lifecycle {
+                    start_timeout: config.deploy.health_timeout,
+                    idle_timeout: (!config.deploy.idle_timeout.is_zero())
+                        .then_some(config.deploy.idle_timeout),
+                    drain_grace: config.deploy.drain_grace,
+                    max_drain: config.gateway.session_idle_timeout,
+                    kill_grace: crate::gateway::GatewayConfig::default().kill_grace,
+                },
+                warm_spares: config.deploy.warm,
+            },
+        );
+        let fly = match &config.runtime.fly {
+            Some(fly) => {
+                let key = age.derive_key("fly bridge credentials");
+                let runtime = crate::runtime::fly::FlyRuntime::new(fly.clone(), key)
+                    .map_err(|e| anyhow::anyhow!("[runtime.fly]: {e}"))?;
+                // Machines of repository releases download their source from `/_catwalk/source/<token>`.
+                gateway.set_internal_routes(runtime.sources.clone());
+                Some(Arc::new(runtime))
+            }
+            None => None,
+        };
+        let enrich = match &config.deploy.enrich {
+            Some(enrich) => {
+                let key = std::env::var(crate::pipeline::enrich::API_KEY_ENV).ok();
+                let enricher = crate::pipeline::enrich::Enricher::new(enrich, dir.root(), key)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                tracing::info!(model = %enrich.model, "env var descriptions: enrichment on ({})", enrich.base_url);
+                Some(Arc::new(enricher))
+            }
+            None => None,
+        };
+        let oauth_key = age.derive_key("oauth approval codes and csrf tokens");
+        let deployer = Deployer::new(DeployerParts {
+            dir: dir.clone(),
+            store: store.clone(),
+            age,
+            local,
+            fly,
+            registries: Registries {
                 npm: config.deploy.npm_registry.clone(),
                 pypi: config.deploy.pypi_registry.clone(),
                 cache_ttl: config.deploy.registry_cache_ttl,
                 ..Registries::default()
             },
-            gateway.clone(),
-            routes.clone(),
+            gateway: gateway.clone(),
+            routes: routes.clone(),
             public_url,
-            format!("ssh -p {port} git@{host}"),
-        );
-        deployer.rate_limit = rate_limit(config.gateway.rate_limit_per_minute);
-        deployer.warm_spares = config.deploy.warm;
-        deployer.health_timeout = config.deploy.health_timeout;
-        deployer.lifecycle = crate::runtime::http_server::Lifecycle {
-            start_timeout: config.deploy.health_timeout,
-            idle_timeout: (!config.deploy.idle_timeout.is_zero()).then_some(config.deploy.idle_timeout),
-            drain_grace: config.deploy.drain_grace,
-            max_drain: config.gateway.session_idle_timeout,
-            kill_grace: crate::gateway::GatewayConfig::default().kill_grace,
-        };
-        deployer.default_runtime = config.runtime.default;
-        deployer.allow_app_choice = config.runtime.allow_app_choice;
-        if let Some(fly) = &config.runtime.fly {
-            let key = deployer.age.derive_key("fly bridge credentials");
-            let runtime = crate::runtime::fly::FlyRuntime::new(fly.clone(), key)
-                .map_err(|e| anyhow::anyhow!("[runtime.fly]: {e}"))?;
-            // Machines of repository releases download their source from `/_catwalk/source/<token>`.
-            gateway.set_internal_routes(runtime.sources.clone());
-            deployer.fly = Some(Arc::new(runtime));
-        }
-        deployer.extra_origins = config.gateway.allowed_origins.clone();
+            ssh_command: format!("ssh -p {port} git@{host}"),
+            policy: DeployPolicy {
+                rate_limit: rate_limit(config.gateway.rate_limit_per_minute),
+                extra_origins: config.gateway.allowed_origins.clone(),
+                default_runtime: config.runtime.default,
+                allow_app_choice: config.runtime.allow_app_choice,
+            },
+            enrich,
+        });
         let oauth = Arc::new(crate::oauth::OAuth::new(
             store.clone(),
             config.oauth.clone(),
             config.public_url(),
             format!("ssh -p {port} git@{host}"),
-            deployer.age.derive_key("oauth approval codes and csrf tokens"),
+            oauth_key,
             routes.clone(),
         )?);
         gateway.set_oauth_routes(oauth.clone());
-        if let Some(enrich) = &config.deploy.enrich {
-            let key = std::env::var(crate::pipeline::enrich::API_KEY_ENV).ok();
-            let enricher = crate::pipeline::enrich::Enricher::new(enrich, dir.root(), key)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            tracing::info!(model = %enrich.model, "env var descriptions: enrichment on ({})", enrich.base_url);
-            deployer.enrich = Some(Arc::new(enricher));
-        }
         Ok(Platform {
             config,
             dir,
@@ -209,7 +228,7 @@ impl Platform {
                     warm: self.config.deploy.warm,
                 },
             );
-            self.deployer.gateway.warm(name);
+            self.gateway.warm(name);
         }
         Ok(())
     }

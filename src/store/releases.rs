@@ -38,6 +38,29 @@ pub struct Introspection {
     pub prompts: usize,
 }
 
+impl Introspection {
+    /// `2 tools (get_current_time, convert_time), 0 resources, 0 prompts`.
+    pub fn describe(&self) -> String {
+        let i = self;
+        let names = if i.tools.is_empty() {
+            String::new()
+        } else if i.tools.len() <= 8 {
+            format!(" ({})", i.tools.join(", "))
+        } else {
+            format!(" ({}, ...)", i.tools[..8].join(", "))
+        };
+        format!(
+            "{} tool{}{names}, {} resource{}, {} prompt{}",
+            i.tools.len(),
+            if i.tools.len() == 1 { "" } else { "s" },
+            i.resources,
+            if i.resources == 1 { "" } else { "s" },
+            i.prompts,
+            if i.prompts == 1 { "" } else { "s" }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
     pub app: String,

@@ -9,9 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-mod start;
+use std::time::Instant;
 
 use super::analyse::{Tree, analyse};
 use super::registry::{Registries, pin};
@@ -22,48 +20,65 @@ use crate::gateway::{AppLogs, AppRoute, Gateway, LogKind};
 use crate::names::AppName;
 use crate::output::Progress;
 use crate::plan::{Plan, RuntimeKind, Source};
-use crate::runtime::http_server::{self, HttpServer, Lifecycle};
-use crate::runtime::install::{self, Installed, Toolchain};
 use crate::runtime::routes::RouteTable;
-use crate::store::{Introspection, ReleaseRecord, ReleaseStatus, Store, now};
+use crate::runtime::{LocalRuntime, Runtime, StageRequest};
+use crate::store::{ReleaseRecord, ReleaseStatus, Store, now};
 
-/// Everything a deploy needs, shared by all pushes.
+/// Everything a deploy needs, shared by all pushes. Built once from [`DeployerParts`]; nothing is set
+/// after construction.
 pub struct Deployer {
-    pub dir: DataDir,
-    pub store: Store,
+    dir: DataDir,
+    store: Store,
+    /// The daemon's age identity: decrypts each app's secrets, derives per-purpose keys.
     pub age: AgeIdentity,
-    pub tools: Toolchain,
-    pub registries: Registries,
-    pub http: reqwest::Client,
-    pub gateway: Arc<Gateway>,
-    pub routes: Arc<RouteTable>,
-    pub logs: Arc<AppLogs>,
+    /// Sandboxed processes on this host: where releases run unless they run on Fly.
+    pub local: Arc<LocalRuntime>,
+    /// The Fly Machines runtime, when `[runtime.fly]` is configured.
+    pub fly: Option<Arc<crate::runtime::fly::FlyRuntime>>,
+    registries: Registries,
+    http: reqwest::Client,
+    gateway: Arc<Gateway>,
+    routes: Arc<RouteTable>,
+    logs: Arc<AppLogs>,
     /// `http://HOST:PORT` as clients reach the daemon.
-    pub public_url: String,
+    public_url: String,
     /// `ssh -p PORT git@HOST`, for hints.
-    pub ssh_command: String,
-    pub health_timeout: Duration,
+    ssh_command: String,
+    policy: DeployPolicy,
+    /// `[deploy.enrich]`: fills missing env var descriptions from a chat API (off when `None`).
+    enrich: Option<Arc<super::enrich::Enricher>>,
+    /// Deploys of one app run one at a time (pushes are also queued by the platform's app lock; this
+    /// covers detached deploys, which outlive the push that started them).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The operator's choices every release is deployed with.
+#[derive(Debug, Clone, Default)]
+pub struct DeployPolicy {
     /// Per-token rate limit applied to every deployed app.
     pub rate_limit: Option<crate::gateway::RateLimit>,
     /// `Origin` values allowed for every app (besides the public URL and each app's own list).
     pub extra_origins: Vec<String>,
-    /// The Fly Machines runtime, when `[runtime.fly]` is configured.
-    pub fly: Option<Arc<crate::runtime::fly::FlyRuntime>>,
-    /// Runtime of apps that do not choose one (`local` or `fly`).
+    /// Runtime of apps that do not choose one (`[runtime] default`).
     pub default_runtime: RuntimeKind,
-    /// Whether an app's catwalk.toml may choose its runtime.
+    /// Whether an app's catwalk.toml may choose its runtime (`[runtime] allow_app_choice`).
     pub allow_app_choice: bool,
-    /// Start, idle, drain and stop timeouts of local `transport = "http"` servers.
-    pub lifecycle: Lifecycle,
-    /// Warm spares per stdio app whose manifest does not say (`[deploy] warm` of the daemon's config).
-    pub warm_spares: usize,
-    /// The live release's HTTP server per app (local `transport = "http"` apps only).
-    servers: Mutex<HashMap<String, Arc<HttpServer>>>,
-    /// `[deploy.enrich]`: fills missing env var descriptions from a chat API (off when `None`).
+}
+
+/// What a [`Deployer`] is made of.
+pub struct DeployerParts {
+    pub dir: DataDir,
+    pub store: Store,
+    pub age: AgeIdentity,
+    pub local: LocalRuntime,
+    pub fly: Option<Arc<crate::runtime::fly::FlyRuntime>>,
+    pub registries: Registries,
+    pub gateway: Arc<Gateway>,
+    pub routes: Arc<RouteTable>,
+    pub public_url: String,
+    pub ssh_command: String,
+    pub policy: DeployPolicy,
     pub enrich: Option<Arc<super::enrich::Enricher>>,
-    /// Deploys of one app run one at a time (pushes are also queued by the SSH layer; this covers
-    /// rollbacks, restarts and detached deploys).
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One push to deploy.
@@ -99,44 +114,39 @@ struct Prepared {
 }
 
 impl Deployer {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        dir: DataDir,
-        store: Store,
-        age: AgeIdentity,
-        tools: Toolchain,
-        registries: Registries,
-        gateway: Arc<Gateway>,
-        routes: Arc<RouteTable>,
-        public_url: String,
-        ssh_command: String,
-    ) -> Deployer {
-        let logs = gateway.logs().clone();
+    pub fn new(parts: DeployerParts) -> Deployer {
+        let DeployerParts {
+            dir,
+            store,
+            age,
+            local,
+            fly,
+            registries,
+            gateway,
+            routes,
+            public_url,
+            ssh_command,
+            policy,
+            enrich,
+        } = parts;
         Deployer {
             dir,
             store,
             age,
-            tools,
+            local: Arc::new(local),
+            fly,
             registries,
             http: reqwest::Client::builder()
                 .user_agent(concat!("catwalk/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .unwrap_or_default(),
+            logs: gateway.logs().clone(),
             gateway,
             routes,
-            logs,
             public_url,
             ssh_command,
-            health_timeout: Duration::from_secs(60),
-            rate_limit: None,
-            extra_origins: Vec::new(),
-            fly: None,
-            default_runtime: RuntimeKind::Local,
-            allow_app_choice: true,
-            warm_spares: 1,
-            lifecycle: Lifecycle::default(),
-            servers: Mutex::new(HashMap::new()),
-            enrich: None,
+            policy,
+            enrich,
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -308,7 +318,8 @@ impl Deployer {
         Ok(Prepared { release, secrets })
     }
 
-    /// Install, health gate, switch. Marks the release failed (and leaves the old one serving) on error.
+    /// Stage, switch, promote, commit on the release's runtime. Marks the release failed (and leaves the
+    /// old one serving) on error.
     async fn finish(&self, app: &AppName, prepared: Prepared, progress: &Progress) -> Result<u32, String> {
         let Prepared { mut release, secrets } = prepared;
         // The release is already recorded as deploying: a refusal here must mark it failed too.
@@ -316,39 +327,80 @@ impl Deployer {
             Ok(runtime) => runtime,
             Err(e) => return Err(self.failed(app, release, e)),
         };
-        if release.runtime == RuntimeKind::Fly {
-            return self.finish_on_fly(app, release, &secrets, progress).await;
-        }
-        let result = self.install_and_check(app, &mut release, &secrets, progress).await;
-        match result {
-            Ok((route, server)) => {
-                self.routes.set(app.as_str(), route);
-                // New sessions of the new release start on warm spares; the old release's go.
-                self.gateway.warm(app.as_str());
-                self.switch_server(app, server).await;
-                self.store.put_release(&release).map_err(|e| e.to_string())?;
-                self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
-                Ok(self.went_live(app, &release, progress))
-            }
-            Err(e) => Err(self.failed(app, release, e)),
+        match (release.runtime, &self.fly) {
+            (RuntimeKind::Fly, Some(fly)) => self.finish_on(fly, app, release, &secrets, progress).await,
+            _ => self.finish_on(&self.local, app, release, &secrets, progress).await,
         }
     }
 
-    /// `Origin` values allowed for a release's route: the app's own plus the daemon-wide ones.
-    fn allowed_origins(&self, plan: &Plan) -> Vec<String> {
-        plan.allowed_origins.iter().chain(&self.extra_origins).cloned().collect()
+    /// The same steps on every runtime: stage the release beside the live one (health-gated), switch the
+    /// route, record it live, then let the runtime retire what served before.
+    async fn finish_on<R: Runtime>(
+        &self,
+        runtime: &Arc<R>,
+        app: &AppName,
+        mut release: ReleaseRecord,
+        secrets: &Secrets,
+        progress: &Progress,
+    ) -> Result<u32, String> {
+        let live = self
+            .store
+            .live_release(app.as_str())
+            .map_err(|e| e.to_string())?
+            .filter(|r| r.runtime == release.runtime)
+            .map(|r| r.version);
+        // A release built from its repository is built from the exported source (a rollback's source
+        // is the rolled-back release's).
+        let source_dir = (release.plan.source == Source::Repository)
+            .then(|| self.release_dir(app, release.rollback_of.unwrap_or(release.version)).join("src"));
+        let store = self.store.clone();
+        let checkpoint = move |release: &ReleaseRecord| {
+            if let Err(e) = store.put_release(release) {
+                tracing::warn!("recording release v{} of {}: {e}", release.version, release.app);
+            }
+        };
+        let request = StageRequest {
+            app,
+            release: &mut release,
+            secrets,
+            source_dir,
+            live,
+            public_url: &self.public_url,
+            logs: &self.logs,
+            progress,
+            checkpoint: &checkpoint,
+        };
+        let (route, staged) = match runtime.stage(request).await {
+            Ok(staged) => staged,
+            Err(e) => return Err(self.failed(app, release, e)),
+        };
+        self.serve(app, &release.plan, route);
+        self.store.put_release(&release).map_err(|e| e.to_string())?;
+        self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
+        if let Err(e) = runtime.commit(app, &staged, progress).await {
+            // The new release serves; the next deploy retires what is left.
+            progress.detail(format!("retiring the previous release failed ({e}); the next deploy retries"));
+        }
+        Ok(self.went_live(app, &release, progress))
+    }
+
+    /// Makes `route` (a runtime's, for a release of `plan`) the one `app` serves, with the daemon-wide
+    /// origins, rate limit and the app's auth; new sessions start on warm spares of it.
+    fn serve(&self, app: &AppName, plan: &Plan, route: AppRoute) {
+        self.routes.set(app.as_str(), RoutePolicy::of(self, plan).apply(route));
+        self.gateway.warm(app.as_str());
     }
 
     /// Where a release runs: the app's choice when the operator allows it, else the daemon's default.
     fn runtime_for(&self, plan: &Plan) -> Result<RuntimeKind, String> {
-        let runtime = match (plan.runtime, self.allow_app_choice) {
+        let runtime = match (plan.runtime, self.policy.allow_app_choice) {
             (Some(r), true) => r,
-            (Some(r), false) if r != self.default_runtime => {
+            (Some(r), false) if r != self.policy.default_runtime => {
                 return Err(format!(
                     "this app asks for runtime \"{r}\", but the operator does not let apps choose (runtime.allow_app_choice = false)"
                 ));
             }
-            _ => self.default_runtime,
+            _ => self.policy.default_runtime,
         };
         if runtime == RuntimeKind::Fly && self.fly.is_none() {
             return Err(
@@ -357,78 +409,6 @@ impl Deployer {
             );
         }
         Ok(runtime)
-    }
-
-    /// The Fly path of [`Deployer::finish`]: stage on new machines (health-gated by the runtime), switch
-    /// the route, then retire the old machines. On failure the new machines are destroyed and the old
-    /// release keeps serving.
-    async fn finish_on_fly(
-        &self,
-        app: &AppName,
-        mut release: ReleaseRecord,
-        secrets: &Secrets,
-        progress: &Progress,
-    ) -> Result<u32, String> {
-        let fly = self.fly.clone().ok_or("no [runtime.fly] configuration")?;
-        let started = Instant::now();
-        // A release built from its repository: its machine downloads the exported source once, with a
-        // one-time token (a rollback's source is the rolled-back release's).
-        let source = match release.plan.source {
-            Source::Package { .. } => None,
-            Source::Repository => {
-                let of = release.rollback_of.unwrap_or(release.version);
-                let dir = self.release_dir(app, of).join("src");
-                if !dir.is_dir() {
-                    let e = format!(
-                        "the source of release v{of} is no longer kept on the daemon; push the commit again"
-                    );
-                    return Err(self.failed(app, release, e));
-                }
-                Some(crate::runtime::fly::ReleaseSource { dir, daemon_url: self.public_url.clone() })
-            }
-        };
-        let live = self
-            .store
-            .live_release(app.as_str())
-            .map_err(|e| e.to_string())?
-            .filter(|r| r.runtime == RuntimeKind::Fly)
-            .map(|r| r.version);
-        let result = match fly.deploy_with_source(&release, secrets, live, source.as_ref(), progress).await {
-            Ok(staged) => {
-                // Over 6PN the route carries the machine's wake (scale to zero).
-                let live_route = fly.live_route(
-                    app.as_str(),
-                    staged.route.clone(),
-                    &staged.machine.id,
-                    crate::runtime::fly::wake::Awake::Started,
-                    &self.logs,
-                );
-                let route = AppRoute {
-                    rate_limit: self.rate_limit,
-                    allowed_origins: self.allowed_origins(&release.plan),
-                    auth: release.plan.auth,
-                    ..live_route
-                };
-                self.routes.set(app.as_str(), route);
-                self.gateway.warm(app.as_str());
-                release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
-                release.introspection = Some(staged.introspection.clone());
-                self.store.put_release(&release).map_err(|e| e.to_string())?;
-                self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
-                if let Err(e) = fly.commit(&staged, progress).await {
-                    // The new release serves; the next deploy retires what is left.
-                    progress.detail(format!(
-                        "fly: retiring the old machines failed ({e}); the next deploy retries"
-                    ));
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => Ok(self.went_live(app, &release, progress)),
-            Err(e) => Err(self.failed(app, release, e)),
-        }
     }
 
     /// Announces a release that just became live (log event and the pusher's endpoint line).
@@ -466,103 +446,6 @@ impl Deployer {
             &format!("release v{} failed{on}: {e}", release.version),
         );
         e
-    }
-
-    async fn install_and_check(
-        &self,
-        app: &AppName,
-        release: &mut ReleaseRecord,
-        secrets: &Secrets,
-        progress: &Progress,
-    ) -> Result<(AppRoute, Option<Arc<HttpServer>>), String> {
-        if let Some(warning) = self.tools.sandbox.warning() {
-            progress.step(warning);
-        }
-        let started = Instant::now();
-        let installed = if let (Some(dir), false) = (&release.install_dir, release.command.is_empty()) {
-            Installed { dir: PathBuf::from(dir), command: release.command.clone(), reused: true }
-        } else {
-            match &release.plan.source {
-                Source::Package { .. } => {
-                    progress.step("installing ...");
-                    install::install_package(
-                        &self.tools,
-                        &self.dir.root().join("installs"),
-                        &release.plan,
-                        progress,
-                    )
-                    .await?
-                }
-                Source::Repository => {
-                    progress.step("building from the repository ...");
-                    let src = self.release_dir(app, release.version).join("src");
-                    install::install_repository(&self.tools, &src, &release.plan, progress).await?
-                }
-            }
-        };
-        let took = started.elapsed();
-        release.timings.push(("install".into(), took.as_millis() as u64));
-        progress.step(if installed.reused {
-            format!("installing ... re-used an identical install ({})", secs(took))
-        } else {
-            format!("installing ... done in {}", secs(took))
-        });
-        release.install_dir = Some(installed.dir.to_string_lossy().into_owned());
-        release.command = installed.command.clone();
-        self.store.put_release(release).map_err(|e| e.to_string())?;
-
-        let (route, server) = self.route_for(app, release, secrets, &installed)?;
-        if let Some(server) = &server
-            && let Err(e) = self.make_room(app, server, progress).await
-        {
-            server.shut_down().await;
-            return Err(e);
-        }
-        progress.step(format!("starting release v{} ...", release.version));
-        let started = Instant::now();
-        // An HTTP server is started first so a server that never listens gets that precise error.
-        let gate = match &server {
-            Some(server) => match crate::gateway::Wake::wake(server.as_ref()).await {
-                Ok(()) => self.health_gate(app, &route).await,
-                Err(e) => Err(e),
-            },
-            None => self.health_gate(app, &route).await,
-        };
-        if let (Err(_), Some(server)) = (&gate, &server) {
-            server.shut_down().await;
-        }
-        let intro = match gate {
-            Ok(intro) => intro,
-            Err(e) => {
-                let tail = self.logs.stderr_tail(app.as_str(), 20);
-                let mut msg = format!("release v{} failed its health check: {e}", release.version);
-                if !tail.is_empty() {
-                    msg.push_str("\n       server stderr (last lines):");
-                    for line in tail.lines() {
-                        msg.push_str("\n       | ");
-                        msg.push_str(line);
-                    }
-                }
-                return Err(msg);
-            }
-        };
-        let took = started.elapsed();
-        release.timings.push(("health".into(), took.as_millis() as u64));
-        progress.step(format!(
-            "release v{} healthy in {}: {}",
-            release.version,
-            secs(took),
-            describe_introspection(&intro)
-        ));
-        release.introspection = Some(intro);
-        if let Some(server) = &server
-            && http_server::listens_on_all_interfaces(server.spec().port)
-        {
-            progress.step(format!("warning: the server listens on all interfaces (port {}), so other hosts can reach it without a catwalk token unless a firewall blocks that port; make it bind 127.0.0.1 (catwalk sets $HOST=127.0.0.1)",
-                server.spec().port
-            ));
-        }
-        Ok((route, server))
     }
 
     fn release_dir(&self, app: &AppName, version: u32) -> PathBuf {
@@ -657,12 +540,11 @@ impl Deployer {
                 .clone()
                 .ok_or("the live release runs on fly, but [runtime.fly] is not configured")?;
             let (routes, name, logs) = (self.routes.clone(), app.to_string(), self.logs.clone());
-            let (allowed_origins, rate_limit, auth) =
-                (self.allowed_origins(&live.plan), self.rate_limit, live.plan.auth);
+            let policy = RoutePolicy::of(self, &live.plan);
             tokio::spawn(async move {
                 match fly.restore_route(&name, &logs).await {
                     Ok(Some(route)) => {
-                        routes.set(&name, AppRoute { allowed_origins, rate_limit, auth, ..route });
+                        routes.set(&name, policy.apply(route));
                     }
                     Ok(None) => tracing::warn!(app = %name, "no live Fly machine found for the live release"),
                     Err(e) => tracing::error!(app = %name, "restoring the Fly route failed: {e}"),
@@ -678,70 +560,39 @@ impl Deployer {
             Some(bytes) => self.age.open_for(key_id, &bytes, live.secrets_key == KeySource::DaemonWide)?.0,
             None => Secrets::new(),
         };
-        let dir = live.install_dir.clone().ok_or("the live release has no install")?;
-        let installed = Installed { dir: PathBuf::from(dir), command: live.command.clone(), reused: true };
-        let (route, server) = self.route_for(app, &live, &secrets, &installed)?;
-        self.routes.set(app.as_str(), route);
-        self.gateway.warm(app.as_str());
-        if let Some(server) = server {
-            self.servers.lock().expect("servers").insert(app.to_string(), server);
-        }
+        let route = self.local.restore(app, &live, &secrets, &self.logs)?;
+        self.serve(app, &live.plan, route);
         Ok(Some(live.version))
     }
 
-    /// Ends the app's sessions; the next request starts fresh processes of the live release.
-    /// The live local HTTP server of `app` for `info`: `{"port", "release", "state"}`.
-    pub fn server_status(&self, app: &str) -> Option<serde_json::Value> {
-        let server = self.servers.lock().expect("servers").get(app).cloned()?;
-        let spec = server.spec();
-        Some(serde_json::json!({
-            "port": spec.port,
-            "fixed_port": spec.fixed_port,
-            "release": spec.release,
-            "state": server.state(),
-        }))
-    }
-
-    /// Returns what was done, for the user.
+    /// `restart`: ends the app's sessions and restarts the live release on its runtime; the next request
+    /// starts fresh processes. Returns what was done, for the user.
     pub async fn restart(&self, app: &AppName) -> Result<String, String> {
         if self.routes.get(app.as_str()).is_none() {
             return Err(format!("app {app} has no live release to restart"));
         }
         self.gateway.drain_app(app.as_str());
         let live = self.store.live_release(app.as_str()).map_err(|e| e.to_string())?;
-        if let (Some(fly), Some(live)) = (&self.fly, &live)
-            && live.runtime == RuntimeKind::Fly
-        {
-            // The machine is stopped and started again (its bridge and server start fresh).
-            fly.scale_to_zero(app.as_str()).await?;
-            fly.ensure_started(app.as_str()).await?;
-            let msg =
-                format!("restarted: release v{}'s Fly machine was stopped and started again", live.version);
-            self.logs.push(app.as_str(), LogKind::Event, &msg);
-            return Ok(format!("{app}: {msg}"));
-        }
-        if let Some(server) = self.live_server(app) {
-            server.stop().await;
-        }
-        self.logs.push(app.as_str(), LogKind::Event, "restarted: sessions ended, processes stopped");
+        let done = match (live.as_ref().map(|l| l.runtime), &self.fly) {
+            (Some(RuntimeKind::Fly), Some(fly)) => fly.restart(app, live.as_ref()).await?,
+            _ => self.local.restart(app, live.as_ref()).await?,
+        };
+        self.logs.push(app.as_str(), LogKind::Event, &done);
         self.gateway.warm(app.as_str());
-        Ok(format!("{app}: sessions ended; the next request starts fresh processes"))
+        Ok(format!("{app}: {done}"))
     }
 
-    /// Stops serving `app` and removes its releases and runtime data (`apps destroy`).
+    /// Stops serving `app` on every runtime it ran on and removes its releases (`apps destroy`).
     pub async fn destroy(&self, app: &AppName) -> Result<(), String> {
         let releases = self.store.releases(app.as_str()).map_err(|e| e.to_string())?;
         if releases.iter().any(|r| r.runtime == RuntimeKind::Fly)
             && let Some(fly) = &self.fly
         {
-            fly.destroy(app.as_str()).await?;
+            fly.destroy(app).await?;
         }
         self.routes.remove(app.as_str());
         self.gateway.drain_app(app.as_str());
-        let server = self.servers.lock().expect("servers").remove(app.as_str());
-        if let Some(server) = server {
-            server.shut_down().await;
-        }
+        self.local.destroy(app).await?;
         // The app's directory is left to the caller (`platform::erase`), which moves it aside atomically
         // before the store forgets the app.
         self.store.delete_releases(app.as_str()).map_err(|e| e.to_string())?;
@@ -758,30 +609,6 @@ fn move_branch(repo: &Path, branch: &str, commit: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
-/// `2 tools (get_current_time, convert_time), 0 resources, 0 prompts`.
-pub fn describe_introspection(i: &Introspection) -> String {
-    let names = if i.tools.is_empty() {
-        String::new()
-    } else if i.tools.len() <= 8 {
-        format!(" ({})", i.tools.join(", "))
-    } else {
-        format!(" ({}, ...)", i.tools[..8].join(", "))
-    };
-    format!(
-        "{} tool{}{names}, {} resource{}, {} prompt{}",
-        i.tools.len(),
-        if i.tools.len() == 1 { "" } else { "s" },
-        i.resources,
-        if i.resources == 1 { "" } else { "s" },
-        i.prompts,
-        if i.prompts == 1 { "" } else { "s" }
-    )
-}
-
 /// The plan as `key: value` lines for dry runs.
 fn plan_lines(plan: &Plan) -> Vec<String> {
     let mut lines = vec![format!("source: {}", plan.describe())];
@@ -791,4 +618,36 @@ fn plan_lines(plan: &Plan) -> Vec<String> {
     }
     lines.extend(plan.env.iter().map(|e| format!("env {}", e.summary())));
     lines
+}
+
+/// What the deployer adds to every runtime's route: the app's origins plus the daemon-wide ones, the
+/// daemon's rate limit, the app's auth mode.
+struct RoutePolicy {
+    allowed_origins: Vec<String>,
+    rate_limit: Option<crate::gateway::RateLimit>,
+    auth: crate::plan::AuthMode,
+}
+
+impl RoutePolicy {
+    fn of(deployer: &Deployer, plan: &Plan) -> RoutePolicy {
+        RoutePolicy {
+            allowed_origins: plan
+                .allowed_origins
+                .iter()
+                .chain(&deployer.policy.extra_origins)
+                .cloned()
+                .collect(),
+            rate_limit: deployer.policy.rate_limit,
+            auth: plan.auth,
+        }
+    }
+
+    fn apply(self, route: AppRoute) -> AppRoute {
+        AppRoute {
+            allowed_origins: self.allowed_origins,
+            rate_limit: self.rate_limit,
+            auth: self.auth,
+            ..route
+        }
+    }
 }

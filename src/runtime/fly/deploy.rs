@@ -17,19 +17,22 @@
 //! its route to [`Staged::route`], then calls [`FlyRuntime::commit`] (cordon, stop and destroy the old
 //! machines) — or [`FlyRuntime::abort`] if it could not switch.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::machine::{machine_config, new_launch_id};
 use super::source::SOURCE_PATH;
 use super::types::{Machine, MachineRequest, SecretsUpdate};
+use super::wake::Awake;
 use super::{
     BRIDGE_TOKEN_SECRET, FlyRuntime, LiveMachine, META_APP, META_LAUNCH, META_RELEASE, Network,
     SOURCE_TOKEN_SECRET,
 };
 use crate::gateway::AppRoute;
+use crate::names::AppName;
 use crate::output::Progress;
-use crate::plan::Secrets;
-use crate::runtime::health;
+use crate::plan::{Secrets, Source};
+use crate::runtime::{Runtime, StageRequest, health};
 use crate::store::{Introspection, ReleaseRecord};
 
 /// The exported source of a release built from its repository, for its machine to download.
@@ -94,14 +97,14 @@ impl FlyRuntime {
             let token = self.sources.grant(&release.app, release.version, &s.dir);
             (format!("{base}{SOURCE_PATH}"), token)
         });
-        let result = self.stage(release, secrets, live_release, grant.as_ref(), progress).await;
+        let result = self.stage_machine(release, secrets, live_release, grant.as_ref(), progress).await;
         if grant.is_some() {
             self.sources.revoke(&release.app, release.version);
         }
         result
     }
 
-    async fn stage(
+    async fn stage_machine(
         &self,
         release: &ReleaseRecord,
         secrets: &Secrets,
@@ -258,53 +261,6 @@ impl FlyRuntime {
         Ok(())
     }
 
-    /// Makes the staged release the live one: stops and destroys the old machines (cordoned first over
-    /// Flycast). Call after switching the route.
-    pub async fn commit(&self, staged: &Staged, progress: &Progress) -> Result<(), String> {
-        self.live.lock().expect("live map").insert(
-            staged.app.clone(),
-            LiveMachine {
-                fly_app: staged.fly_app.clone(),
-                machine_id: staged.machine.id.clone(),
-                release: staged.release,
-            },
-        );
-        let mut problems = Vec::new();
-        for id in &staged.old_machines {
-            if self.cfg.network == Network::Flycast {
-                // fly-proxy stops sending new connections to it; pinned sessions moved with the route.
-                let _ = self.client.cordon(&staged.fly_app, id).await;
-            }
-            match self.retire(&staged.fly_app, id).await {
-                Ok(()) => progress.step(format!("fly: old machine {} stopped and destroyed", short(id))),
-                Err(e) => problems.push(format!("machine {}: {e}", short(id))),
-            }
-        }
-        // Machines of this launch other than the staged one (a create retried after a lost answer).
-        let strays =
-            self.client.list_by_metadata(&staged.fly_app, &[(META_LAUNCH, staged.launch.as_str())]).await?;
-        for m in strays.into_iter().filter(|m| m.id != staged.machine.id) {
-            if let Err(e) = self.retire(&staged.fly_app, &m.id).await {
-                problems.push(format!("machine {}: {e}", short(&m.id)));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the new release serves, but retiring old machines failed (the next deploy retries): {}",
-                problems.join("; ")
-            ))
-        }
-    }
-
-    /// Gives up a staged release (the caller could not switch to it): destroys its machine.
-    pub async fn abort(&self, staged: &Staged, progress: &Progress) -> Result<(), String> {
-        self.retire(&staged.fly_app, &staged.machine.id).await?;
-        progress.step(format!("fly: machine {} destroyed (release not switched)", short(&staged.machine.id)));
-        Ok(())
-    }
-
     /// Stops (gracefully, under a lease) and destroys one machine. A machine already gone is fine.
     async fn retire(&self, fly_app: &str, id: &str) -> Result<(), String> {
         let lease =
@@ -366,5 +322,97 @@ fn backend_of(route: &AppRoute) -> Backend {
                 .to_string(),
         },
         crate::gateway::Backend::Stdio { .. } => Backend { url: String::new(), token: String::new() },
+    }
+}
+
+/// The Fly runtime through the seam the deployer uses for every runtime (see [`Runtime`]).
+impl Runtime for FlyRuntime {
+    type Staged = Staged;
+
+    /// Stages the release on a new machine (its source, for a repository release, downloaded once with
+    /// a one-time token), and makes its route: over 6PN with the machine's wake (scale to zero).
+    async fn stage(self: &Arc<Self>, req: StageRequest<'_>) -> Result<(AppRoute, Staged), String> {
+        let StageRequest { app, release, secrets, source_dir, live, public_url, logs, progress, .. } = req;
+        let started = Instant::now();
+        let source = match release.plan.source {
+            Source::Package { .. } => None,
+            Source::Repository => {
+                let of = release.rollback_of.unwrap_or(release.version);
+                let dir = source_dir.filter(|dir| dir.is_dir()).ok_or_else(|| {
+                    format!(
+                        "the source of release v{of} is no longer kept on the daemon; push the commit again"
+                    )
+                })?;
+                Some(ReleaseSource { dir, daemon_url: public_url.to_string() })
+            }
+        };
+        let staged = self.deploy_with_source(release, secrets, live, source.as_ref(), progress).await?;
+        let route =
+            self.live_route(app.as_str(), staged.route.clone(), &staged.machine.id, Awake::Started, logs);
+        release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
+        release.introspection = Some(staged.introspection.clone());
+        Ok((route, staged))
+    }
+
+    /// Makes the staged release the live one: stops and destroys the old machines (cordoned first over
+    /// Flycast). Call after switching the route.
+    async fn commit(&self, _app: &AppName, staged: &Staged, progress: &Progress) -> Result<(), String> {
+        self.live.lock().expect("live map").insert(
+            staged.app.clone(),
+            LiveMachine {
+                fly_app: staged.fly_app.clone(),
+                machine_id: staged.machine.id.clone(),
+                release: staged.release,
+            },
+        );
+        let mut problems = Vec::new();
+        for id in &staged.old_machines {
+            if self.cfg.network == Network::Flycast {
+                // fly-proxy stops sending new connections to it; pinned sessions moved with the route.
+                let _ = self.client.cordon(&staged.fly_app, id).await;
+            }
+            match self.retire(&staged.fly_app, id).await {
+                Ok(()) => progress.step(format!("fly: old machine {} stopped and destroyed", short(id))),
+                Err(e) => problems.push(format!("machine {}: {e}", short(id))),
+            }
+        }
+        // Machines of this launch other than the staged one (a create retried after a lost answer).
+        let strays =
+            self.client.list_by_metadata(&staged.fly_app, &[(META_LAUNCH, staged.launch.as_str())]).await?;
+        for m in strays.into_iter().filter(|m| m.id != staged.machine.id) {
+            if let Err(e) = self.retire(&staged.fly_app, &m.id).await {
+                problems.push(format!("machine {}: {e}", short(&m.id)));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the new release serves, but retiring old machines failed (the next deploy retries): {}",
+                problems.join("; ")
+            ))
+        }
+    }
+
+    /// Gives up a staged release (the caller could not switch to it): destroys its machine.
+    async fn abort(&self, _app: &AppName, staged: &Staged, progress: &Progress) -> Result<(), String> {
+        self.retire(&staged.fly_app, &staged.machine.id).await?;
+        progress.step(format!("fly: machine {} destroyed (release not switched)", short(&staged.machine.id)));
+        Ok(())
+    }
+
+    /// The machine is stopped and started again (its bridge and server start fresh).
+    async fn restart(&self, app: &AppName, live: Option<&ReleaseRecord>) -> Result<String, String> {
+        self.scale_to_zero(app.as_str()).await?;
+        self.ensure_started(app.as_str()).await?;
+        let release = live.map(|l| format!("release v{}'s ", l.version)).unwrap_or_default();
+        Ok(format!("restarted: {release}Fly machine was stopped and started again"))
+    }
+
+    /// `apps destroy`: deletes the Fly app (its machines, secrets and network go with it).
+    async fn destroy(&self, app: &AppName) -> Result<(), String> {
+        self.live.lock().expect("live map").remove(app.as_str());
+        self.retire_wake(app.as_str());
+        self.client.delete_app(&self.fly_app(app.as_str())).await.map_err(String::from)
     }
 }

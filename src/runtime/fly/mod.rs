@@ -506,13 +506,6 @@ impl FlyRuntime {
         Ok(out)
     }
 
-    /// `apps destroy`: deletes the Fly app (its machines, secrets and network go with it).
-    pub async fn destroy(&self, app: &str) -> Result<(), String> {
-        self.live.lock().expect("live map").remove(app);
-        self.retire_wake(app);
-        self.client.delete_app(&self.fly_app(app)).await.map_err(String::from)
-    }
-
     /// Waits until the machine's bridge answers HTTP (the runner installs the package first), or the
     /// machine stops/fails (then the error names its exit events).
     async fn wait_http(
