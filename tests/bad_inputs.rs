@@ -7,12 +7,8 @@
 //! HTTP, a session opened before the table still answers too), the server's ref still names the live
 //! release, and the store's apps, keys, tokens and live release are as before.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::mcp;
 
 #[path = "bad_inputs/http.rs"]
 mod http;

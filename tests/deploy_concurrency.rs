@@ -2,8 +2,7 @@
 //! lock), pushes to different apps run in parallel; none is lost or half-applied: each push either landed
 //! (and its release is live or superseded) or was refused cleanly, and every server ref names the live release.
 
-#[path = "common/daemon.rs"]
-mod daemon;
+use crate::daemon;
 
 use daemon::{Daemon, WorkTree, ok, stderr, stdout};
 

@@ -5,8 +5,7 @@
 //! dropped, the chat API receives names and never values, the description is stored with the release
 //! (`info APP`), and a broken chat API (HTTP 500, garbage, no answer) never fails a push.
 
-#[path = "common/daemon.rs"]
-mod daemon;
+use crate::daemon;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -3,12 +3,9 @@
 //! through the gateway's proxy, supervised (a killed process comes back), blue/green with sessions
 //! pinned to the release that created them, scale to zero and wake, fixed ports, and the refusals.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::deps;
+use crate::mcp;
 
 use std::time::{Duration, Instant};
 

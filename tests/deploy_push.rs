@@ -1,12 +1,9 @@
 //! Push to deploy, end to end: real git over SSH into the real daemon, real registries, real MCP clients.
 //! Every rejection checks that the server's ref did not move and that the previous release still answers.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::deps;
+use crate::mcp;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

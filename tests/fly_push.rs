@@ -3,14 +3,9 @@
 //! gated, switched to, and answers MCP through `/mcp/APP`; `info` and `logs` show the machine and its
 //! events (and say so when Fly cannot be read); a second push replaces the machine blue/green.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fly_daemon.rs"]
-mod fly_daemon;
-#[path = "fly_fake/mod.rs"]
-mod fly_fake;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::fly_daemon;
+use crate::mcp;
 
 use daemon::{Daemon, ok};
 use fly_daemon::{FlyEnv, package_worktree, push, token};

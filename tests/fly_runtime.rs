@@ -3,8 +3,7 @@
 //! fixture with pip, then serves it with the bridge; MCP requests go through a real `Gateway` with the
 //! route the runtime returns.
 
-#[path = "fly_fake/mod.rs"]
-mod fly_fake;
+use crate::fly_fake;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -3,14 +3,9 @@
 //! starts it again and waits for it, an open SSE stream keeps it running, and after a daemon restart
 //! the restored route still wakes (and still stops) its machine.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fly_daemon.rs"]
-mod fly_daemon;
-#[path = "fly_fake/mod.rs"]
-mod fly_fake;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::fly_daemon;
+use crate::mcp;
 
 use std::time::{Duration, Instant};
 

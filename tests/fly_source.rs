@@ -4,14 +4,9 @@
 //! serves it; the token is refused on a second use and a forged one is refused; after a scale-to-zero
 //! stop the machine starts again from its persisted build, without downloading again.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fly_daemon.rs"]
-mod fly_daemon;
-#[path = "fly_fake/mod.rs"]
-mod fly_fake;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::fly_daemon;
+use crate::mcp;
 
 use daemon::{Daemon, WorkTree};
 use fly_daemon::{FlyEnv, push, token};

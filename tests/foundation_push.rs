@@ -1,8 +1,7 @@
 //! git over SSH against the real binary with the real `git` and `ssh`: push, re-push, force-push, clone,
 //! the deploy-branch policy, bad names, permissions, push options, and the queueing deploy lock.
 
-#[path = "common/daemon.rs"]
-mod daemon;
+use crate::daemon;
 
 use daemon::{ChildGuard, Daemon, Key, WorkTree, ok, stderr};
 

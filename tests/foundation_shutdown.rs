@@ -1,8 +1,7 @@
 //! Graceful shutdown: SIGTERM during a push lets it finish (or, past the grace period, stops it with the
 //! ref unchanged), refuses new connections, and exits.
 
-#[path = "common/daemon.rs"]
-mod daemon;
+use crate::daemon;
 
 use daemon::{ChildGuard, Daemon, WorkTree, ok};
 

@@ -1,8 +1,7 @@
 //! The SSH surface: authentication (unknown keys, the offered-but-unsigned-key impersonation), the shell
 //! hint, the command grammar over SSH and locally, tokens, and authorized_keys reloading.
 
-#[path = "common/daemon.rs"]
-mod daemon;
+use crate::daemon;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Child process management of the stdio bridge: one child per session, shared mode with id
 //! rewriting, reaping of abandoned sessions, crashes, environment isolation.
 
-mod gateway_support;
+use crate::gateway_support;
 
 use std::time::Duration;
 

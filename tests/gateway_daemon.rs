@@ -2,7 +2,7 @@
 //! rate limits, audit records, the public origin, and draining an app on redeploy. Runs the
 //! library's `Gateway` in-process with test implementations of its three traits.
 
-mod gateway_support;
+use crate::gateway_support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;

@@ -1,7 +1,7 @@
 //! Streamable HTTP protocol rules, checked with raw HTTP against the real `catwalk bridge`
 //! fronting the Python stdio fixture.
 
-mod gateway_support;
+use crate::gateway_support;
 
 use gateway_support::*;
 use serde_json::{Value, json};

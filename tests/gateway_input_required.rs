@@ -4,9 +4,8 @@
 //! `requestState`, a client that never retries, two clients at once. (The official SDK clients doing the
 //! same against server-everything are in `gateway_modern.rs`.)
 
-#[path = "common/daemon.rs"]
-mod daemon;
-mod gateway_support;
+use crate::daemon;
+use crate::gateway_support;
 
 use std::time::Duration;
 

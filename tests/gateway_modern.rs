@@ -3,11 +3,9 @@
 //! scenarios against a baseline, and raw HTTP for the wire rules (error codes, headers, the warm pool's
 //! one-context-per-child rule, cancellation by closing a stream).
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
-mod gateway_support;
+use crate::daemon;
+use crate::deps;
+use crate::gateway_support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The HTTP upstream proxy: `catwalk bridge --upstream` in front of a `catwalk bridge` that runs
 //! the stdio fixture. Streaming, header forwarding, credentials, upstream failures.
 
-mod gateway_support;
+use crate::gateway_support;
 
 use gateway_support::*;
 use serde_json::{Value, json};

@@ -6,10 +6,8 @@
 // protocol versions catwalk serves (2025-03-26 .. 2025-11-25) have them, and C2 requires them.
 #![allow(deprecated)]
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
+use crate::daemon;
+use crate::deps;
 
 use std::process::{Command, Stdio};
 use std::sync::Mutex;

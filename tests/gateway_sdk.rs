@@ -1,10 +1,8 @@
 //! Outside suites through catwalk (QUALITY.md C1, C2): the MCP conformance suite and the official TS and
 //! Python SDK clients, against `catwalk bridge` and against the daemon's `/mcp/APP` with a bearer token.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
+use crate::daemon;
+use crate::deps;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! out; an idle app releases its spares and gets them back with its next session; a push replaces the
 //! spares of the old release. Behaviour, not timing: every check is about which process serves.
 
-mod gateway_support;
+use crate::gateway_support;
 
 use std::time::Duration;
 

@@ -2,8 +2,7 @@
 //! conformance suite over the SDK's own Streamable HTTP transport, and the TS/Python SDK scenario clients
 //! pass against it. The gateway's tests run the same programs against `catwalk bridge`.
 
-#[path = "common/deps.rs"]
-mod deps;
+use crate::deps;
 
 use deps::ChildGuard;
 use std::process::{Command, Stdio};

@@ -3,10 +3,8 @@
 //! sees (`/etc`) and, with an unprivileged daemon, belongs to the very uid the sandbox's user namespace maps
 //! to (so file modes alone would not keep it out). A hostile server pushed by a deployer tries to read them.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::mcp;
 
 use std::path::{Path, PathBuf};
 

@@ -6,10 +6,8 @@
 //! Both identities run: `DropToUid` (the daemon is root: a real per-app uid) and `UserNamespace`
 //! (the daemon is an ordinary user: uid 65534 in a user namespace).
 
-#[path = "gateway_support/mod.rs"]
-mod gw;
-#[path = "isolation_support/mod.rs"]
-mod support;
+use crate::gateway_support as gw;
+use crate::isolation_support as support;
 
 use std::path::PathBuf;
 

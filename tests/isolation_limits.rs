@@ -2,8 +2,7 @@
 //! names (and so lists none of them), and a deployer key cannot own more apps than
 //! `[deploy] max_apps_per_deployer`, by `apps create` or by a first push; admins are exempt.
 
-#[path = "common/daemon.rs"]
-mod daemon;
+use crate::daemon;
 
 use daemon::{Daemon, Key, WorkTree, ok, stderr, stdout};
 

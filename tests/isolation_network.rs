@@ -6,12 +6,9 @@
 //! slirp4netns behind. With the daemon as root (per-app uids) and as an ordinary user
 //! (user namespaces, the systemd unit's setup).
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::deps;
+use crate::mcp;
 
 use daemon::{Daemon, WorkTree, ok, stderr, stdout};
 use mcp::Mcp;

@@ -2,12 +2,8 @@
 //! push prints no "without a sandbox" warning), cannot read the daemon's keys, store or another app,
 //! cannot see or kill the daemon, and the daemon and the other app keep serving.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::mcp;
 
 use daemon::{Daemon, WorkTree, stderr, stdout};
 use mcp::Mcp;

@@ -1,11 +1,7 @@
 //! Real MCP servers from npm and PyPI still install, start and answer inside the sandbox.
 
-#[path = "common/deps.rs"]
-mod deps;
-#[path = "gateway_support/mod.rs"]
-mod gw;
-#[path = "isolation_support/mod.rs"]
-mod support;
+use crate::deps;
+use crate::isolation_support as support;
 
 use std::path::PathBuf;
 

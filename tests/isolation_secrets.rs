@@ -4,10 +4,8 @@
 //! Every attempt is refused with a message that says how to make a good file and shows nothing of the
 //! content; Bob's live release keeps serving and his ref does not move.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
+use crate::daemon;
+use crate::deps;
 
 use std::process::{Command, Output, Stdio};
 

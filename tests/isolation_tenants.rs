@@ -4,8 +4,7 @@
 //! behind); a server's and a pusher's escape sequences are shown, never obeyed; a forged SSH signature is
 //! refused at once.
 
-#[path = "common/daemon.rs"]
-mod daemon;
+use crate::daemon;
 
 use std::path::Path;
 use std::process::Output;

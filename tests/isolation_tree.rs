@@ -16,10 +16,8 @@
 //! empty, keep the ref where it was and keep the previous release serving. Both daemon identities run:
 //! root (servers under per-app uids) and an ordinary user (the systemd unit's setup).
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/mcp.rs"]
-mod mcp;
+use crate::daemon;
+use crate::mcp;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

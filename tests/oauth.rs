@@ -6,16 +6,11 @@
 //! way a client and a browser would. Lifetimes are set to zero in the config where expiry is tested,
 //! so nothing waits on a clock.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
-#[path = "common/mcp.rs"]
-mod mcp;
-#[path = "oauth_support/mod.rs"]
-mod oauth_support;
-#[path = "tls_support/mod.rs"]
-mod tls_support;
+use crate::daemon;
+use crate::deps;
+use crate::mcp;
+use crate::oauth_support;
+use crate::tls_support;
 
 use daemon::{Daemon, Key, WorkTree, ok, stderr, stdout};
 use mcp::Mcp;

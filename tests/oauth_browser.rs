@@ -3,14 +3,10 @@
 //! the `approve` line and nothing from outside), opens a one-time `login` link, comes back to the page,
 //! clicks Allow, and lands on the client's redirect URI with a code that the test exchanges for a token.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
-#[path = "common/mcp.rs"]
-mod mcp;
-#[path = "oauth_support/mod.rs"]
-mod oauth_support;
+use crate::daemon;
+use crate::deps;
+use crate::mcp;
+use crate::oauth_support;
 
 use std::io::{Read, Write};
 use std::path::Path;

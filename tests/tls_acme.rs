@@ -3,9 +3,8 @@
 //! authority resolves the test domain through pebble-challtestsrv's DNS (every name → 127.0.0.1) and
 //! connects to the bridge's HTTPS port (TLS-ALPN-01) or its redirect port (HTTP-01).
 
-#[path = "common/deps.rs"]
-mod deps;
-mod tls_support;
+use crate::deps;
+use crate::tls_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

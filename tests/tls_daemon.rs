@@ -1,11 +1,9 @@
 //! `catwalk serve` with `[http.tls]` certificate files: the MCP endpoint, its token check and the public URL
 //! all work over HTTPS, and the Python SDK client calls a tool trusting only the test CA.
 
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/deps.rs"]
-mod deps;
-mod tls_support;
+use crate::daemon;
+use crate::deps;
+use crate::tls_support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -2,9 +2,8 @@
 //! with certificates made by a test CA. An MCP SDK client works over HTTPS; HTTP/2 by ALPN; TLS 1.2+
 //! only; HSTS; the plain redirect listener; hot reload without dropping connections; bad files refused.
 
-#[path = "common/deps.rs"]
-mod deps;
-mod tls_support;
+use crate::deps;
+use crate::tls_support;
 
 use std::time::Duration;
 

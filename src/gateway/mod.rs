@@ -23,6 +23,8 @@ mod park;
 mod pool;
 pub(crate) mod protocol;
 mod session;
+mod session_endpoint;
+mod shared_child;
 mod spares;
 pub(crate) mod sse;
 mod stdio;
@@ -239,7 +241,7 @@ pub struct Gateway {
     logs: Arc<AppLogs>,
     metrics: Option<::metrics_exporter_prometheus::PrometheusHandle>,
     sessions: Mutex<HashMap<Arc<str>, Arc<session::Session>>>,
-    shared: Mutex<HashMap<String, Arc<stdio::SharedChild>>>,
+    shared: Mutex<HashMap<String, Arc<shared_child::SharedChild>>>,
     spares: spares::Spares,
     pool: Arc<pool::Pool>,
     parking: park::Parking,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::jsonrpc::{self, Classified, IdKey};
 use super::sse::{self, OnClose, OutSink};
-use super::stdio::Link;
+use super::stdio::{ChildEvents, ChildProc};
 use super::{AuditEvent, AuditSink, metrics};
 
 /// What a request's waiter receives: the final response as plain JSON (fast path), or SSE
@@ -516,5 +516,46 @@ impl OnClose for StreamGuard {
         let mut st = self.0.lock();
         st.open_streams = st.open_streams.saturating_sub(1);
         st.last_active = Instant::now();
+    }
+}
+impl ChildEvents for Session {
+    fn message(&self, line: Bytes, c: Classified) {
+        self.route_from_server(line, &c);
+    }
+    fn exited(&self, why: &str) {
+        self.terminate(why);
+    }
+}
+
+/// A child several sessions share (`shared_child.rs`), as a session sees it. A trait, so that the
+/// shared child (which routes answers to sessions) depends on sessions and not the other way round.
+pub trait SharedLink: Send + Sync {
+    /// Sends a client message of `session`, its id rewritten; `false` when the child is gone.
+    fn send(&self, session: &Arc<Session>, c: &Classified, body: &[u8]) -> bool;
+    /// `session` ended: forget it and its requests in flight.
+    fn detach(&self, session_id: &str);
+}
+
+/// How a session reaches its server.
+pub enum Link {
+    Own(Arc<ChildProc>),
+    Shared(Arc<dyn SharedLink>),
+}
+
+impl Link {
+    /// Send a client message. `false` when the server is gone.
+    pub fn send(&self, session: &Arc<Session>, c: &Classified, body: &[u8]) -> bool {
+        match self {
+            Link::Own(p) => p.send(jsonrpc::to_line(body)),
+            Link::Shared(h) => h.send(session, c, body),
+        }
+    }
+
+    /// The session ended: stop its own child, or leave the shared one.
+    pub fn detach(&self, session_id: &str) {
+        match self {
+            Link::Own(p) => p.stop(),
+            Link::Shared(h) => h.detach(session_id),
+        }
     }
 }

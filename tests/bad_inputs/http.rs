@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::Good;
+use super::Good;
 use crate::daemon::ok;
 use crate::mcp::Mcp;
 

@@ -3,8 +3,9 @@
 
 use std::process::{Command, Stdio};
 
+use super::{FIXTURE_TOML, Good};
 use crate::daemon::{WorkTree, stderr, stdout};
-use crate::{FIXTURE_TOML, Good, deps};
+use crate::deps;
 
 fn write(wt: &WorkTree, file: &str, content: &[u8]) {
     let path = wt.path.join(file);

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::Good;
+use super::Good;
 use crate::daemon::{AcceptAnyHostKey, Daemon, Key, ok, stderr};
 
 /// Runs raw exec bytes (which the `ssh` client cannot send: NUL, invalid UTF-8) as `key`; returns
