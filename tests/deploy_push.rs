@@ -412,6 +412,50 @@ async fn rollback_restart_and_async_pushes() {
     assert!(logs.contains("is live"), "{logs}");
 }
 
+/// An `-o async` deploy keeps the app's lock until it ends (one lock map): a rollback issued meanwhile
+/// waits, says whom it waits for, and runs once the release is live. The new release's server is held
+/// at its health gate until the test opens it (a file in the app's home, which the sandbox shows it).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_async_deploy_holds_the_app_until_it_is_live() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "held");
+    write(&wt, "catwalk.toml", FIXTURE_TOML);
+    let v1 = commit_all(&wt, "one");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("held")]);
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    write(
+        &wt,
+        "gated.py",
+        "import os, time\nwhile not os.path.exists(os.path.join(os.environ['HOME'], 'open')):\n    time.sleep(0.05)\nos.execvp('python', ['python', 'server.py'])\n",
+    );
+    write(&wt, "catwalk.toml", "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"gated.py\"]\n");
+    commit_all(&wt, "gated");
+    let (pushed, output) = push(&wt, &d, &["-o", "async", "catwalk", "main"]);
+    assert!(pushed && output.contains("async"), "{output}");
+    // The deploy runs on, waiting at its health gate; a rollback now queues behind it.
+    let rollback = Command::new("ssh")
+        .args(d.ssh_args(&d.admin))
+        .arg("git@127.0.0.1")
+        .arg("rollback held")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rollback = daemon::ChildGuard(Some(rollback));
+    d.wait_log("held: rollback by admin queued behind admin's push of");
+    std::fs::write(d.dir.join("apps/held/home/open"), "").unwrap();
+    let out = rollback.wait();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("held: rollback by admin queued behind admin's push of"), "{text}");
+    // The async release (v2) went live first, so the rollback went back to v1 as v3.
+    assert!(text.contains("rolling back held to v1") && text.contains("v3 is live"), "{text}");
+    let rel = releases(&d, "held");
+    assert_eq!((rel[0]["version"].clone(), rel[0]["status"].clone()), (json!(3), json!("live")), "{rel:?}");
+    assert_eq!(rel[1]["status"], "superseded", "v2 was live before the rollback: {rel:?}");
+    assert_eq!(d.server_ref("held", "main").as_deref(), Some(v1.as_str()));
+}
+
 /// Pids of the app's warm spares, in the order the app log announced them.
 fn spare_pids(d: &Daemon, app: &str) -> Vec<String> {
     let logs = ok(&d.ssh(&d.admin, &format!("logs {app} -n 500"), ""));

@@ -97,7 +97,24 @@ pub struct PushSession {
     pub app: AppName,
     pub pusher: Identity,
     pub started: Instant,
-    pub guard: DeployGuard,
+    /// The app's lock, held until the push's ticket is dropped, or handed to a detached deploy
+    /// ([`PushSession::take_guard`]) that outlives the push.
+    guard: Mutex<Option<DeployGuard>>,
+}
+
+impl PushSession {
+    /// Records the sha being deployed, so that queued pushes can say what they wait for.
+    pub fn set_sha(&self, sha: &str) {
+        if let Some(guard) = self.guard.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            guard.set_sha(sha);
+        }
+    }
+
+    /// Takes the app's lock out of the push, for work that goes on after `git receive-pack` exits (a
+    /// `-o async` deploy): whoever comes next waits for that work, not only for the push.
+    pub fn take_guard(&self) -> Option<DeployGuard> {
+        self.guard.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Running pushes by id. Also what a graceful shutdown waits on.
@@ -136,7 +153,13 @@ impl PushRegistry {
     /// Registers a push holding `guard`; the id is random so a hook cannot guess another push's id.
     pub fn register(&self, app: AppName, pusher: Identity, guard: DeployGuard) -> PushTicket<'_> {
         let id = hex::encode(rand::random::<[u8; 16]>());
-        let session = Arc::new(PushSession { id: id.clone(), app, pusher, started: Instant::now(), guard });
+        let session = Arc::new(PushSession {
+            id: id.clone(),
+            app,
+            pusher,
+            started: Instant::now(),
+            guard: Mutex::new(Some(guard)),
+        });
         let mut pushes = self.pushes.lock().unwrap_or_else(|e| e.into_inner());
         pushes.insert(id, session.clone());
         self.count.send_replace(pushes.len());

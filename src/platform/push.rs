@@ -16,6 +16,7 @@ use crate::git::hook::{QuarantineEnv, RefUpdate};
 use crate::git::locks::{PushSession, short_sha};
 use crate::identity::Identity;
 use crate::output::Progress;
+use crate::pipeline::deploy::Outcome;
 use crate::store::{AppRecord, PushRecord, now};
 
 /// Everything the gate knows about one push.
@@ -46,7 +47,7 @@ pub async fn pre_receive(ctx: &PushContext<'_>) -> Verdict {
     let verdict = match check(ctx) {
         Err(reason) => Verdict::Reject(reason),
         Ok(update) => {
-            ctx.push.guard.set_sha(&update.new);
+            ctx.push.set_sha(&update.new);
             progress.step(format!("{app}: received {} from {}", short_sha(&update.new), who.name));
             if !ctx.options.is_empty() {
                 // Echoed as one visible line: an option is the pusher's text, escape sequences included.
@@ -156,10 +157,19 @@ async fn deploy(ctx: &PushContext<'_>, update: &RefUpdate) -> Verdict {
         detach: option("async"),
     };
     match ctx.platform.deployer.push(request, ctx.progress.clone()).await {
-        Ok(crate::pipeline::deploy::Outcome::DryRun) => {
+        Ok(Outcome::DryRun) => {
             Verdict::Reject("dry run (-o dry-run): the push was validated; the ref was not updated".into())
         }
-        Ok(_) => Verdict::Accept,
+        Ok(Outcome::Live { .. }) => Verdict::Accept,
+        Ok(Outcome::Detached { finish, .. }) => {
+            // The app's lock goes with the deploy: the next push, rollback or destroy waits for it.
+            let guard = ctx.push.take_guard();
+            tokio::spawn(async move {
+                let _guard = guard;
+                finish.await;
+            });
+            Verdict::Accept
+        }
         Err(e) => Verdict::Reject(e),
     }
 }

@@ -6,9 +6,9 @@
 //! release passed its health gate. Secret values are decrypted into memory, handed to the server's
 //! environment, and otherwise only ever appear as names and keyed digests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::analyse::{Tree, analyse};
@@ -47,9 +47,6 @@ pub struct Deployer {
     policy: DeployPolicy,
     /// `[deploy.enrich]`: fills missing env var descriptions from a chat API (off when `None`).
     enrich: Option<Arc<super::enrich::Enricher>>,
-    /// Deploys of one app run one at a time (pushes are also queued by the platform's app lock; this
-    /// covers detached deploys, which outlive the push that started them).
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The operator's choices every release is deployed with.
@@ -94,16 +91,17 @@ pub struct PushDeploy {
 }
 
 /// How a push ended when it did not fail.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Live {
         version: u32,
     },
     /// Validated only; nothing deployed (the hook rejects the ref update so nothing changes).
     DryRun,
-    /// Validated; the deploy continues in the background.
+    /// Validated; the rest of the deploy is `finish`, for the caller to run in the background while it
+    /// still holds the app's lock (so the next push waits for it, and says so).
     Detached {
         version: u32,
+        finish: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     },
 }
 
@@ -147,18 +145,12 @@ impl Deployer {
             ssh_command,
             policy,
             enrich,
-            locks: Mutex::new(HashMap::new()),
         }
     }
 
-    fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().expect("deploy locks").entry(app.to_string()).or_default().clone()
-    }
-
-    /// Deploys a push (see the module docs). `Err` is the message that rejects the push.
+    /// Deploys a push (see the module docs). `Err` is the message that rejects the push. The caller holds
+    /// the app's lock (`platform::Platform::lock_app`), and keeps it while a detached deploy finishes.
     pub async fn push(self: &Arc<Self>, req: PushDeploy, progress: Progress) -> Result<Outcome, String> {
-        let lock = self.app_lock(req.app.as_str());
-        let guard = lock.clone().lock_owned().await;
         let repo = self.dir.repo(&req.app);
         let quarantine: Vec<&Path> = req.quarantine.iter().map(PathBuf::as_path).collect();
         let tree = CommitTree::open(&repo, &quarantine, &req.commit)?;
@@ -190,21 +182,19 @@ impl Deployer {
             ));
             let this = self.clone();
             let app = req.app.clone();
-            tokio::spawn(async move {
+            let finish = Box::pin(async move {
                 let logs = this.logs.clone();
                 let name = app.to_string();
                 // The same lines a pusher would have seen, into the app's log (`logs APP -f`).
                 let sink = Progress::to_lines(move |line| logs.push(&name, LogKind::Event, &line));
-                let _guard = guard;
                 if let Err(e) = this.finish(&app, prepared, &sink).await {
                     sink.error(format!("release v{version} failed: {e}"));
                 }
             });
-            return Ok(Outcome::Detached { version });
+            return Ok(Outcome::Detached { version, finish });
         }
-        let result = self.finish(&req.app, prepared, &progress).await;
-        drop(guard);
-        result.map(|version| Outcome::Live { version })
+        let version = self.finish(&req.app, prepared, &progress).await?;
+        Ok(Outcome::Live { version })
     }
 
     /// Analysis, pinning and secrets: everything that can reject a push before anything runs.
@@ -452,7 +442,7 @@ impl Deployer {
         self.dir.app(app).join("releases").join(format!("v{version}"))
     }
 
-    /// A new release that re-uses release `version`'s plan, install and secrets (default: the one
+    /// (The caller holds the app's lock.) A new release that re-uses release `version`'s plan, install and secrets (default: the one
     /// that was live before the current one). Goes through the same health gate, then moves the
     /// deploy branch to that release's commit so the ref keeps matching the live release.
     pub async fn rollback(
@@ -463,8 +453,6 @@ impl Deployer {
         branch: &str,
         progress: &Progress,
     ) -> Result<u32, String> {
-        let lock = self.app_lock(app.as_str());
-        let _guard = lock.lock().await;
         let releases = self.store.releases(app.as_str()).map_err(|e| e.to_string())?;
         let live = releases.iter().find(|r| r.status == ReleaseStatus::Live);
         let target = match version {
