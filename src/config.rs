@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::plan::RuntimeKind;
+use crate::store::Role;
 
 /// The whole configuration file. Every section is optional and defaults to values fit for a laptop.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,7 +42,8 @@ pub struct SshConfig {
     /// Optional OpenSSH `authorized_keys` file whose keys may also log in (reloaded on change).
     pub authorized_keys_file: Option<PathBuf>,
     /// Role given to keys from `authorized_keys_file` (`admin` or `deployer`).
-    pub authorized_keys_role: String,
+    #[serde(deserialize_with = "role")]
+    pub authorized_keys_role: Role,
     /// Hostname shown in the `git remote add` hints (defaults to the listen address).
     pub public_host: Option<String>,
     #[serde(deserialize_with = "duration")]
@@ -237,7 +239,7 @@ impl Default for SshConfig {
         SshConfig {
             listen: "127.0.0.1:2222".parse().expect("static address"),
             authorized_keys_file: None,
-            authorized_keys_role: "deployer".into(),
+            authorized_keys_role: Role::Deployer,
             public_host: None,
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
@@ -314,12 +316,6 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !matches!(self.ssh.authorized_keys_role.as_str(), "admin" | "deployer") {
-            return Err(format!(
-                "ssh.authorized_keys_role = {:?}: expected \"admin\" or \"deployer\"",
-                self.ssh.authorized_keys_role
-            ));
-        }
         if !crate::names::is_valid_branch(&self.git.deploy_branch) {
             return Err(format!(
                 "git.deploy_branch = {:?} is not a valid branch name",
@@ -469,6 +465,12 @@ impl Config {
     }
 }
 
+fn role<'de, D: Deserializer<'de>>(de: D) -> Result<Role, D::Error> {
+    let text = String::deserialize(de)?;
+    Role::parse(&text)
+        .ok_or_else(|| serde::de::Error::custom(format!("{text:?}: expected \"admin\" or \"deployer\"")))
+}
+
 fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     humantime::parse_duration(&text).map_err(|e| {
@@ -479,6 +481,18 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_are_parsed_once_at_load() {
+        let c = Config::parse("[ssh]\nauthorized_keys_role = \"admin\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.ssh.authorized_keys_role, Role::Admin);
+        let e = Config::parse("[ssh]\nauthorized_keys_role = \"root\"\n", Path::new("x.toml")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("authorized_keys_role") && text.contains("expected \"admin\" or \"deployer\""),
+            "{text}"
+        );
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -32,7 +32,7 @@ use crate::pipeline::secrets::AgeIdentity;
 use crate::runtime::install::Toolchain;
 use crate::runtime::local::{LocalRuntime, LocalSettings};
 use crate::runtime::routes::RouteTable;
-use crate::store::{AppRecord, Erased, Role, Store};
+use crate::store::{AppRecord, Erased, Store};
 
 /// Everything a push, a command or an MCP request acts on, and nothing about how it arrived.
 ///
@@ -64,11 +64,10 @@ impl Platform {
     /// Builds the state for `dir` with `config`. Must run inside a tokio runtime (the audit writer
     /// is a task).
     pub fn new(dir: DataDir, config: Config, store: Store) -> Result<Platform> {
-        let role = Role::parse(&config.ssh.authorized_keys_role).unwrap_or(Role::Deployer);
         let authorized_keys = Arc::new(AuthorizedKeys::new(
             store.clone(),
             config.ssh.authorized_keys_file.as_deref(),
-            role,
+            config.ssh.authorized_keys_role,
             dir.root(),
         ));
         let identity = std::fs::read_to_string(dir.age_identity())
