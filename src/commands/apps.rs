@@ -91,8 +91,7 @@ fn list(ctx: &Ctx<'_>, json: bool) -> CmdResult {
 async fn create(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     let app = AppName::parse(name).map_err(|e| Failure::Error(e.to_string()))?;
     let platform = ctx.platform;
-    let record =
-        platform.create_app(&app, ctx.who, |queued| ctx.out.eline(queued)).await.map_err(Failure::Error)?;
+    let record = platform.create_app(&app, ctx.who, |queued| ctx.out.eline(queued)).await?;
     if json {
         ctx.json(&app_json(ctx, &record));
     } else {
@@ -113,11 +112,7 @@ async fn destroy(ctx: &Ctx<'_>, name: &str, confirm: &str) -> CmdResult {
         )));
     }
     let app = AppName::parse(&record.name).map_err(|e| Failure::Error(e.to_string()))?;
-    let erased = ctx
-        .platform
-        .destroy_app(&app, &ctx.who.name, |queued| ctx.out.eline(queued))
-        .await
-        .map_err(Failure::Error)?;
+    let erased = ctx.platform.destroy_app(&app, &ctx.who.name, |queued| ctx.out.eline(queued)).await?;
     ctx.out.line(format!(
         "destroyed app {app}: its repository, files, releases ({}), tokens ({}), OAuth grants, push records ({}) and log",
         erased.releases, erased.tokens, erased.pushes

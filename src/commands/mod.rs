@@ -245,6 +245,12 @@ pub enum Failure {
     Denied(String),
 }
 
+impl From<crate::platform::PlatformError> for Failure {
+    fn from(e: crate::platform::PlatformError) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
 impl From<crate::store::StoreError> for Failure {
     fn from(e: crate::store::StoreError) -> Self {
         Failure::Error(e.to_string())

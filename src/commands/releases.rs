@@ -94,8 +94,7 @@ pub async fn rollback(ctx: &Ctx<'_>, name: &str, version: Option<&str>) -> CmdRe
     let version = ctx
         .platform
         .rollback(&app, version, &ctx.who.name, &progress, |queued| ctx.out.eline(queued))
-        .await
-        .map_err(Failure::Error)?;
+        .await?;
     progress.step(format!("{app} v{version} is live"));
     Ok(())
 }

@@ -8,7 +8,10 @@
 //! gate is testable without a socket.
 
 pub mod erase;
+mod error;
 pub mod push;
+
+pub use error::PlatformError;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -259,21 +262,21 @@ impl Platform {
         app: &AppName,
         who: &Identity,
         on_wait: impl FnOnce(String),
-    ) -> Result<(PushTicket<'_>, PathBuf), String> {
-        let record = self.store.app(app.as_str()).map_err(|e| e.to_string())?;
+    ) -> Result<(PushTicket<'_>, PathBuf), PlatformError> {
+        let record = self.store.app(app.as_str())?;
         push::may_push(who, record.as_ref())?;
         let guard = self.lock_app(app, &who.name, "push", on_wait).await;
         // Read again under the lock: the app may have been created or destroyed while this push waited.
-        let record = self.store.app(app.as_str()).map_err(|e| e.to_string())?;
+        let record = self.store.app(app.as_str())?;
         push::may_push(who, record.as_ref())?;
         if record.is_none() {
             // A first push creates the app: whatever an earlier app of this name left (a crash
             // mid-destroy, an operator's copy) goes before the new repository is made.
-            erase::clear_before_create(self, app)?;
+            erase::clear_before_create(self, app).map_err(PlatformError::internal)?;
         }
         let branch = push::deploy_branch(self, record.as_ref());
         let repo = crate::git::ensure_repo(&self.dir, &self.config, app, &branch)
-            .map_err(|e| format!("preparing the repository of {app}: {e:#}"))?;
+            .map_err(|e| PlatformError::internal(format!("preparing the repository of {app}: {e:#}")))?;
         let ticket = self.pushes.register(app.clone(), who.clone(), guard);
         tracing::info!("push to {app} by {}: started (push {})", who.name, ticket.session.id);
         Ok((ticket, repo))
@@ -299,26 +302,26 @@ impl Platform {
         app: &AppName,
         who: &Identity,
         on_wait: impl FnOnce(String),
-    ) -> Result<AppRecord, String> {
+    ) -> Result<AppRecord, PlatformError> {
         // Under the deploy lock, like a first push: nothing else creates, pushes to or destroys it meanwhile.
         let _guard = self.lock_app(app, &who.name, "apps create", on_wait).await;
-        match self.store.app(app.as_str()).map_err(|e| e.to_string())? {
+        match self.store.app(app.as_str())? {
             Some(existing) if who.can_manage(&existing) => {
-                return Err(format!("app {app} already exists (see `info {app}`)"));
+                return Err(PlatformError::Refused(format!("app {app} already exists (see `info {app}`)")));
             }
-            Some(_) => return Err(push::name_taken(app.as_str())),
+            Some(_) => return Err(PlatformError::Refused(push::name_taken(app.as_str()))),
             None => {}
         }
-        let apps = self.store.apps().map_err(|e| e.to_string())?;
+        let apps = self.store.apps()?;
         who.may_create_app(&apps, self.config.deploy.max_apps_per_deployer)?;
-        erase::clear_before_create(self, app)?;
+        erase::clear_before_create(self, app).map_err(PlatformError::internal)?;
         let record = AppRecord::new(app.as_str(), &who.name, vec![who.name.clone()]);
         self.store.create_app(&record).map_err(|e| match e {
-            crate::store::StoreError::Conflict(_) => push::name_taken(app.as_str()),
-            e => e.to_string(),
+            crate::store::StoreError::Conflict(_) => PlatformError::Refused(push::name_taken(app.as_str())),
+            e => e.into(),
         })?;
         crate::git::ensure_repo(&self.dir, &self.config, app, &self.config.git.deploy_branch)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| PlatformError::internal(format!("creating the repository of {app}: {e:#}")))?;
         Ok(record)
     }
 
@@ -328,10 +331,10 @@ impl Platform {
         app: &AppName,
         by: &str,
         on_wait: impl FnOnce(String),
-    ) -> Result<Erased, String> {
+    ) -> Result<Erased, PlatformError> {
         // Never pull a repository from under a running push: wait for it like a push would.
         let _guard = self.lock_app(app, by, "apps destroy", on_wait).await;
-        erase::destroy(self, app, by).await
+        erase::destroy(self, app, by).await.map_err(PlatformError::internal)
     }
 
     /// `rollback`: makes release `version` (default: the one before the live one) live again and moves the
@@ -343,16 +346,15 @@ impl Platform {
         by: &str,
         progress: &Progress,
         on_wait: impl FnOnce(String),
-    ) -> Result<u32, String> {
-        let record = self
-            .store
-            .app(app.as_str())
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no app {app}"))?;
+    ) -> Result<u32, PlatformError> {
+        let record =
+            self.store.app(app.as_str())?.ok_or_else(|| PlatformError::Refused(format!("no app {app}")))?;
         let branch = push::deploy_branch(self, Some(&record));
         // A rollback moves the branch, so no push may be mid-flight.
         let _guard = self.lock_app(app, by, "rollback", on_wait).await;
-        self.deployer.rollback(app, version, by, &branch, progress).await
+        // The deployer words its refusals for the user (no such release, a release that never ran, a
+        // failed health gate).
+        Ok(self.deployer.rollback(app, version, by, &branch, progress).await?)
     }
 
     /// The deploy branch of `app` (its own setting, else the daemon's).

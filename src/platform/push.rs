@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use super::Platform;
+use super::{Platform, PlatformError};
 use crate::git::hook::{QuarantineEnv, RefUpdate};
 use crate::git::locks::{PushSession, short_sha};
 use crate::identity::Identity;
@@ -115,7 +115,7 @@ pub fn name_taken(app: &str) -> String {
 fn check<'u>(ctx: &'u PushContext<'_>) -> Result<&'u RefUpdate, String> {
     let platform = ctx.platform;
     let app = &ctx.push.app;
-    let record = platform.store.app(app.as_str()).map_err(|e| format!("cannot read app {app}: {e}"))?;
+    let record = platform.store.app(app.as_str()).map_err(|e| PlatformError::from(e).to_string())?;
     may_push(&ctx.push.pusher, record.as_ref())?;
     let branch = deploy_branch(platform, record.as_ref());
     let deploy_ref = format!("refs/heads/{branch}");
@@ -181,7 +181,7 @@ fn ensure_app(ctx: &PushContext<'_>) -> Result<(), String> {
         // Created meanwhile (`check` read the store before): the pusher must still be allowed.
         Ok(Some(record)) => may_push(&ctx.push.pusher, Some(&record)),
         Ok(None) => {
-            let apps = store.apps().map_err(|e| format!("cannot read the apps: {e}"))?;
+            let apps = store.apps().map_err(|e| PlatformError::from(e).to_string())?;
             ctx.push.pusher.may_create_app(&apps, ctx.platform.config.deploy.max_apps_per_deployer)?;
             let pusher = &ctx.push.pusher.name;
             let record = AppRecord::new(app.as_str(), pusher, vec![pusher.clone()]);
@@ -190,10 +190,11 @@ fn ensure_app(ctx: &PushContext<'_>) -> Result<(), String> {
                     ctx.progress.step(format!("created app {app} (owner: {})", ctx.push.pusher.name));
                     Ok(())
                 }
-                Err(e) => Err(format!("cannot create app {app}: {e}")),
+                Err(crate::store::StoreError::Conflict(_)) => Err(name_taken(app.as_str())),
+                Err(e) => Err(PlatformError::from(e).to_string()),
             }
         }
-        Err(e) => Err(format!("cannot read app {app}: {e}")),
+        Err(e) => Err(PlatformError::from(e).to_string()),
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::Platform;
 use super::push::{self, Verdict};
+use super::{Platform, PlatformError};
 use crate::config::Config;
 use crate::datadir::DataDir;
 use crate::git::hook::{QuarantineEnv, RefUpdate};
@@ -50,7 +50,7 @@ async fn a_push_to_another_tenants_app_is_refused_before_it_takes_the_lock() {
     let (alice, bob) = (deployer("alice"), deployer("bob"));
     f.platform.create_app(&app("shop"), &alice, never_waits).await.unwrap();
     let refused = f.platform.begin_push(&app("shop"), &bob, never_waits).await.err().unwrap();
-    assert_eq!(refused, push::name_taken("shop"));
+    assert_eq!(refused, PlatformError::Refused(push::name_taken("shop")));
     // Bob queued for nothing: the owner's push starts at once.
     let (ticket, repo) = f.platform.begin_push(&app("shop"), &alice, never_waits).await.unwrap();
     assert!(repo.join("HEAD").exists(), "{}", repo.display());
@@ -169,5 +169,26 @@ async fn a_deployer_cannot_create_more_apps_than_allowed() {
         f.platform.create_app(&app(&format!("app{i}")), &alice, never_waits).await.unwrap();
     }
     let refused = f.platform.create_app(&app("onemore"), &alice, never_waits).await.unwrap_err();
-    assert!(refused.contains("max_apps_per_deployer"), "{refused}");
+    assert!(
+        matches!(&refused, PlatformError::Refused(m) if m.contains("max_apps_per_deployer")),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_inside_catwalk_is_not_worded_as_the_pushers_mistake() {
+    let f = fixture();
+    // The repositories' directory is not a directory: preparing the repository fails.
+    let repos = f.platform.dir.repos();
+    std::fs::remove_dir_all(&repos).unwrap();
+    std::fs::write(&repos, "not a directory").unwrap();
+    let failed = f.platform.begin_push(&app("shop"), &deployer("alice"), never_waits).await.err().unwrap();
+    assert!(
+        matches!(&failed, PlatformError::Internal(m) if m.contains("preparing the repository of shop")),
+        "{failed:?}"
+    );
+    assert!(failed.to_string().starts_with("internal error: "), "{failed}");
+    // Nothing was left behind: no push registered, the lock free for the next one.
+    assert_eq!(f.platform.pushes.running(), 0);
+    let _guard = f.platform.lock_app(&app("shop"), "bob", "push", never_waits).await;
 }

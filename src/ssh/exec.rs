@@ -181,7 +181,7 @@ async fn git_service<'r>(
                 }) => started,
                 _ = gone.cancelled() => return Ok(1),
             };
-            let (ticket, repo) = started?;
+            let (ticket, repo) = started.map_err(|e| e.to_string())?;
             let cmd = git::command(
                 &platform.config,
                 &platform.dir,
