@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::{
     self, AppDirectory, AppLogs, AppRoute, Authenticator, Backend, EnvTokenAuthenticator, Gateway,
-    GatewayConfig, LogKind, Mount, NoAudit,
+    GatewaySettings, LogKind, Mount, NoAudit,
 };
 use crate::tls::{AcmeConfig, TlsConfig, TlsRuntime};
 
@@ -221,7 +221,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
         },
         None => None,
     };
-    let cfg = GatewayConfig {
+    let cfg = GatewaySettings {
         mount: Mount::Single { path: args.path.clone(), app: APP.into() },
         session_grace: args.session_grace.into(),
         session_idle_timeout: args.idle_timeout.into(),
@@ -235,7 +235,7 @@ pub async fn run(args: BridgeArgs) -> anyhow::Result<()> {
             let idle: std::time::Duration = args.warm_idle.into();
             (!idle.is_zero()).then_some(idle)
         },
-        ..GatewayConfig::default()
+        ..GatewaySettings::default()
     };
     let tls = match tls_config(&args.tls) {
         Some(cfg) => {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catwalk::gateway::{AppDirectory, AppLogs, AppRoute, Gateway, GatewayConfig, Mount, NoAudit};
+use catwalk::gateway::{AppDirectory, AppLogs, AppRoute, Gateway, GatewaySettings, Mount, NoAudit};
 use catwalk::names::AppName;
 use catwalk::pipeline::secrets::{Secrets, parse_dotenv};
 use catwalk::plan::{Entry, EnvSpec, Language, Plan, Registry, Source, Transport};
@@ -184,8 +184,10 @@ async fn gateway_for(route: AppRoute) -> (String, tokio_util::sync::Cancellation
             (app == "t").then(|| self.0.clone())
         }
     }
-    let cfg =
-        GatewayConfig { mount: Mount::Single { path: "/mcp".into(), app: "t".into() }, ..Default::default() };
+    let cfg = GatewaySettings {
+        mount: Mount::Single { path: "/mcp".into(), app: "t".into() },
+        ..Default::default()
+    };
     let gw = Gateway::new(
         cfg,
         Arc::new(One(Arc::new(route))),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use catwalk::gateway::{
     AppDirectory, AppLogs, AppRoute, AuditEvent, AuditSink, AuthError, Authenticator, Backend, Gateway,
-    GatewayConfig, Mount, RateLimit, TokenIdentity,
+    GatewaySettings, Mount, RateLimit, TokenIdentity,
 };
 use gateway_support::*;
 use serde_json::json;
@@ -97,10 +97,10 @@ async fn start() -> Running {
         ("tok-limited", ("limited", "t2", "ci")),
     ]));
     let audit = Arc::new(Audit::default());
-    let cfg = GatewayConfig {
+    let cfg = GatewaySettings {
         mount: Mount::Prefix("/mcp/".into()),
         public_origin: Some("https://deploy.example".into()),
-        ..GatewayConfig::default()
+        ..GatewaySettings::default()
     };
     let gw = Gateway::new(
         cfg,

@@ -266,6 +266,52 @@ async fn modern_requests_get_the_revisions_errors_and_legacy_sessions_still_work
     );
 }
 
+/// A tool's `x-mcp-header` arguments travel twice (SEP-2243): in the body and as `Mcp-Param-*` headers that
+/// routers act on. The legacy server behind catwalk knows nothing of it, so catwalk refuses a call whose
+/// headers and arguments disagree, as the revision requires of the server.
+#[tokio::test]
+async fn mcp_param_headers_must_agree_with_the_arguments_a_tool_marks() {
+    let fixture =
+        vec![deps::node22().display().to_string(), deps::conformance_fixture().display().to_string()];
+    let b = bridge_in_front_of(&fixture, &[]);
+    let c = client();
+    let call = |id: u64, args: Value| {
+        modern_msg(id, "tools/call", json!({"name": "test_x_mcp_header", "arguments": args}))
+    };
+    let args = json!({"region": "us-west1", "priority": 3});
+    let agreeing = [("mcp-param-region", "us-west1"), ("mcp-param-priority", "3")];
+    let r = modern(&c, &b.url, None, &call(1, args.clone()), &agreeing).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["result"]["content"][0]["text"].as_str().unwrap().contains("us-west1"), "{v}");
+    // Numbers compare as numbers; the Base64 sentinel is decoded.
+    let same = [("mcp-param-region", "=?base64?dXMtd2VzdDE=?="), ("mcp-param-priority", "3.0")];
+    assert_eq!(modern(&c, &b.url, None, &call(2, args.clone()), &same).await.status(), 200);
+    // A router trusting the header would have sent the call to eu-west1 while the tool runs in us-west1.
+    let wrong = [("mcp-param-region", "eu-west1"), ("mcp-param-priority", "3")];
+    let e = error_of(modern(&c, &b.url, None, &call(3, args.clone()), &wrong).await, 400).await;
+    assert_eq!(e["code"], -32020, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("Mcp-Param-Region"), "{e}");
+    // The header left out while the argument is in the body.
+    let e =
+        error_of(modern(&c, &b.url, None, &call(4, args.clone()), &[("mcp-param-priority", "3")]).await, 400)
+            .await;
+    assert!(e["message"].as_str().unwrap().contains("missing"), "{e}");
+    // A header for an argument the body does not have (null counts as absent).
+    let sparse = json!({"region": "us-west1", "priority": null});
+    assert_eq!(
+        modern(&c, &b.url, None, &call(5, sparse.clone()), &[("mcp-param-region", "us-west1")])
+            .await
+            .status(),
+        200
+    );
+    let e = error_of(modern(&c, &b.url, None, &call(6, sparse), &agreeing).await, 400).await;
+    assert_eq!(e["code"], -32020, "{e}");
+    // Tools without annotations are not affected.
+    let echo = modern_msg(7, "tools/call", json!({"name": "echo", "arguments": {"message": "hi"}}));
+    assert_eq!(modern(&c, &b.url, None, &echo, &[]).await.status(), 200);
+}
+
 #[tokio::test]
 async fn the_pool_reuses_a_child_per_context_and_a_spare_becomes_the_first_child() {
     let b = Bridge::start(&["--warm", "1"]);

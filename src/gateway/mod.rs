@@ -19,6 +19,7 @@ mod http;
 pub(crate) mod jsonrpc;
 pub mod metrics;
 mod modern;
+mod param_headers;
 mod park;
 mod pool;
 pub(crate) mod protocol;
@@ -162,9 +163,9 @@ pub enum Mount {
     Prefix(String),
 }
 
-/// Limits and timeouts. [`GatewayConfig::default`] has production values.
+/// Limits and timeouts. [`GatewaySettings::default`] has production values.
 #[derive(Debug, Clone)]
-pub struct GatewayConfig {
+pub struct GatewaySettings {
     pub mount: Mount,
     /// The daemon's public origin (`https://deploy.example.com`), always an allowed `Origin`.
     pub public_origin: Option<String>,
@@ -205,9 +206,9 @@ pub struct GatewayConfig {
     pub input_timeout: Duration,
 }
 
-impl Default for GatewayConfig {
+impl Default for GatewaySettings {
     fn default() -> Self {
-        GatewayConfig {
+        GatewaySettings {
             mount: Mount::Prefix("/mcp/".into()),
             public_origin: None,
             max_body_bytes: 4 << 20,
@@ -234,7 +235,7 @@ impl Default for GatewayConfig {
 /// The gateway. Create with [`Gateway::new`], then either [`Gateway::serve`] a listener or call
 /// [`Gateway::handle`] from the daemon's own hyper service.
 pub struct Gateway {
-    cfg: GatewayConfig,
+    cfg: GatewaySettings,
     directory: Arc<dyn AppDirectory>,
     auth: Option<Arc<dyn Authenticator>>,
     audit: Arc<dyn AuditSink>,
@@ -256,7 +257,7 @@ impl Gateway {
     /// Build a gateway. `metrics` is the handle of an installed Prometheus recorder (see
     /// [`metrics::install`]); without it `/metrics` answers 404.
     pub fn new(
-        cfg: GatewayConfig,
+        cfg: GatewaySettings,
         directory: Arc<dyn AppDirectory>,
         auth: Option<Arc<dyn Authenticator>>,
         audit: Arc<dyn AuditSink>,

@@ -19,7 +19,7 @@
 //! same for both eras; each modern request gets one audit record.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -27,12 +27,13 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::exchange::{self, Exchange, Step};
+use super::param_headers::{self, ToolHeaders};
 use super::park::StateError;
 use super::pool::{self, ChildMsg, Lease, LeaseError, Mode, ServerFacts};
 use super::protocol::{self as p, Resp};
 use super::session::Out;
 use super::sse::{self, OutSink, SseBody};
-use super::{AppRoute, AuditEvent, AuthMode, Gateway, TokenIdentity, metrics};
+use super::{AppRoute, AuditEvent, AuthMode, Gateway, LogKind, TokenIdentity, metrics};
 
 /// The stateless revision this endpoint speaks.
 pub const MODERN_VERSION: &str = "2026-07-28";
@@ -302,6 +303,11 @@ pub async fn post(
         );
         return error_response(StatusCode::NOT_FOUND, &id, -32601, &m, None);
     }
+    if method == "tools/call"
+        && let Err(r) = param_headers_agree(gw, app, route, context, &id, headers, &msg).await
+    {
+        return record.fail(r);
+    }
     match method.as_str() {
         "server/discover" => discover(gw, app, route, context, &id, scope, record).await,
         "subscriptions/listen" => listen(gw, app, route, context, &id, &msg, record).await,
@@ -384,6 +390,81 @@ async fn discover(
     record.done(200, false);
     result_response(id, discover_result(&facts, scope))
 }
+
+/// Refuses a `tools/call` whose `Mcp-Param-*` headers disagree with its arguments (see `param_headers.rs`).
+async fn param_headers_agree(
+    gw: &Arc<Gateway>,
+    app: &str,
+    route: &AppRoute,
+    context: &str,
+    id: &Value,
+    headers: &HeaderMap,
+    msg: &Value,
+) -> Result<(), Resp> {
+    let Some(tool) = msg.pointer("/params/name").and_then(Value::as_str) else { return Ok(()) };
+    let table = tool_headers(gw, app, route, context, id).await?;
+    let Some(params) = table.get(tool) else { return Ok(()) };
+    param_headers::check(params, headers, msg.pointer("/params/arguments"), decode_header_value).map_err(
+        |m| {
+            let r = header_mismatch(m);
+            error_response(r.status, id, r.code, &r.message, None)
+        },
+    )
+}
+
+/// The release's `x-mcp-header` annotations: learnt once per release from its `tools/list` (every page),
+/// asked of a pooled child. A server that cannot list its tools has none to check.
+async fn tool_headers(
+    gw: &Arc<Gateway>,
+    app: &str,
+    route: &AppRoute,
+    context: &str,
+    id: &Value,
+) -> Result<Arc<ToolHeaders>, Resp> {
+    let known = gw.pool.tool_headers(app, &route.backend).and_then(|slot| slot.lock().ok()?.clone());
+    if let Some(table) = known {
+        return Ok(table);
+    }
+    let lease = lend(gw, app, route, context, id, Mode::Shared).await?;
+    let mut table = ToolHeaders::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_TOOL_PAGES {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let request = json!({"jsonrpc": "2.0", "method": "tools/list", "params": params});
+        let answer = match lease.ask(request, TOOLS_LIST_TIMEOUT).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Not cached: the next call asks again.
+                gw.logs.push(app, LogKind::Event, &format!("listing tools to check Mcp-Param headers: {e}"));
+                return Ok(Arc::new(ToolHeaders::new()));
+            }
+        };
+        let Some(result) = answer.get("result") else { break };
+        if let Some(tools) = result.get("tools").and_then(Value::as_array) {
+            param_headers::scan(tools, &mut table);
+        }
+        match result.get("nextCursor").and_then(Value::as_str) {
+            Some(c) if !c.is_empty() => cursor = Some(c.to_string()),
+            _ => break,
+        }
+    }
+    drop(lease);
+    let table = Arc::new(table);
+    if let Some(slot) = gw.pool.tool_headers(app, &route.backend)
+        && let Ok(mut slot) = slot.lock()
+    {
+        *slot = Some(table.clone());
+    }
+    Ok(table)
+}
+
+/// Most `tools/list` pages read to learn a release's annotations.
+const MAX_TOOL_PAGES: usize = 100;
+/// How long one `tools/list` page may take.
+const TOOLS_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The request as the legacy child gets it: no 2026-07-28 `_meta` keys (a handshake-era server has no
 /// use for them and an old SDK may refuse unknown ones), no input responses.

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 use super::applog::LogKind;
 use super::jsonrpc::{self, Classified, IdKey, Kind};
+use super::param_headers::ToolHeaders;
 use super::stdio::{self, ChildEvents, ChildProc, OwnEvents};
 use super::{AppRoute, Backend, Gateway};
 
@@ -64,6 +65,10 @@ pub struct ServerFacts {
     pub instructions: Option<Value>,
 }
 
+/// The `x-mcp-header` annotations of a release's tools (`param_headers.rs`): learnt from its `tools/list` on
+/// the first `tools/call`, forgotten when one of its children says its tool list changed.
+pub type ToolHeadersSlot = Arc<Mutex<Option<Arc<ToolHeaders>>>>;
+
 /// The open `subscriptions/listen` streams of one app release and authorization context. Every child of
 /// that context reports its change notifications here: a legacy server changes its lists per process, and
 /// the change a client caused through one pooled child must reach its listen stream held by another.
@@ -94,6 +99,7 @@ fn is_change_notification(method: Option<&str>) -> bool {
 /// An initialized legacy child of one app release and one authorization context.
 pub struct PooledChild {
     listeners: Arc<Listeners>,
+    tool_headers: ToolHeadersSlot,
     context: Arc<str>,
     generation: u64,
     proc: OnceLock<Arc<ChildProc>>,
@@ -230,6 +236,9 @@ impl ChildEvents for PooledChild {
                 }
             }
             Kind::Notification if is_change_notification(c.method.as_deref()) => {
+                if c.method.as_deref() == Some("notifications/tools/list_changed") {
+                    *lock(&self.tool_headers) = None;
+                }
                 self.listeners.publish(&line, &c);
             }
             Kind::Notification => {
@@ -274,6 +283,7 @@ struct AppPool {
     /// Signalled when a context's child comes back or goes away: a request waiting for room goes on.
     returned: HashMap<Arc<str>, Arc<tokio::sync::Notify>>,
     facts: Option<Arc<ServerFacts>>,
+    tool_headers: ToolHeadersSlot,
 }
 
 impl AppPool {
@@ -337,6 +347,30 @@ impl Lease {
     }
 
     /// Sends the child a message as it is (an answer to one of its requests).
+    /// Asks the child one request of the gateway's own (`initialize`, `tools/list`) and returns its
+    /// answer; whatever the child asks meanwhile gets an error, its notifications are dropped.
+    pub async fn ask(&self, request: Value, timeout: Duration) -> Result<Value, String> {
+        let pid = self.pid();
+        let method = request.get("method").and_then(Value::as_str).unwrap_or("a request").to_string();
+        let Some((_, mut rx)) = self.request(request) else {
+            return Err(format!("process {pid} exited before it could be asked {method}"));
+        };
+        let answer = tokio::time::timeout(timeout, async {
+            loop {
+                match rx.recv().await {
+                    Some(ChildMsg::Response(line)) => return Ok(line),
+                    Some(ChildMsg::Notification(..)) => continue,
+                    Some(ChildMsg::Request(line, c)) => self.child.answer_server_request(&line, &c),
+                    Some(ChildMsg::Exited(why)) => return Err(why),
+                    None => return Err(format!("process {pid} went away during {method}")),
+                }
+            }
+        })
+        .await
+        .map_err(|_| format!("process {pid} did not answer {method} within {} s", timeout.as_secs()))??;
+        serde_json::from_slice(&answer).map_err(|e| format!("bad {method} answer: {e}"))
+    }
+
     pub fn send_raw(&self, msg: &Value) -> bool {
         let line = serde_json::to_vec(msg).unwrap_or_default();
         self.child.proc().is_some_and(|p| p.send(jsonrpc::to_line(&line)))
@@ -394,6 +428,7 @@ impl Pool {
             listeners: HashMap::new(),
             returned: HashMap::new(),
             facts: None,
+            tool_headers: ToolHeadersSlot::default(),
         }
     }
 
@@ -430,6 +465,12 @@ impl Pool {
     }
 
     /// What the app's server said about itself, if a child of the current release was initialized.
+    /// Where the annotations of `app`'s tools are kept for its release serving `backend`.
+    pub fn tool_headers(&self, app: &str, backend: &Backend) -> Option<ToolHeadersSlot> {
+        let apps = lock(&self.apps);
+        apps.get(app).filter(|e| &e.backend == backend).map(|e| e.tool_headers.clone())
+    }
+
     pub fn facts(&self, app: &str, backend: &Backend) -> Option<Arc<ServerFacts>> {
         let apps = lock(&self.apps);
         apps.get(app).filter(|e| &e.backend == backend).and_then(|e| e.facts.clone())
@@ -511,7 +552,7 @@ pub async fn lease(
     // A context at its limit waits (a bounded time) for one of its children to come back, as a client
     // sending many requests at once would expect, rather than getting 503s.
     let deadline = tokio::time::Instant::now() + POOL_WAIT;
-    let (generation, listeners) = loop {
+    let (generation, listeners, tool_headers) = loop {
         let room = {
             let sessions = gw.app_sessions(app);
             let spares = gw.spares.ready(app);
@@ -557,7 +598,11 @@ pub async fn lease(
                     )));
                 }
                 *entry.live.entry(context.clone()).or_default() += 1;
-                break (entry.generation, entry.listeners.entry(context.clone()).or_default().clone());
+                break (
+                    entry.generation,
+                    entry.listeners.entry(context.clone()).or_default().clone(),
+                    entry.tool_headers.clone(),
+                );
             }
             entry.returned.entry(context.clone()).or_default().clone()
         };
@@ -576,6 +621,7 @@ pub async fn lease(
     };
     let child = Arc::new(PooledChild {
         listeners,
+        tool_headers,
         context: context.clone(),
         generation,
         proc: OnceLock::new(),
@@ -665,23 +711,7 @@ async fn initialize(lease: &Lease, timeout: Duration) -> Result<ServerFacts, Str
         },
     });
     let pid = lease.pid();
-    let Some((_, mut rx)) = lease.request(request) else {
-        return Err(format!("process {pid} exited before it could be initialized"));
-    };
-    let answer = tokio::time::timeout(timeout, async {
-        loop {
-            match rx.recv().await {
-                Some(ChildMsg::Response(line)) => return Ok(line),
-                Some(ChildMsg::Notification(..)) => continue,
-                Some(ChildMsg::Request(line, c)) => lease.child.answer_server_request(&line, &c),
-                Some(ChildMsg::Exited(why)) => return Err(why),
-                None => return Err(format!("process {pid} went away during initialize")),
-            }
-        }
-    })
-    .await
-    .map_err(|_| format!("process {pid} did not answer initialize within {} s", timeout.as_secs()))??;
-    let v: Value = serde_json::from_slice(&answer).map_err(|e| format!("bad initialize answer: {e}"))?;
+    let v = lease.ask(request, timeout).await?;
     let Some(result) = v.get("result") else {
         let err = v.get("error").map(Value::to_string).unwrap_or_default();
         return Err(format!("process {pid} refused initialize: {err}"));

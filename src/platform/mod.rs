@@ -23,7 +23,7 @@ use crate::access::{StoreAudit, StoreAuthenticator};
 use crate::authorized_keys::AuthorizedKeys;
 use crate::config::Config;
 use crate::datadir::DataDir;
-use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewayConfig, RateLimit};
+use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewaySettings, RateLimit};
 use crate::git::hook::{QuarantineEnv, RefUpdate};
 use crate::git::locks::{DeployGuard, DeployLocks, PushRegistry, PushTicket};
 use crate::identity::Identity;
@@ -80,7 +80,7 @@ impl Platform {
         let routes = Arc::new(RouteTable::default());
         let logs = Arc::new(AppLogs::new(2000));
         let public_url = config.public_url();
-        let gateway_cfg = GatewayConfig {
+        let gateway_cfg = GatewaySettings {
             public_origin: Some(public_url.clone()),
             max_body_bytes: config.gateway.body_limit,
             session_grace: config.gateway.disconnect_grace,
@@ -93,7 +93,7 @@ impl Platform {
             pool_max_per_context: config.gateway.pool_max_per_token,
             input_timeout: config.gateway.input_timeout,
             spare_idle_timeout: (!config.deploy.idle_timeout.is_zero()).then_some(config.deploy.idle_timeout),
-            ..GatewayConfig::default()
+            ..GatewaySettings::default()
         };
         let gateway = Gateway::new(
             gateway_cfg,
@@ -127,7 +127,7 @@ impl Platform {
                         .then_some(config.deploy.idle_timeout),
                     drain_grace: config.deploy.drain_grace,
                     max_drain: config.gateway.session_idle_timeout,
-                    kill_grace: crate::gateway::GatewayConfig::default().kill_grace,
+                    kill_grace: crate::gateway::GatewaySettings::default().kill_grace,
                 },
                 warm_spares: config.deploy.warm,
             },

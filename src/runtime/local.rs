@@ -18,7 +18,7 @@ use super::install::{self, Installed, Toolchain};
 use super::sandbox::{self, AppSandbox};
 use super::{Runtime, StageRequest};
 use crate::datadir::DataDir;
-use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewayConfig, Mount, NoAudit, WakeHandle};
+use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewaySettings, Mount, NoAudit, WakeHandle};
 use crate::names::AppName;
 use crate::output::Progress;
 use crate::plan::{Secrets, Source, Transport};
@@ -253,7 +253,7 @@ impl LocalRuntime {
                 (app == self.1).then(|| self.0.clone())
             }
         }
-        let cfg = GatewayConfig {
+        let cfg = GatewaySettings {
             mount: Mount::Single { path: "/mcp".into(), app: app.to_string() },
             ..Default::default()
         };
