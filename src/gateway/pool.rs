@@ -287,6 +287,37 @@ struct AppPool {
 }
 
 impl AppPool {
+    /// A child of `context` ready for a request in `mode`: a shared one with room, else an idle one.
+    fn take_ready(&mut self, context: &Arc<str>, mode: Mode) -> Option<Arc<PooledChild>> {
+        let entry = self;
+        if mode == Mode::Shared
+            && let Some(child) = entry
+                .sharing
+                .get(context)
+                .and_then(|list| {
+                    list.iter()
+                        .filter(|c| !c.is_dead() && c.load.load(Ordering::Acquire) < MAX_SHARED)
+                        .min_by_key(|c| c.load.load(Ordering::Acquire))
+                })
+                .cloned()
+        {
+            child.load.fetch_add(1, Ordering::AcqRel);
+            return Some(child);
+        }
+        while let Some(child) = entry.idle.get_mut(context).and_then(Vec::pop) {
+            if child.is_dead() {
+                entry.forget(context);
+                continue;
+            }
+            if mode == Mode::Shared {
+                child.load.store(1, Ordering::Release);
+                entry.sharing.entry(context.clone()).or_default().push(child.clone());
+            }
+            return Some(child);
+        }
+        None
+    }
+
     fn live_total(&self) -> usize {
         self.live.values().sum()
     }
@@ -417,6 +448,36 @@ impl Drop for Lease {
 }
 
 impl Pool {
+    /// `app`'s pool for the release serving `backend` (a new generation when the release changed: the
+    /// previous release's idle children stop).
+    fn entry_for<'a>(
+        &self,
+        apps: &'a mut HashMap<String, AppPool>,
+        app: &str,
+        backend: &Backend,
+    ) -> &'a mut AppPool {
+        let entry = apps.entry(app.to_string()).or_insert_with(|| self.fresh(backend));
+        if entry.backend != *backend {
+            for child in entry.idle.drain().flat_map(|(_, v)| v) {
+                child.stop();
+            }
+            *entry = self.fresh(backend);
+        }
+        entry
+    }
+
+    /// A child of `context` ready for a request in `mode` (see [`AppPool::take_ready`]).
+    fn take_ready(
+        &self,
+        app: &str,
+        backend: &Backend,
+        context: &Arc<str>,
+        mode: Mode,
+    ) -> Option<Arc<PooledChild>> {
+        let mut apps = lock(&self.apps);
+        self.entry_for(&mut apps, app, backend).take_ready(context, mode)
+    }
+
     /// An empty pool for `backend`, in a generation of its own.
     fn fresh(&self, backend: &Backend) -> AppPool {
         AppPool {
@@ -552,42 +613,21 @@ pub async fn lease(
     // A context at its limit waits (a bounded time) for one of its children to come back, as a client
     // sending many requests at once would expect, rather than getting 503s.
     let deadline = tokio::time::Instant::now() + POOL_WAIT;
+    let lent = |child| Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true, mode });
     let (generation, listeners, tool_headers) = loop {
+        // The common case, a child ready for this context, costs one lock of the pool.
+        if let Some(child) = pool.take_ready(app, &route.backend, &context, mode) {
+            return lent(child);
+        }
         let room = {
+            // Counted for the process limit only when a process may start: sessions and spares have locks
+            // of their own, taken before the pool's (never inside it).
             let sessions = gw.app_sessions(app);
             let spares = gw.spares.ready(app);
             let mut apps = lock(&pool.apps);
-            let entry = apps.entry(app.to_string()).or_insert_with(|| pool.fresh(&route.backend));
-            if entry.backend != route.backend {
-                for child in entry.idle.drain().flat_map(|(_, v)| v) {
-                    child.stop();
-                }
-                *entry = pool.fresh(&route.backend);
-            }
-            if mode == Mode::Shared
-                && let Some(child) = entry
-                    .sharing
-                    .get(&context)
-                    .and_then(|list| {
-                        list.iter()
-                            .filter(|c| !c.is_dead() && c.load.load(Ordering::Acquire) < MAX_SHARED)
-                            .min_by_key(|c| c.load.load(Ordering::Acquire))
-                    })
-                    .cloned()
-            {
-                child.load.fetch_add(1, Ordering::AcqRel);
-                return Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true, mode });
-            }
-            while let Some(child) = entry.idle.get_mut(&context).and_then(Vec::pop) {
-                if child.is_dead() {
-                    entry.forget(&context);
-                    continue;
-                }
-                if mode == Mode::Shared {
-                    child.load.store(1, Ordering::Release);
-                    entry.sharing.entry(context.clone()).or_default().push(child.clone());
-                }
-                return Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true, mode });
+            let entry = pool.entry_for(&mut apps, app, &route.backend);
+            if let Some(child) = entry.take_ready(&context, mode) {
+                return lent(child);
             }
             let mine = entry.live.get(&context).copied().unwrap_or(0);
             if mine < gw.cfg.pool_max_per_context {
