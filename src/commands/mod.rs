@@ -329,6 +329,55 @@ mod tests {
         Grammar::try_parse_from(shell_words::split(s).unwrap())
     }
 
+    /// Runs one command line as `who` against `platform`: (exit code, stdout, stderr).
+    async fn run_line(
+        platform: &crate::platform::Platform,
+        who: &Identity,
+        line: &str,
+    ) -> (i32, String, String) {
+        let argv = split_line(line.as_bytes()).unwrap();
+        let (out, mut rx) = Output::channel();
+        let code = run(platform, who, &argv, &mut Input::empty(), &out).await;
+        drop(out);
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        while let Some((stream, text)) = rx.recv().await {
+            match stream {
+                crate::output::Stream::Stdout => stdout.push_str(&text),
+                crate::output::Stream::Stderr => stderr.push_str(&text),
+            }
+        }
+        (code, stdout, stderr)
+    }
+
+    /// The commands against the core itself (no SSH, no socket): what a tenant sees of another's app.
+    #[tokio::test]
+    async fn commands_act_through_the_platform_and_hide_other_tenants_apps() {
+        let f = crate::platform::tests::fixture();
+        let p = &f.platform;
+        let (bob, alice) =
+            (crate::platform::tests::deployer("bob"), crate::platform::tests::deployer("alice"));
+        let (code, out, _) = run_line(p, &bob, "apps create shop").await;
+        assert_eq!(code, 0);
+        assert!(out.contains("created app shop") && out.contains("git remote add catwalk"), "{out}");
+        let (code, _, err) = run_line(p, &alice, "apps create shop").await;
+        assert_eq!(code, 1);
+        assert!(err.contains("the app name shop is taken"), "{err}");
+        // Every command answers alice about bob's app exactly as about a name nobody uses.
+        for line in
+            ["info shop", "releases shop", "logs shop", "rollback shop", "apps destroy shop --confirm shop"]
+        {
+            let (code, _, err) = run_line(p, &alice, line).await;
+            let (_, _, missing) = run_line(p, &alice, &line.replace("shop", "nosuch")).await;
+            assert_eq!(code, 1, "{line}");
+            assert_eq!(err.replace("shop", "nosuch"), missing, "{line}");
+        }
+        let (_, out, _) = run_line(p, &alice, "apps --json").await;
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!([]));
+        assert_eq!(run_line(p, &bob, "apps destroy shop --confirm shop").await.0, 0);
+        assert!(p.store.app("shop").unwrap().is_none());
+        assert_eq!(run_line(p, &bob, "apps frobnicate").await.0, USAGE);
+    }
+
     #[test]
     fn exec_lines_are_split_or_refused_clearly() {
         assert_eq!(split_line(b"git-receive-pack '/app.git'").unwrap(), ["git-receive-pack", "/app.git"]);

@@ -387,4 +387,4 @@ fn rate_limit(per_minute: u32) -> Option<RateLimit> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

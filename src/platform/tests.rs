@@ -13,12 +13,13 @@ use crate::names::AppName;
 use crate::output::{Output, Progress};
 use crate::store::{Role, Store};
 
-struct Fixture {
+/// A platform on a fresh data dir (the default config), for tests of the core and of the commands.
+pub(crate) struct Fixture {
     _tmp: tempfile::TempDir,
-    platform: Arc<Platform>,
+    pub(crate) platform: Arc<Platform>,
 }
 
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = DataDir::new(&tmp.path().join("data"));
     crate::init::init(&dir, None).unwrap();
@@ -28,7 +29,7 @@ fn fixture() -> Fixture {
     Fixture { _tmp: tmp, platform }
 }
 
-fn deployer(name: &str) -> Identity {
+pub(crate) fn deployer(name: &str) -> Identity {
     Identity { name: name.into(), role: Role::Deployer, fingerprint: None }
 }
 
