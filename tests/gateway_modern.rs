@@ -345,6 +345,12 @@ async fn more_concurrent_requests_than_pooled_processes_wait_for_one_instead_of_
         answers, want,
         "20 requests of one client on at most 8 processes: every one answered, in order"
     );
+    // More processes than the one spare were started for these requests, and what that cost is measured.
+    let m = c.get(format!("{}/metrics", b.base)).send().await.unwrap().text().await.unwrap();
+    let paid = m.lines().find(|l| {
+        l.starts_with("catwalk_mcp_cold_start_duration_seconds_count{") && l.contains("era=\"2026-07-28\"")
+    });
+    assert!(paid.is_some_and(|l| !l.ends_with(" 0")), "{m}");
 }
 
 fn descendants(pid: u32) -> Vec<u32> {

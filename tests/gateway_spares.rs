@@ -71,6 +71,11 @@ async fn an_idle_app_releases_its_spares_and_gets_them_back() {
     assert_ne!(pid, spare);
     let m = c.get(format!("{}/metrics", b.base)).send().await.unwrap().text().await.unwrap();
     assert!(m.lines().any(|l| l.starts_with("catwalk_mcp_cold_starts_total") && !l.ends_with(" 0")), "{m}");
+    // And what it cost: one observation of the start-up this session waited for.
+    let paid = m.lines().find(|l| {
+        l.starts_with("catwalk_mcp_cold_start_duration_seconds_count{") && l.contains("era=\"2025\"")
+    });
+    assert!(paid.is_some_and(|l| !l.ends_with(" 0")), "{m}");
     let back = wait_spare(&b, &[pid]);
     assert_ne!(back, pid);
     assert_eq!(call_text(&c, &b.url, &sid, 3, "echo", json!({"text": "still here"})).await, "still here");

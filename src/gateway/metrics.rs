@@ -29,6 +29,15 @@ pub const SPARES_READY: &str = "catwalk_mcp_spares_ready";
 pub const SPARES_TAKEN: &str = "catwalk_mcp_spares_taken_total";
 /// Counter: sessions that paid a server start-up (no spare was ready), label `app`.
 pub const COLD_STARTS: &str = "catwalk_mcp_cold_starts_total";
+/// Histogram (seconds): what a cold start cost the request that paid it, from starting the process to its
+/// `initialize` answer; labels `app`, `era` (`2025`: a session's own process; `2026-07-28`: a pooled one).
+pub const COLD_START_SECONDS: &str = "catwalk_mcp_cold_start_duration_seconds";
+
+/// Records a start-up a request waited for (see [`COLD_START_SECONDS`]).
+pub fn cold_start_paid(app: &str, era: &'static str, started: std::time::Instant) {
+    ::metrics::histogram!(COLD_START_SECONDS, "app" => app.to_string(), "era" => era)
+        .record(started.elapsed().as_secs_f64());
+}
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -673,6 +673,8 @@ pub async fn lease(
         load: AtomicUsize::new(0),
     });
     let owner: Weak<dyn ChildEvents> = Arc::downgrade(&child) as Weak<dyn ChildEvents>;
+    // Set when the process is started for this request (no spare was ready): what that cost is measured.
+    let mut cold: Option<Instant> = None;
     let proc = match gw.spares.take(app, route) {
         Some(spare) => {
             let _ = spare.events.owner.set(owner);
@@ -680,6 +682,7 @@ pub async fn lease(
         }
         None => {
             gw.spares.cold_start(app, route);
+            cold = Some(Instant::now());
             let events = Arc::new(OwnEvents::default());
             let _ = events.owner.set(owner);
             let cmd = stdio::Command { app, argv, env, cwd };
@@ -707,6 +710,9 @@ pub async fn lease(
     };
     match initialize(&lease, gw.cfg.pool_init_timeout).await {
         Ok(facts) => {
+            if let Some(started) = cold {
+                super::metrics::cold_start_paid(app, "2026-07-28", started);
+            }
             gw.logs.push(
                 app,
                 LogKind::Event,

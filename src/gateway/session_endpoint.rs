@@ -156,6 +156,8 @@ async fn initialize(
         return r;
     }
     let sid: Arc<str> = session_id().into();
+    // Set when this session's process is started for it (no spare was ready): what that cost is measured.
+    let mut cold: Option<Instant> = None;
     let bad_gateway = |e: String| {
         gw.logs.push(app, super::LogKind::Event, &e);
         p::error(StatusCode::BAD_GATEWAY, -32603, &format!("Bad Gateway: {e}"))
@@ -196,6 +198,7 @@ async fn initialize(
             Some(spare) => (spare.proc, spare.events),
             None => {
                 gw.spares.cold_start(app, route);
+                cold = Some(Instant::now());
                 let events = Arc::new(OwnEvents::default());
                 let cmd = stdio::Command { app, argv, env, cwd };
                 match stdio::spawn(cmd, events.clone(), gw.logs.clone(), gw.cfg.kill_grace) {
@@ -216,7 +219,11 @@ async fn initialize(
         let (gw, app) = (gw.clone(), app.to_string());
         tokio::spawn(async move { gw.warm(&app) });
     }
-    request(gw, &session, &c, &body, token, Some(&sid)).await
+    let answer = request(gw, &session, &c, &body, token, Some(&sid)).await;
+    if let Some(started) = cold {
+        metrics::cold_start_paid(app, "2025", started);
+    }
+    answer
 }
 
 impl Gateway {
