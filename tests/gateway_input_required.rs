@@ -171,3 +171,33 @@ async fn two_clients_asked_at_once_get_their_own_answers() {
     assert_eq!(r1.1["result"]["content"][0]["text"], "sampled: for one", "{:?}", r1);
     assert_eq!(r2.1["result"]["content"][0]["text"], "sampled: for two", "{:?}", r2);
 }
+
+/// On Fly the daemon proxies 2026-07-28 requests to the release's machine as they are, and the machine's
+/// own bridge (the runner serves the release with the same gateway) does the input_required rounds: the
+/// sealed state it hands out comes back through the daemon on the retry and completes the call. Through
+/// the real daemon, the real runner and the fake Machines API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn input_required_rounds_work_through_the_daemon_to_a_release_on_fly() {
+    use crate::fly_daemon::{FlyEnv, push, token};
+    use tokio::task::block_in_place as blocking;
+    let env = FlyEnv::start().await;
+    let d = blocking(|| daemon::Daemon::start_with_config(&env.daemon_config("")));
+    // The stdio fixture from its repository, on a machine (the daemon's default runtime here is fly).
+    let wt = blocking(|| {
+        let wt = daemon::WorkTree::new(d.tmp.path(), "askfly");
+        wt.git(&["remote", "add", "catwalk", &d.remote_url("askfly")]);
+        wt
+    });
+    let (pushed, output) = blocking(|| push(&d, &wt));
+    assert!(pushed && output.contains("fly:"), "{output}");
+    let token = blocking(|| token(&d, "askfly"));
+    let url = format!("http://{}/mcp/askfly", d.http_addr);
+    let c = client();
+    let (key, state) = ask(&c, &url, Some(&token), 1, "sample").await;
+    let (_, v) = send(&c, &url, Some(&token), &retry(2, "sample", &key, "from fly", &state)).await;
+    assert_eq!((&v["id"], &v["result"]["resultType"]), (&json!(2), &json!("complete")), "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "sampled: from fly");
+    // The machine's state is single-use too, also when it comes back through the daemon.
+    let (status, v) = send(&c, &url, Some(&token), &retry(3, "sample", &key, "again", &state)).await;
+    assert_eq!((status, &v["error"]["code"]), (400, &json!(-32602)), "{v}");
+}
