@@ -3,7 +3,8 @@
 //!
 //! In the spirit of soft-serve's `backend`: ssh (`git push`, commands), the control socket (the local CLI
 //! and git's hooks) and the commands all act through [`Platform`], so a push is one story told here
-//! ([`Platform::begin_push`] → [`Platform::pre_receive`] → [`Platform::post_receive`]), every app-level
+//! ([`Platform::begin_push`], then per hook [`Platform::push_context`] → [`push::pre_receive`] /
+//! [`push::post_receive`]), every app-level
 //! change waits on the same lock with the same "queued behind" line ([`Platform::lock_app`]), and the push
 //! gate is testable without a socket.
 
