@@ -18,8 +18,6 @@ mod isolation_support;
 mod mcp;
 mod oauth_support;
 mod tls_support;
-/// The name `isolation_support` knows the gateway helpers by.
-use gateway_support as gw;
 
 mod bad_inputs;
 mod deploy_concurrency;

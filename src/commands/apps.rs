@@ -44,7 +44,7 @@ pub async fn run(ctx: &Ctx<'_>, action: Option<AppsCmd>, json: bool) -> CmdResul
 
 fn app_json(ctx: &Ctx<'_>, app: &AppRecord) -> serde_json::Value {
     let platform = ctx.platform;
-    let branch = platform.deploy_branch(app);
+    let branch = platform.deploy_branch(Some(app));
     let head = AppName::parse(&app.name).ok().and_then(|n| git::branch_head(&platform.dir.repo(&n), &branch));
     let live = platform.store.live_release(&app.name).ok().flatten();
     json!({

@@ -275,7 +275,7 @@ impl Platform {
             // mid-destroy, an operator's copy) goes before the new repository is made.
             erase::clear_before_create(self, app).map_err(PlatformError::internal)?;
         }
-        let branch = push::deploy_branch(self, record.as_ref());
+        let branch = self.deploy_branch(record.as_ref());
         let repo = crate::git::ensure_repo(&self.dir, &self.config, app, &branch)
             .map_err(|e| PlatformError::internal(format!("preparing the repository of {app}: {e:#}")))?;
         let ticket = self.pushes.register(app.clone(), who.clone(), guard);
@@ -350,7 +350,7 @@ impl Platform {
     ) -> Result<u32, PlatformError> {
         let record =
             self.store.app(app.as_str())?.ok_or_else(|| PlatformError::Refused(format!("no app {app}")))?;
-        let branch = push::deploy_branch(self, Some(&record));
+        let branch = self.deploy_branch(Some(&record));
         // A rollback moves the branch, so no push may be mid-flight.
         let _guard = self.lock_app(app, by, "rollback", on_wait).await;
         // The deployer words its refusals for the user (no such release, a release that never ran, a
@@ -358,9 +358,10 @@ impl Platform {
         Ok(self.deployer.rollback(app, version, by, &branch, progress).await?)
     }
 
-    /// The deploy branch of `app` (its own setting, else the daemon's).
-    pub fn deploy_branch(&self, app: &AppRecord) -> String {
-        push::deploy_branch(self, Some(app))
+    /// The deploy branch of `app` (its own setting, else the daemon's; the daemon's for an app that does
+    /// not exist yet).
+    pub fn deploy_branch(&self, app: Option<&AppRecord>) -> String {
+        app.and_then(|a| a.deploy_branch.clone()).unwrap_or_else(|| self.config.git.deploy_branch.clone())
     }
 }
 

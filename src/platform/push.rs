@@ -88,11 +88,6 @@ pub async fn post_receive(ctx: &PushContext<'_>) {
     }
 }
 
-/// The deploy branch of an app (its own setting, else the daemon's).
-pub fn deploy_branch(platform: &Platform, app: Option<&AppRecord>) -> String {
-    app.and_then(|a| a.deploy_branch.clone()).unwrap_or_else(|| platform.config.git.deploy_branch.clone())
-}
-
 /// Whether `who` may push to `app` (`None`: the app does not exist yet and would be created).
 ///
 /// A push to a name that another tenant's app holds cannot succeed the way a push to a free name does
@@ -117,7 +112,7 @@ fn check<'u>(ctx: &'u PushContext<'_>) -> Result<&'u RefUpdate, String> {
     let app = &ctx.push.app;
     let record = platform.store.app(app.as_str()).map_err(|e| PlatformError::from(e).to_string())?;
     may_push(&ctx.push.pusher, record.as_ref())?;
-    let branch = deploy_branch(platform, record.as_ref());
+    let branch = platform.deploy_branch(record.as_ref());
     let deploy_ref = format!("refs/heads/{branch}");
     let mut target = None;
     for update in &ctx.updates {

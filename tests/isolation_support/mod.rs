@@ -11,7 +11,7 @@ use std::time::Duration;
 use catwalk::runtime::sandbox::{AppSandbox, Identity, SandboxPolicy, Status, wrap};
 use serde_json::{Value, json};
 
-use crate::gw;
+use crate::gateway_support as gw;
 
 pub const AGE_CANARY: &str = "AGE-SECRET-KEY-1CANARYISOLATIONTEST0000000000000000000000000000000000";
 pub const HOST_KEY_CANARY: &str = "-----BEGIN OPENSSH PRIVATE KEY----- canary-host-key-7f3a";
