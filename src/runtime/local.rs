@@ -35,16 +35,6 @@ pub struct LocalSettings {
     pub warm_spares: usize,
 }
 
-impl Default for LocalSettings {
-    fn default() -> Self {
-        LocalSettings {
-            health_timeout: Duration::from_secs(60),
-            lifecycle: Lifecycle::default(),
-            warm_spares: 1,
-        }
-    }
-}
-
 /// Sandboxed processes on this host (the embedded default runtime).
 pub struct LocalRuntime {
     dir: DataDir,
@@ -62,11 +52,6 @@ pub struct LocalStaged {
 impl LocalRuntime {
     pub fn new(dir: DataDir, tools: Toolchain, settings: LocalSettings) -> LocalRuntime {
         LocalRuntime { dir, tools, settings, servers: Mutex::new(HashMap::new()) }
-    }
-
-    /// The installers and the sandbox every server and install runs in.
-    pub fn tools(&self) -> &Toolchain {
-        &self.tools
     }
 
     /// Serves the live `release` again after a daemon restart (its install is kept; the secrets were
