@@ -345,12 +345,20 @@ async fn more_concurrent_requests_than_pooled_processes_wait_for_one_instead_of_
         answers, want,
         "20 requests of one client on at most 8 processes: every one answered, in order"
     );
-    // More processes than the one spare were started for these requests, and what that cost is measured.
+}
+
+/// Without warm spares the pool starts its process for the request, and what that cost the request is
+/// measured (`catwalk_mcp_cold_start_duration_seconds`, era 2026-07-28).
+#[tokio::test]
+async fn a_pooled_process_started_for_a_request_is_measured_as_a_cold_start() {
+    let b = Bridge::start(&["--warm", "0"]);
+    let c = client();
+    assert_eq!(tool_text(&c, &b.url, None, 1, "echo", json!({"text": "cold"})).await, "cold");
     let m = c.get(format!("{}/metrics", b.base)).send().await.unwrap().text().await.unwrap();
     let paid = m.lines().find(|l| {
         l.starts_with("catwalk_mcp_cold_start_duration_seconds_count{") && l.contains("era=\"2026-07-28\"")
     });
-    assert!(paid.is_some_and(|l| !l.ends_with(" 0")), "{m}");
+    assert!(paid.is_some_and(|l| l.ends_with(" 1")), "one start-up paid by the request: {m}");
 }
 
 fn descendants(pid: u32) -> Vec<u32> {
