@@ -256,6 +256,8 @@ async fn modern_requests_get_the_revisions_errors_and_legacy_sessions_still_work
     let r = modern(&c, &b.url, None, &modern_msg(7, "server/discover", json!({})), &[]).await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "stdio-fixture", "{v}");
+    // catwalk asked the server which era it speaks (once) and translates for this handshake-era one.
+    assert!(b.wait_stderr("the server speaks only the handshake era"), "{}", b.stderr_text());
     assert!(v["result"]["supportedVersions"].as_array().unwrap().contains(&json!("2025-11-25")));
     assert_eq!(v["result"]["capabilities"]["tools"], json!({}));
     // A legacy session on the same URL is untouched.
@@ -264,6 +266,114 @@ async fn modern_requests_get_the_revisions_errors_and_legacy_sessions_still_work
         gateway_support::call_text(&c, &b.url, &sid, 9, "echo", json!({"text": "legacy"})).await,
         "legacy"
     );
+}
+
+// ---- a server that speaks 2026-07-28 itself ------------------------------------------------------------
+
+fn modern_fixture_argv() -> Vec<String> {
+    vec![
+        deps::deps_dir().join("venv-mcp2/bin/python").display().to_string(),
+        deps::repo_root().join("tests/fixtures/modern_stdio_server.py").display().to_string(),
+    ]
+}
+
+/// `greet` as a client that can answer elicitations and asked for log messages (so each call has its
+/// process alone), with this round's answers and the state the server gave.
+fn greet_msg(id: u64, answers: Value, state: Option<&str>) -> Value {
+    let mut params = json!({"name": "greet", "arguments": {}, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+        "io.modelcontextprotocol/logLevel": "error",
+    }});
+    if let Some(s) = state {
+        params["inputResponses"] = answers;
+        params["requestState"] = json!(s);
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+}
+
+fn accept(field: &str, value: &str) -> Value {
+    json!({"action": "accept", "content": {field: value}})
+}
+
+/// The `input_required` result of a call: its input requests and its state.
+async fn input_required(r: reqwest::Response) -> (serde_json::Map<String, Value>, String) {
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    let asked = v["result"]["inputRequests"].as_object().unwrap_or_else(|| panic!("no inputRequests: {v}"));
+    (asked.clone(), v["result"]["requestState"].as_str().unwrap().to_string())
+}
+
+/// A stdio server on the Python SDK 2.x answers `server/discover` itself, so catwalk passes every modern
+/// request to it as it is: its own discover answer, its own `input_required` rounds (its keys, its sealed
+/// `requestState`, no process parked by catwalk), and a retry reaches the process that sealed the state
+/// even when that process is busy and another could serve (the SDK's key is per process).
+#[tokio::test]
+async fn a_server_that_speaks_2026_07_28_itself_gets_modern_requests_as_they_are() {
+    let b = bridge_in_front_of(&modern_fixture_argv(), &[]);
+    let c = client();
+    let r = modern(&c, &b.url, None, &modern_msg(1, "server/discover", json!({})), &[]).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["result"]["supportedVersions"],
+        json!([MODERN]),
+        "the server's own answer, not catwalk's: {v}"
+    );
+    assert_eq!(v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "modern-stdio-fixture");
+    assert!(b.wait_stderr("the server speaks MCP 2026-07-28 itself"), "{}", b.stderr_text());
+
+    // Round 1: the server's own input request, under the key it chose, with the state it sealed.
+    let (asked, state) =
+        input_required(modern(&c, &b.url, None, &greet_msg(2, json!({}), None), &[]).await).await;
+    assert_eq!(asked.keys().collect::<Vec<_>>(), ["user_name"], "{asked:?}");
+    let message = asked["user_name"]["params"]["message"].as_str().unwrap();
+    let asker: u32 = message.rsplit(' ').next().unwrap().trim_end_matches(')').parse().unwrap();
+    assert!(state.starts_with("v1."), "the SDK's sealed state, passed through: {state}");
+
+    // The process that asked is now busy with another call of the same client (it is the only one the
+    // client has, so this call gets it), and the retry comes meanwhile: it must wait for that process, as
+    // any other process of the server would refuse the state.
+    let mut hold = modern_msg(3, "tools/call", json!({"name": "hold", "arguments": {"ms": 1500}}));
+    hold["params"]["_meta"]["progressToken"] = json!("h");
+    hold["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = json!("error");
+    let mut busy = Sse::new(modern(&c, &b.url, None, &hold, &[]).await);
+    let (_, progress) = busy.next_msg().await.expect("hold reports progress first");
+    assert_eq!(progress["method"], "notifications/progress", "{progress}");
+    let retry = greet_msg(4, json!({"user_name": accept("name", "Ada")}), Some(&state));
+    let (asked, state) = input_required(modern(&c, &b.url, None, &retry, &[]).await).await;
+    assert_eq!(asked.keys().collect::<Vec<_>>(), ["greeting"], "round 2 asks for the greeting: {asked:?}");
+    let (_, done) = busy.next_msg().await.expect("hold answers");
+    assert_eq!(
+        done["result"]["content"][0]["text"],
+        json!(asker.to_string()),
+        "hold ran in the asking process"
+    );
+
+    // Round 3: the answer, from the process that asked.
+    let last = greet_msg(5, json!({"greeting": accept("word", "Hello")}), Some(&state));
+    let r = modern(&c, &b.url, None, &last, &[]).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], format!("Hello, Ada (process {asker})"), "{v}");
+
+    // A tampered state is the server's to refuse, and it does.
+    let mut forged = state.clone();
+    forged.push('A');
+    let r = modern(
+        &c,
+        &b.url,
+        None,
+        &greet_msg(6, json!({"greeting": accept("word", "Hi")}), Some(&forged)),
+        &[],
+    )
+    .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+
+    // The same URL still serves legacy sessions (the server is dual-era; catwalk initializes for them).
+    let sid = gateway_support::init(&c, &b.url, "2025-11-25").await;
+    let pid = gateway_support::call_text(&c, &b.url, &sid, 7, "pid", json!({})).await;
+    assert!(pid.parse::<u32>().is_ok(), "{pid}");
 }
 
 /// A tool's `x-mcp-header` arguments travel twice (SEP-2243): in the body and as `Mcp-Param-*` headers that

@@ -1,4 +1,4 @@
-//! One 2026-07-28 request in flight on a pooled legacy child, from the gateway's side: what the child
+//! One 2026-07-28 request in flight on a pooled child, from the gateway's side: what the child
 //! says becomes the client's notifications, its final answer, or — when the child asks its client for
 //! something mid-call — an `input_required` result (issue 15's bridge).
 //!
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::jsonrpc::Classified;
 use super::modern::{META_CAPABILITIES, META_LOG_LEVEL};
 use super::pool::{ChildMsg, Lease, Mode, child_progress_token};
+use super::server_era::ServerEra;
 
 /// How long a cancelled request's child may take to finish before it is stopped instead of reused.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
@@ -87,7 +88,7 @@ fn modern_result_fast(line: &[u8], id: &Value, method: &str, scope: &str) -> Opt
         #[serde(rename = "ttlMs")]
         ttl: Option<IgnoredAny>,
         #[serde(rename = "cacheScope")]
-        scope: Option<IgnoredAny>,
+        scope: Option<String>,
     }
     let env: Envelope<'_> = serde_json::from_slice(line).ok()?;
     if env.error.is_some() {
@@ -99,6 +100,10 @@ fn modern_result_fast(line: &[u8], id: &Value, method: &str, scope: &str) -> Opt
         return None;
     }
     let present: Present = serde_json::from_str(text).ok()?;
+    if scope == "private" && present.scope.as_deref().is_some_and(|s| s != "private") {
+        // Corrected on the general path.
+        return None;
+    }
     let mut fields = Vec::new();
     if present.result_type.is_none() {
         fields.push("\"resultType\":\"complete\"".to_string());
@@ -123,8 +128,9 @@ fn modern_result_fast(line: &[u8], id: &Value, method: &str, scope: &str) -> Opt
     Some(super::jsonrpc::splice_many(line, vec![(id_span, id_text), (at..at, insert.into_bytes())]))
 }
 
-/// A legacy child's final response as a modern one: the client's id, `resultType`, caching hints on the
-/// cacheable results, and the 2026-07-28 code for "resource not found". Returns the bytes, whether the
+/// A child's final response as a modern one: the client's id, `resultType`, caching hints on the
+/// cacheable results (`private` wins over what the server said when the request came with a credential),
+/// and the 2026-07-28 code for "resource not found" (a modern server's answer passes unchanged otherwise). Returns the bytes, whether the
 /// error was "method not found" (HTTP 404 on the JSON path), and whether it is an error at all.
 fn modern_response(
     line: &[u8],
@@ -144,6 +150,11 @@ fn modern_response(
         if CACHEABLE.contains(&method) {
             result.entry("ttlMs").or_insert_with(|| json!(0));
             result.entry("cacheScope").or_insert_with(|| json!(scope));
+        }
+        // Behind a credential an answer may differ per user, whatever the server (which knows nothing of
+        // catwalk's tokens) said: never let a shared cache keep it.
+        if scope == "private" && result.contains_key("cacheScope") {
+            result.insert("cacheScope".into(), json!("private"));
         }
     } else if let Some(error) = v.get_mut("error").and_then(Value::as_object_mut) {
         match error.get("code").and_then(Value::as_i64) {
@@ -238,6 +249,7 @@ pub struct Exchange {
     /// Input requests the client was asked and has not answered yet, by key.
     pending: BTreeMap<String, Pending>,
     rounds: u64,
+    era: ServerEra,
 }
 
 /// The digest binding a retry to its call.
@@ -258,7 +270,15 @@ fn meta_of<'a>(msg: &'a Value, key: &str) -> Option<&'a Value> {
 
 impl Exchange {
     /// Sends `msg` (the client's modern request, already checked) to the lent child.
-    pub fn start(lease: Lease, msg: &Value, child_request: Value, scope: &'static str) -> Option<Exchange> {
+    /// A server of `era` [`ServerEra::Modern`] answers with `input_required` itself: a server→client request
+    /// from it is refused, never turned into input requests of catwalk's.
+    pub fn start(
+        lease: Lease,
+        msg: &Value,
+        child_request: Value,
+        scope: &'static str,
+        era: ServerEra,
+    ) -> Option<Exchange> {
         let lease_mode = lease.mode();
         let (n, rx) = lease.request(child_request)?;
         let mut ex = Exchange {
@@ -279,6 +299,7 @@ impl Exchange {
             digest: if lease_mode == Mode::Exclusive { call_digest(msg) } else { [0; 32] },
             pending: BTreeMap::new(),
             rounds: 0,
+            era,
         };
         ex.adopt(msg);
         Some(ex)
@@ -347,6 +368,9 @@ impl Exchange {
             match msg {
                 ChildMsg::Response(line) => {
                     self.done = true;
+                    if self.era == ServerEra::Modern {
+                        self.remember_request_state(&line);
+                    }
                     let (body, not_found, error) = modern_response(
                         &line,
                         &self.client_id,
@@ -384,6 +408,20 @@ impl Exchange {
         }
     }
 
+    /// A modern server's `input_required` answer: its retry must reach this process (see
+    /// `pool::lease_resuming`).
+    fn remember_request_state(&self, line: &[u8]) {
+        if !line.windows(14).any(|w| w == b"input_required") {
+            return;
+        }
+        let v: Value = serde_json::from_slice(line).unwrap_or_default();
+        if let (Some(state), Some(lease)) =
+            (v.pointer("/result/requestState").and_then(Value::as_str), self.lease())
+        {
+            lease.remember_state(state);
+        }
+    }
+
     /// A server→client request of the child: an input request for the client when this call may ask and
     /// the client declared the capability; otherwise the child gets an answer at once (`ping`) or an error.
     fn ask(&mut self, line: &[u8], c: &Classified, asked: &mut Map<String, Value>) {
@@ -393,6 +431,13 @@ impl Exchange {
         let method = c.method.as_deref().unwrap_or("");
         if method == "ping" {
             return self.reply(&child_id, json!({"result": {}}));
+        }
+        if self.era == ServerEra::Modern {
+            let why = format!(
+                "{method} is not available: this exchange speaks MCP 2026-07-28, where a server asks for input \
+                 with an input_required result"
+            );
+            return self.reply(&child_id, json!({"error": {"code": -32601, "message": why}}));
         }
         let declared = input_capability(method).is_some_and(|cap| self.capabilities.get(cap).is_some());
         if !declared || !MAY_ASK_FOR_INPUT.contains(&self.method.as_str()) {
@@ -500,6 +545,17 @@ mod tests {
             None,
         );
         assert!(nf);
+    }
+
+    #[test]
+    fn a_request_with_a_credential_never_gets_a_public_answer() {
+        let line = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[],"resultType":"complete","ttlMs":5000,"cacheScope":"public"}}"#;
+        let (b, _, _) = modern_response(line, &json!(1), "tools/list", "private", None);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!((&v["result"]["cacheScope"], &v["result"]["ttlMs"]), (&json!("private"), &json!(5000)));
+        let (b, _, _) = modern_response(line, &json!(1), "tools/list", "public", None);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["result"]["cacheScope"], "public", "without a credential the server's word stands");
     }
 
     #[test]

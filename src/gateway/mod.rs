@@ -21,8 +21,10 @@ pub mod metrics;
 mod modern;
 mod param_headers;
 mod park;
+mod passthrough;
 mod pool;
 pub(crate) mod protocol;
+mod server_era;
 mod session;
 mod session_endpoint;
 mod shared_child;
@@ -337,9 +339,15 @@ impl Gateway {
     /// Brings `app`'s warm spares in line with its current route: spares of an older release are
     /// stopped and, when the route wants them, new ones start. The daemon calls it whenever it points
     /// the app at a release (push, rollback, restore, restart); the reaper keeps them topped up.
-    pub fn warm(&self, app: &str) {
+    pub fn warm(self: &Arc<Self>, app: &str) {
         match self.directory.resolve(app) {
-            Some(route) => self.fill_spares(app, &route),
+            Some(route) => {
+                self.fill_spares(app, &route);
+                if route.warm > 0 {
+                    // After the spares, so none of them is the probe's process.
+                    pool::learn_era(self, app, &route);
+                }
+            }
             None => self.spares.drop_app(app),
         }
     }

@@ -11,7 +11,11 @@
 //! - `subscriptions/listen` holds a child of its own for as long as the stream is open and forwards the
 //!   change notifications the client asked for, tagged with the subscription id;
 //! - anything else goes to an initialized child lent by the warm pool (`pool.rs`) under a gateway id,
-//!   and comes back with the client's id, `resultType` and caching hints. Progress (and log messages at
+//!   and comes back with the client's id, `resultType` and caching hints.
+//!
+//! That is for the handshake-era servers most apps run. A server that speaks 2026-07-28 itself (asked
+//! once per release, `server_era.rs`) gets every modern request as it is (`passthrough.rs`) after the
+//! same checks. Progress (and log messages at
 //!   the requested `io.modelcontextprotocol/logLevel`) ride the request's own SSE stream; closing that
 //!   stream cancels the request at the child.
 //!
@@ -29,8 +33,10 @@ use serde_json::{Map, Value, json};
 use super::exchange::{self, Exchange, Step};
 use super::param_headers::{self, ToolHeaders};
 use super::park::StateError;
+use super::passthrough;
 use super::pool::{self, ChildMsg, Lease, LeaseError, Mode, ServerFacts};
 use super::protocol::{self as p, Resp};
+use super::server_era::ServerEra;
 use super::session::Out;
 use super::sse::{self, OutSink, SseBody};
 use super::{AppRoute, AuditEvent, AuthMode, Gateway, LogKind, TokenIdentity, metrics};
@@ -184,7 +190,13 @@ pub fn check(headers: &HeaderMap, msg: &Value) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn error_response(status: StatusCode, id: &Value, code: i64, message: &str, data: Option<Value>) -> Resp {
+pub(super) fn error_response(
+    status: StatusCode,
+    id: &Value,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Resp {
     let mut error = json!({"code": code, "message": message});
     if let Some(d) = data {
         error["data"] = d;
@@ -193,7 +205,7 @@ fn error_response(status: StatusCode, id: &Value, code: i64, message: &str, data
     p::json(status, Bytes::from(serde_json::to_vec(&body).unwrap_or_default()))
 }
 
-fn bad_gateway(id: &Value, message: &str) -> Resp {
+pub(super) fn bad_gateway(id: &Value, message: &str) -> Resp {
     error_response(StatusCode::BAD_GATEWAY, id, -32603, message, None)
 }
 
@@ -203,7 +215,7 @@ fn result_response(id: &Value, result: Value) -> Resp {
 }
 
 /// One modern exchange's audit record and request metric.
-struct Record {
+pub(super) struct Record {
     gw: Arc<Gateway>,
     app: String,
     method: String,
@@ -214,12 +226,12 @@ struct Record {
 
 impl Record {
     /// Records a refusal and passes it on.
-    fn fail(self, r: Resp) -> Resp {
+    pub(super) fn fail(self, r: Resp) -> Resp {
         self.done(r.status().as_u16(), true);
         r
     }
 
-    fn done(self, status: u16, error: bool) {
+    pub(super) fn done(self, status: u16, error: bool) {
         let duration = self.started.elapsed();
         let label = metrics::method_label(&self.method);
         ::metrics::counter!(metrics::REQUESTS, "app" => self.app.clone(), "method" => label, "status" => super::session::status_label(status)).increment(1);
@@ -303,6 +315,10 @@ pub async fn post(
         );
         return error_response(StatusCode::NOT_FOUND, &id, -32601, &m, None);
     }
+    let era = pool::era(gw, app, route).await;
+    if era == ServerEra::Modern && method != "subscriptions/listen" {
+        return passthrough::post(gw, app, route, context, &id, msg, scope, record).await;
+    }
     if method == "tools/call"
         && let Err(r) = param_headers_agree(gw, app, route, context, &id, headers, &msg).await
     {
@@ -310,12 +326,12 @@ pub async fn post(
     }
     match method.as_str() {
         "server/discover" => discover(gw, app, route, context, &id, scope, record).await,
-        "subscriptions/listen" => listen(gw, app, route, context, &id, &msg, record).await,
+        "subscriptions/listen" => listen(gw, app, route, context, &id, &msg, era, record).await,
         _ => forward(gw, app, route, context, &id, msg, scope, record).await,
     }
 }
 
-async fn lend(
+pub(super) async fn lend(
     gw: &Arc<Gateway>,
     app: &str,
     route: &AppRoute,
@@ -323,9 +339,13 @@ async fn lend(
     id: &Value,
     mode: Mode,
 ) -> Result<Lease, Resp> {
-    match pool::lease(gw, app, route, context, mode).await {
-        Ok(l) => Ok(l),
-        Err(LeaseError::Busy(m)) => {
+    pool::lease(gw, app, route, context, mode).await.map_err(|e| lease_refusal(id, e))
+}
+
+/// The answer to a request no child could be lent to.
+pub(super) fn lease_refusal(id: &Value, e: LeaseError) -> Resp {
+    match e {
+        LeaseError::Busy(m) => {
             let mut r = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 id,
@@ -334,10 +354,10 @@ async fn lend(
                 None,
             );
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            Err(r)
+            r
         }
-        Err(LeaseError::Start(m)) => {
-            Err(error_response(StatusCode::BAD_GATEWAY, id, -32603, &format!("Bad Gateway: {m}"), None))
+        LeaseError::Start(m) => {
+            error_response(StatusCode::BAD_GATEWAY, id, -32603, &format!("Bad Gateway: {m}"), None)
         }
     }
 }
@@ -530,7 +550,7 @@ async fn forward(
                 Ok(l) => l,
                 Err(r) => return record.fail(r),
             };
-            match Exchange::start(lease, &msg, legacy_request(&msg), scope) {
+            match Exchange::start(lease, &msg, legacy_request(&msg), scope, ServerEra::Handshake) {
                 Some(ex) => ex,
                 None => return record.fail(bad_gateway(id, "Bad Gateway: the server process exited")),
             }
@@ -541,7 +561,13 @@ async fn forward(
 
 /// Answers the client with the exchange's first step: the final answer as JSON, an `input_required` result
 /// (the exchange is parked), or an SSE stream once a notification comes first (fed by [`pump`]).
-async fn drive(gw: &Arc<Gateway>, mut ex: Exchange, app: &str, context: &str, record: Record) -> Resp {
+pub(super) async fn drive(
+    gw: &Arc<Gateway>,
+    mut ex: Exchange,
+    app: &str,
+    context: &str,
+    record: Record,
+) -> Resp {
     match ex.next().await {
         Step::Final { body, status, error } => {
             record.done(status.as_u16(), error);
@@ -610,7 +636,9 @@ fn park_for_input(gw: &Gateway, ex: Exchange, asked: Map<String, Value>, app: &s
 
 /// `subscriptions/listen`: a child of its own (its subscriptions are server-side state), the
 /// acknowledgement first, then the requested change notifications tagged with the subscription id,
-/// until the client closes the stream. The child is stopped afterwards, never reused.
+/// until the client closes the stream. The child is stopped afterwards, never reused. A server that
+/// speaks 2026-07-28 gets the request as it is (`passthrough::listen`).
+#[allow(clippy::too_many_arguments)]
 async fn listen(
     gw: &Arc<Gateway>,
     app: &str,
@@ -618,6 +646,7 @@ async fn listen(
     context: &str,
     id: &Value,
     msg: &Value,
+    era: ServerEra,
     record: Record,
 ) -> Resp {
     let filter = msg.pointer("/params/notifications").cloned().unwrap_or_else(|| json!({}));
@@ -636,6 +665,9 @@ async fn listen(
         Err(r) => return record.fail(r),
     };
     lease.discard();
+    if era == ServerEra::Modern {
+        return passthrough::listen(gw, lease, id, msg, record).await;
+    }
     let caps = gw.pool.facts(app, &route.backend).map(|f| f.capabilities.clone()).unwrap_or_default();
     let mut accepted = Map::new();
     for (field, cap) in [

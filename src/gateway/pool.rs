@@ -1,9 +1,10 @@
-//! The warm pool of the 2026-07-28 endpoint: initialized legacy stdio children that serve stateless
-//! (modern) requests one at a time.
+//! The warm pool of the 2026-07-28 endpoint: stdio children that serve stateless (modern) requests.
 //!
 //! Nearly every stdio server deployed today speaks only the handshake era: it wants `initialize`, then
 //! requests. A modern request carries no session, so the gateway keeps children that it initialized
-//! itself and lends one to each modern request ([`lease`]). Why these rules:
+//! itself and lends one to each modern request ([`lease`]). A server that speaks 2026-07-28 itself
+//! ([`era`], asked once per release) gets children that are never initialized: they take modern
+//! requests as they are (`passthrough.rs`). Why these rules (the same for both):
 //!
 //! - **One authorization context per child.** A server keeps state between requests (open files,
 //!   caches, a logged-in API client); a child only ever serves the token (or OAuth grant) it was first
@@ -33,6 +34,7 @@ use tokio::sync::mpsc;
 use super::applog::LogKind;
 use super::jsonrpc::{self, Classified, IdKey, Kind};
 use super::param_headers::ToolHeaders;
+use super::server_era::{self, ServerEra};
 use super::stdio::{self, ChildEvents, ChildProc, OwnEvents};
 use super::{AppRoute, Backend, Gateway};
 
@@ -96,8 +98,12 @@ fn is_change_notification(method: Option<&str>) -> bool {
     )
 }
 
-/// An initialized legacy child of one app release and one authorization context.
+/// A child of one app release and one authorization context, ready for modern requests: a handshake-era
+/// server initialized by the gateway, or a server that speaks 2026-07-28 itself (`modern`).
 pub struct PooledChild {
+    /// It speaks 2026-07-28 itself: everything it sends concerns the request that holds it (a change
+    /// notification is tagged with the subscription that asked for it), nothing goes to the listeners.
+    modern: bool,
     listeners: Arc<Listeners>,
     tool_headers: ToolHeadersSlot,
     context: Arc<str>,
@@ -235,7 +241,7 @@ impl ChildEvents for PooledChild {
                     None => self.answer_server_request(&line, &c),
                 }
             }
-            Kind::Notification if is_change_notification(c.method.as_deref()) => {
+            Kind::Notification if !self.modern && is_change_notification(c.method.as_deref()) => {
                 if c.method.as_deref() == Some("notifications/tools/list_changed") {
                     *lock(&self.tool_headers) = None;
                 }
@@ -284,6 +290,11 @@ struct AppPool {
     returned: HashMap<Arc<str>, Arc<tokio::sync::Notify>>,
     facts: Option<Arc<ServerFacts>>,
     tool_headers: ToolHeadersSlot,
+    /// Which era the release's server speaks, once a probe said (`server_era.rs`).
+    era: Arc<tokio::sync::OnceCell<ServerEra>>,
+    /// The child that issued each `requestState` still awaiting its retry (by digest; modern children
+    /// only): SDKs seal the state with a key of the process, so the retry must reach that process.
+    resumes: HashMap<[u8; 32], (Weak<PooledChild>, Instant)>,
 }
 
 impl AppPool {
@@ -320,6 +331,30 @@ impl AppPool {
 
     fn live_total(&self) -> usize {
         self.live.values().sum()
+    }
+
+    /// `child` itself for a request in `mode`, if it has room now (idle, or shared with room).
+    fn take_this(&mut self, child: &Arc<PooledChild>, mode: Mode) -> Option<Arc<PooledChild>> {
+        if child.is_dead() {
+            return None;
+        }
+        let context = child.context.clone();
+        if mode == Mode::Shared
+            && child.load.load(Ordering::Acquire) > 0
+            && child.load.load(Ordering::Acquire) < MAX_SHARED
+            && self.sharing.get(&context).is_some_and(|l| l.iter().any(|c| Arc::ptr_eq(c, child)))
+        {
+            child.load.fetch_add(1, Ordering::AcqRel);
+            return Some(child.clone());
+        }
+        let idle = self.idle.get_mut(&context)?;
+        let at = idle.iter().position(|c| Arc::ptr_eq(c, child))?;
+        let child = idle.remove(at);
+        if mode == Mode::Shared {
+            child.load.store(1, Ordering::Release);
+            self.sharing.entry(context).or_default().push(child.clone());
+        }
+        Some(child)
     }
 
     fn signal(&self, context: &Arc<str>) {
@@ -407,6 +442,27 @@ impl Lease {
         self.child.proc().is_some_and(|p| p.send(jsonrpc::to_line(&line)))
     }
 
+    /// Remembers that this child issued `request_state` (an `input_required` answer of a modern server):
+    /// the retry carrying it is lent the same child ([`lease_resuming`]).
+    pub fn remember_state(&self, request_state: &str) {
+        let mut apps = lock(&self.pool.apps);
+        let Some(entry) = apps.get_mut(&self.app).filter(|e| e.generation == self.child.generation) else {
+            return;
+        };
+        let now = Instant::now();
+        if entry.resumes.len() >= MAX_REMEMBERED_STATES {
+            entry.resumes.retain(|_, (c, at)| c.strong_count() > 0 && now.duration_since(*at) < STATE_MEMORY);
+        }
+        if entry.resumes.len() < MAX_REMEMBERED_STATES {
+            entry.resumes.insert(state_digest(request_state), (Arc::downgrade(&self.child), now));
+        }
+    }
+
+    /// Answers a request of the child that nobody can take (see `PooledChild::answer_server_request`).
+    pub fn refuse(&self, line: &[u8], c: &Classified) {
+        self.child.answer_server_request(line, c);
+    }
+
     /// Tells the child the client gave up on request `n` (its stream closed).
     pub fn cancel(&self, n: u64, reason: &str) {
         lock(&self.child.waiting).remove(&n);
@@ -490,6 +546,8 @@ impl Pool {
             returned: HashMap::new(),
             facts: None,
             tool_headers: ToolHeadersSlot::default(),
+            era: Arc::default(),
+            resumes: HashMap::new(),
         }
     }
 
@@ -525,16 +583,22 @@ impl Pool {
         }
     }
 
-    /// What the app's server said about itself, if a child of the current release was initialized.
     /// Where the annotations of `app`'s tools are kept for its release serving `backend`.
     pub fn tool_headers(&self, app: &str, backend: &Backend) -> Option<ToolHeadersSlot> {
         let apps = lock(&self.apps);
         apps.get(app).filter(|e| &e.backend == backend).map(|e| e.tool_headers.clone())
     }
 
+    /// What the app's server said about itself, if a child of the current release was initialized.
     pub fn facts(&self, app: &str, backend: &Backend) -> Option<Arc<ServerFacts>> {
         let apps = lock(&self.apps);
         apps.get(app).filter(|e| &e.backend == backend).and_then(|e| e.facts.clone())
+    }
+
+    /// Where the era of `app`'s release serving `backend` is kept (see [`era`]).
+    fn era_cell(&self, app: &str, backend: &Backend) -> Arc<tokio::sync::OnceCell<ServerEra>> {
+        let mut apps = lock(&self.apps);
+        self.entry_for(&mut apps, app, backend).era.clone()
     }
 
     /// Children alive for `app` (idle, lent or starting), for the process limit.
@@ -595,9 +659,90 @@ impl Pool {
     }
 }
 
-/// Lends an initialized child of `app`'s current release to one exchange of authorization `context`:
-/// an idle one of that context, else a new one (a warm spare when ready, else a fresh process),
-/// initialized by the gateway itself.
+/// Lends the child that issued `request_state` to its retry, waiting (a bounded time) while it is busy;
+/// any child of the context when no child of this context is known to have issued it (it exited, the
+/// release changed, or the server shares its sealing key between processes and the state came from
+/// elsewhere).
+pub async fn lease_resuming(
+    gw: &Arc<Gateway>,
+    app: &str,
+    route: &AppRoute,
+    context: &str,
+    mode: Mode,
+    request_state: &str,
+) -> Result<Lease, LeaseError> {
+    let digest = state_digest(request_state);
+    let deadline = tokio::time::Instant::now() + POOL_WAIT;
+    let pool = gw.pool.clone();
+    loop {
+        let wait = {
+            let mut apps = lock(&pool.apps);
+            let entry = pool.entry_for(&mut apps, app, &route.backend);
+            let issuer = entry.resumes.get(&digest).and_then(|(c, _)| c.upgrade());
+            let Some(issuer) = issuer.filter(|c| &*c.context == context && !c.is_dead()) else { break };
+            if let Some(child) = entry.take_this(&issuer, mode) {
+                entry.resumes.remove(&digest);
+                return Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true, mode });
+            }
+            entry.returned.entry(issuer.context.clone()).or_default().clone()
+        };
+        if tokio::time::timeout_at(deadline, wait.notified()).await.is_err() {
+            break;
+        }
+    }
+    lease(gw, app, route, context, mode).await
+}
+
+fn state_digest(request_state: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(request_state.as_bytes()).into()
+}
+
+/// Most `requestState`s remembered per release, and for how long (a retry later than that goes to any child).
+const MAX_REMEMBERED_STATES: usize = 4096;
+const STATE_MEMORY: Duration = Duration::from_secs(15 * 60);
+
+/// Which era `app`'s current release speaks: known after one probe per release (a throwaway process,
+/// `server_era.rs`); until then the callers wait for the probe, started by whichever asks first (or in
+/// the background by [`learn_era`] when the release's spares are filled). A probe that could not decide
+/// (the server did not start or answer in time) is not kept: this request is served as handshake-era and
+/// the next one asks again.
+pub async fn era(gw: &Gateway, app: &str, route: &AppRoute) -> ServerEra {
+    let Backend::Stdio { argv, env, cwd } = &route.backend else { return ServerEra::Handshake };
+    let cell = gw.pool.era_cell(app, &route.backend);
+    if let Some(era) = cell.get() {
+        return *era;
+    }
+    let probed = cell
+        .get_or_try_init(|| {
+            let cmd = stdio::Command { app, argv, env, cwd };
+            server_era::probe(cmd, gw.logs.clone(), gw.cfg.kill_grace)
+        })
+        .await;
+    match probed {
+        Ok(era) => *era,
+        Err(e) => {
+            gw.logs.push(app, LogKind::Event, &format!("could not learn the server's era: {e}"));
+            ServerEra::Handshake
+        }
+    }
+}
+
+/// Starts learning the era of `app`'s release in the background, unless it is known, so that a modern
+/// client's first request finds it (a warm spare waits for it; the probe must not be that spare).
+pub fn learn_era(gw: &Arc<Gateway>, app: &str, route: &AppRoute) {
+    if !matches!(route.backend, Backend::Stdio { .. }) || gw.pool.era_cell(app, &route.backend).initialized()
+    {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let (gw, app, route) = (gw.clone(), app.to_string(), route.clone());
+    runtime.spawn(async move { era(&gw, &app, &route).await });
+}
+
+/// Lends a child of `app`'s current release to one exchange of authorization `context`: an idle one of
+/// that context, else a new one (a warm spare when ready, else a fresh process), initialized by the
+/// gateway itself unless the release's server speaks 2026-07-28 (ask [`era`] first).
 pub async fn lease(
     gw: &Arc<Gateway>,
     app: &str,
@@ -614,7 +759,7 @@ pub async fn lease(
     // sending many requests at once would expect, rather than getting 503s.
     let deadline = tokio::time::Instant::now() + POOL_WAIT;
     let lent = |child| Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true, mode });
-    let (generation, listeners, tool_headers) = loop {
+    let (generation, listeners, tool_headers, era) = loop {
         // The common case, a child ready for this context, costs one lock of the pool.
         if let Some(child) = pool.take_ready(app, &route.backend, &context, mode) {
             return lent(child);
@@ -642,6 +787,7 @@ pub async fn lease(
                     entry.generation,
                     entry.listeners.entry(context.clone()).or_default().clone(),
                     entry.tool_headers.clone(),
+                    entry.era.get().copied().unwrap_or(ServerEra::Handshake),
                 );
             }
             entry.returned.entry(context.clone()).or_default().clone()
@@ -659,7 +805,9 @@ pub async fn lease(
             e.forget(&context);
         }
     };
+    let modern = era == ServerEra::Modern;
     let child = Arc::new(PooledChild {
+        modern,
         listeners,
         tool_headers,
         context: context.clone(),
@@ -708,20 +856,24 @@ pub async fn lease(
         reusable: true,
         mode: Mode::Exclusive,
     };
-    match initialize(&lease, gw.cfg.pool_init_timeout).await {
+    let ready = if modern { Ok(None) } else { initialize(&lease, gw.cfg.pool_init_timeout).await.map(Some) };
+    match ready {
         Ok(facts) => {
             if let Some(started) = cold {
                 super::metrics::cold_start_paid(app, "2026-07-28", started);
             }
+            let how = if modern { "it speaks 2026-07-28 itself" } else { "initialized by catwalk" };
             gw.logs.push(
                 app,
                 LogKind::Event,
-                &format!("process {} joined the 2026-07-28 pool (initialized by catwalk)", proc.pid),
+                &format!("process {} joined the 2026-07-28 pool ({how})", proc.pid),
             );
             let mut lease = lease;
             *lock(&child.holder) = None;
             if let Some(e) = lock(&pool.apps).get_mut(app).filter(|e| e.generation == generation) {
-                e.facts.get_or_insert(Arc::new(facts));
+                if let Some(facts) = facts {
+                    e.facts.get_or_insert(Arc::new(facts));
+                }
                 if mode == Mode::Shared {
                     child.load.store(1, Ordering::Release);
                     e.sharing.entry(context.clone()).or_default().push(child.clone());

@@ -1,0 +1,159 @@
+//! Which era a stdio server speaks: does it answer 2026-07-28 requests itself, or only after an
+//! `initialize` handshake?
+//!
+//! Servers built on the 2026-07-28 SDKs (Python `mcp` 2.x, TS `@modelcontextprotocol/server` 2.x) answer
+//! `server/discover` and serve modern requests natively: their own `input_required` rounds with the keys
+//! and `requestState` they chose, their own caching hints, their own `subscriptions/listen` and
+//! `Mcp-Param-*` checks. Passing modern requests to them as they are (`passthrough.rs`) keeps all of that
+//! and needs no parked process per user. Handshake-era servers get the warm pool's translation instead
+//! (`modern.rs`, `pool.rs`).
+//!
+//! Why a throwaway process: the era of a stdio connection is decided by its first message. A dual-era
+//! server that answered `server/discover` refuses `initialize` on that connection, a handshake-era one
+//! may be left in a bad state by a request before `initialize`, and rmcp servers exit on it. So the probe
+//! never uses a warm spare or a pooled child: it starts the release's command once, asks, and stops it.
+//! The answer is kept per release by the pool (`Pool::era`) and asked for in the background when the
+//! release's warm spares are filled, so a modern client's first request rarely waits for it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::applog::{AppLogs, LogKind};
+use super::jsonrpc::{self, Classified, Kind};
+use super::stdio::{self, ChildEvents};
+
+/// What a release's stdio server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerEra {
+    /// It wants `initialize` first: the gateway initializes pooled children and translates.
+    Handshake,
+    /// It answered `server/discover` offering 2026-07-28: modern requests go to it as they are.
+    Modern,
+}
+
+/// The longest a probe waits for the server's answer. A server that takes longer to start is treated as
+/// handshake-era for this request and asked again by the next one (the answer is not kept).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The probe's request: the smallest valid 2026-07-28 request.
+fn discover_request() -> Bytes {
+    let msg = json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "server/discover",
+        "params": {"_meta": {
+            "io.modelcontextprotocol/protocolVersion": super::modern::MODERN_VERSION,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }},
+    });
+    jsonrpc::to_line(&serde_json::to_vec(&msg).unwrap_or_default())
+}
+
+/// Reads the era from the server's answer to `server/discover`: modern only when it is a result that
+/// offers 2026-07-28 among its `supportedVersions`. An error (method not found, invalid params, "not
+/// initialized") is a handshake-era server.
+pub fn era_of_answer(answer: &Value) -> ServerEra {
+    let offers_modern = answer
+        .pointer("/result/supportedVersions")
+        .and_then(Value::as_array)
+        .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(super::modern::MODERN_VERSION)));
+    if offers_modern { ServerEra::Modern } else { ServerEra::Handshake }
+}
+
+/// The probe process's output: the first response, or its exit.
+struct FirstAnswer(Mutex<Option<oneshot::Sender<Result<Bytes, String>>>>);
+
+impl FirstAnswer {
+    fn finish(&self, outcome: Result<Bytes, String>) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+impl ChildEvents for FirstAnswer {
+    fn message(&self, line: Bytes, c: Classified) {
+        if c.kind == Kind::Response {
+            self.finish(Ok(line));
+        }
+    }
+    fn exited(&self, why: &str) {
+        self.finish(Err(why.to_string()));
+    }
+}
+
+/// Starts `cmd` once, asks it `server/discover`, stops it. `Err` when the question could not be put or
+/// answered in time (not an answer about the server: the caller does not keep it).
+pub async fn probe(
+    cmd: stdio::Command<'_>,
+    logs: Arc<AppLogs>,
+    kill_grace: Duration,
+) -> Result<ServerEra, String> {
+    let app = cmd.app.to_string();
+    let (tx, rx) = oneshot::channel();
+    let events = Arc::new(FirstAnswer(Mutex::new(Some(tx))));
+    // Its stderr is not the app's: a handshake-era server may complain about the request at length.
+    let scratch = Arc::new(AppLogs::new(8));
+    let proc = stdio::spawn(cmd, events, scratch, kill_grace)?;
+    logs.push(
+        &app,
+        LogKind::Event,
+        &format!(
+            "started process {} to ask server/discover: does the server speak MCP 2026-07-28 itself? \
+             (stopped once it answered)",
+            proc.pid
+        ),
+    );
+    proc.send(discover_request());
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, rx).await;
+    proc.stop();
+    let era = match outcome {
+        Ok(Ok(Ok(line))) => era_of_answer(&serde_json::from_slice(&line).unwrap_or(Value::Null)),
+        // Exiting on a request before `initialize` (rmcp does) is the answer of a handshake-era server.
+        Ok(Ok(Err(_exited))) => ServerEra::Handshake,
+        Ok(Err(_)) => return Err("the probe process went away unheard".into()),
+        Err(_) => {
+            return Err(format!(
+                "process {} did not answer server/discover within {} s",
+                proc.pid,
+                PROBE_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    logs.push(
+        &app,
+        LogKind::Event,
+        match era {
+            ServerEra::Modern => {
+                "the server speaks MCP 2026-07-28 itself: 2026-07-28 requests are passed to it as they are"
+            }
+            ServerEra::Handshake => {
+                "the server speaks only the handshake era: catwalk initializes the processes that serve \
+                 2026-07-28 requests and translates"
+            }
+        },
+    );
+    Ok(era)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_result_offering_2026_07_28_is_modern() {
+        let modern = json!({"jsonrpc": "2.0", "id": 1, "result": {"supportedVersions": ["2026-07-28"]}});
+        assert_eq!(era_of_answer(&modern), ServerEra::Modern);
+        let later = json!({"result": {"supportedVersions": ["2027-01-01"]}});
+        assert_eq!(era_of_answer(&later), ServerEra::Handshake);
+        let not_found =
+            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "Method not found"}});
+        assert_eq!(era_of_answer(&not_found), ServerEra::Handshake);
+        assert_eq!(era_of_answer(&json!({"result": {}})), ServerEra::Handshake);
+        assert_eq!(era_of_answer(&Value::Null), ServerEra::Handshake);
+    }
+}
