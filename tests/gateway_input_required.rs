@@ -2,11 +2,14 @@
 //! (sampling, elicitation, roots); a 2026-07-28 client gets an `input_required` result and retries with its
 //! answers. Through the real `catwalk bridge` and daemon: rounds, a forged / replayed / foreign / expired
 //! `requestState`, a client that never retries, two clients at once. (The official SDK clients doing the
-//! same against server-everything are in `gateway_modern.rs`.)
+//! same against server-everything are in `gateway_modern.rs`.) And the other way round: a server that asks
+//! with `input_required` itself has its rounds passed through untouched, checked by the official suite.
 
 use crate::daemon;
+use crate::deps;
 use crate::gateway_support;
 
+use std::process::Command;
 use std::time::Duration;
 
 use gateway_support::{Bridge, client, pid_alive, wait_until};
@@ -200,4 +203,66 @@ async fn input_required_rounds_work_through_the_daemon_to_a_release_on_fly() {
     // The machine's state is single-use too, also when it comes back through the daemon.
     let (status, v) = send(&c, &url, Some(&token), &retry(3, "sample", &key, "again", &state)).await;
     assert_eq!((status, &v["error"]["code"]), (400, &json!(-32602)), "{v}");
+}
+
+/// The official suite's `input-required-result-*` scenarios (0.2.0-alpha), which call tools of its own and
+/// expect the server's keys and sealed state.
+const INPUT_REQUIRED_SCENARIOS: &[&str] = &[
+    "input-required-result-basic-elicitation",
+    "input-required-result-basic-sampling",
+    "input-required-result-basic-list-roots",
+    "input-required-result-request-state",
+    "input-required-result-multiple-input-requests",
+    "input-required-result-multi-round",
+    "input-required-result-missing-input-response",
+    "input-required-result-non-tool-request",
+    "input-required-result-result-type",
+    "input-required-result-unsupported-methods",
+    "input-required-result-tampered-state",
+    "input-required-result-capability-check",
+    "input-required-result-ignore-extra-params",
+    "input-required-result-validate-input",
+];
+
+fn input_required_scenarios(url: &str, token: Option<&str>) {
+    let mut cmd = Command::new(deps::repo_root().join("scripts/conformance"));
+    cmd.args([url, "--revision", MODERN]).env("CATWALK_TEST_DEPS", deps::deps_dir());
+    for s in INPUT_REQUIRED_SCENARIOS {
+        cmd.args(["--scenario", s]);
+    }
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let (ok, stdout, stderr) =
+        deps::run_with_timeout("conformance input-required", &mut cmd, Duration::from_secs(300));
+    assert!(ok, "input-required-result scenarios failed against {url}:\n{stdout}\n{stderr}");
+}
+
+/// A stdio server on the Python SDK 2.x implementing the scenarios' tools passes all of them served
+/// directly (its own Streamable HTTP) and through catwalk (stdio behind the daemon, with a token): catwalk
+/// learns that it speaks 2026-07-28 and passes its rounds through as they are.
+#[test]
+fn the_suites_input_required_scenarios_pass_through_catwalk_as_they_do_directly() {
+    let python = deps::deps_dir().join("venv-mcp2/bin/python");
+    let fixture = deps::repo_root().join("tests/fixtures/conformance_modern_server.py");
+    let port = deps::free_port();
+    let mut direct = Command::new(&python);
+    direct
+        .arg(&fixture)
+        .args(["--http", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _server = deps::ChildGuard::spawn("conformance_modern_server.py --http", &mut direct);
+    let up =
+        wait_until(Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert!(up, "the fixture did not listen on {port}");
+    input_required_scenarios(&format!("http://127.0.0.1:{port}/mcp"), None);
+
+    let d = daemon::Daemon::start_with_config(&format!(
+        "[apps.modern]\ncommand = [{:?}, {:?}]\n",
+        python.display().to_string(),
+        fixture.display().to_string()
+    ));
+    let token = d.token("modern");
+    input_required_scenarios(&d.endpoint("modern"), Some(&token));
 }
