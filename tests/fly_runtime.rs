@@ -395,10 +395,19 @@ async fn crash_looping_release_is_rejected_and_cleaned_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_health_gate_destroys_the_new_machine() {
-    // A bridge that never answers MCP in time: the health gate times out.
-    let env = setup(|c| c.health_timeout = Duration::from_millis(1)).await;
+    // A server that never answers MCP: the health gate times out, however fast or loaded the machine.
+    let env = setup(|c| c.health_timeout = Duration::from_secs(3)).await;
     let out = env.out();
-    let err = env.rt.deploy(&release("sick", 1), &secrets(), None, &out).await.unwrap_err();
+    let mut sick = release("sick", 1);
+    sick.plan.env.push(EnvSpec {
+        name: "FIXTURE_SILENT".into(),
+        required: false,
+        secret: false,
+        description: None,
+        value: Some("1".into()),
+        description_source: None,
+    });
+    let err = env.rt.deploy(&sick, &secrets(), None, &out).await.unwrap_err();
     assert!(err.contains("failed the MCP health check"), "{err}");
     assert!(env.machines("sick").is_empty(), "{:?}", env.machines("sick"));
 }
