@@ -101,7 +101,7 @@ pub async fn rollback(ctx: &Ctx<'_>, name: &str, version: Option<&str>) -> CmdRe
 
 pub async fn restart(ctx: &Ctx<'_>, name: &str) -> CmdResult {
     let app = app_name(ctx, name, "restart")?;
-    let done = ctx.platform.deployer.restart(&app).await.map_err(Failure::Error)?;
+    let done = ctx.platform.restart(&app, &ctx.who.name, |queued| ctx.out.eline(queued)).await?;
     ctx.out.line(done);
     Ok(())
 }

@@ -12,8 +12,8 @@
 //! server that answered `server/discover` refuses `initialize` on that connection, a handshake-era one
 //! may be left in a bad state by a request before `initialize`, and rmcp servers exit on it. So the probe
 //! never uses a warm spare or a pooled child: it starts the release's command once, asks, and stops it.
-//! The answer is kept per release by the pool (`Pool::era`) and asked for in the background when the
-//! release's warm spares are filled, so a modern client's first request rarely waits for it.
+//! The answer is kept per release by the pool (`pool::era`), asked by the release's first modern request
+//! (which waits for it: one process start, once per release and gateway).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

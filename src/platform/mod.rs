@@ -358,6 +358,22 @@ impl Platform {
         Ok(self.deployer.rollback(app, version, by, &branch, progress).await?)
     }
 
+    /// `restart`: stops `app`'s running server processes (and restarts a long-running server), serialised
+    /// with pushes: a restart in the middle of a push's switch could stop the new release's first
+    /// processes, so it waits for the push like a rollback would, and says so.
+    pub async fn restart(
+        &self,
+        app: &AppName,
+        by: &str,
+        on_wait: impl FnOnce(String),
+    ) -> Result<String, PlatformError> {
+        if self.store.app(app.as_str())?.is_none() {
+            return Err(PlatformError::Refused(format!("no app {app}")));
+        }
+        let _guard = self.lock_app(app, by, "restart", on_wait).await;
+        self.deployer.restart(app).await.map_err(PlatformError::Refused)
+    }
+
     /// The deploy branch of `app` (its own setting, else the daemon's; the daemon's for an app that does
     /// not exist yet).
     pub fn deploy_branch(&self, app: Option<&AppRecord>) -> String {

@@ -84,6 +84,30 @@ async fn pushes_and_commands_wait_in_one_line_with_one_message() {
 }
 
 #[tokio::test]
+async fn a_restart_waits_for_a_running_push_and_says_so() {
+    let f = fixture();
+    let alice = deployer("alice");
+    f.platform.create_app(&app("shop"), &alice, never_waits).await.unwrap();
+    let (ticket, _) = f.platform.begin_push(&app("shop"), &alice, never_waits).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = {
+        let platform = f.platform.clone();
+        tokio::spawn(
+            async move { platform.restart(&app("shop"), "bob", |line| tx.send(line).unwrap()).await },
+        )
+    };
+    assert_eq!(rx.await.unwrap(), "shop: restart by bob queued behind alice's push of (receiving)");
+    assert!(!waiter.is_finished(), "the restart must not run while the push holds the app");
+    drop(ticket);
+    // Once the push is gone the restart runs (and finds no release to restart: nothing was deployed).
+    let restarted = waiter.await.unwrap();
+    assert_eq!(restarted, Err(PlatformError::Refused("app shop has no live release to restart".into())));
+    // No such app: refused before it waits for anything.
+    let missing = f.platform.restart(&app("nope"), "bob", |l| panic!("queued: {l}")).await;
+    assert_eq!(missing, Err(PlatformError::Refused("no app nope".into())));
+}
+
+#[tokio::test]
 async fn the_gate_refuses_tags_other_branches_and_deletes_and_records_each() {
     let f = fixture();
     let alice = deployer("alice");
