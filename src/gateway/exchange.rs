@@ -264,8 +264,38 @@ pub fn call_digest(msg: &Value) -> [u8; 32] {
     Sha256::digest(serde_json::to_vec(&canonical).unwrap_or_default()).into()
 }
 
+/// `params[key]` of a message (without `Value::pointer`, which allocates per path segment: this is
+/// the hot path of every modern request).
+pub(super) fn params_of<'a>(msg: &'a Value, key: &str) -> Option<&'a Value> {
+    msg.get("params")?.get(key)
+}
+
 fn meta_of<'a>(msg: &'a Value, key: &str) -> Option<&'a Value> {
-    msg.pointer("/params/_meta").and_then(|m| m.get(key))
+    params_of(msg, "_meta")?.get(key)
+}
+
+/// What the client request an exchange currently answers asked for.
+#[derive(Default)]
+struct Asked {
+    client_id: Value,
+    client_progress: Option<Value>,
+    min_level: Option<usize>,
+    /// Only kept for an exchange that can be asked for input (an exclusive one): the others never
+    /// see a server→client request.
+    capabilities: Value,
+}
+
+impl Asked {
+    fn adopt(&mut self, msg: &Value, exclusive: bool) {
+        self.client_id = msg.get("id").cloned().unwrap_or(Value::Null);
+        self.client_progress = meta_of(msg, "progressToken").cloned();
+        self.min_level = meta_of(msg, META_LOG_LEVEL).and_then(Value::as_str).and_then(level_rank);
+        self.capabilities = if exclusive {
+            meta_of(msg, META_CAPABILITIES).cloned().unwrap_or_else(|| json!({}))
+        } else {
+            Value::Null
+        };
+    }
 }
 
 impl Exchange {
@@ -274,43 +304,51 @@ impl Exchange {
     /// from it is refused, never turned into input requests of catwalk's.
     pub fn start(
         lease: Lease,
-        msg: &Value,
-        child_request: Value,
+        msg: Value,
+        to_child: impl FnOnce(Value) -> Value,
         scope: &'static str,
         era: ServerEra,
     ) -> Option<Exchange> {
-        let lease_mode = lease.mode();
-        let (n, rx) = lease.request(child_request)?;
-        let mut ex = Exchange {
+        let exclusive = lease.mode() == Mode::Exclusive;
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or("").to_string();
+        let uri = params_of(&msg, "uri").and_then(Value::as_str).map(str::to_string);
+        let with_progress = meta_of(&msg, "progressToken").is_some();
+        // Only an exclusive exchange can be parked (and resumed by a digest-bound retry).
+        let digest = if exclusive { call_digest(&msg) } else { [0; 32] };
+        let mut asked = Asked::default();
+        asked.adopt(&msg, exclusive);
+        // The request moves to the child (no copy of it is kept: only what the exchange needs, above).
+        let (n, rx) = lease.request(to_child(msg))?;
+        let ex = Exchange {
             lease: Some(lease),
             rx,
             backlog: VecDeque::new(),
             n,
             done: false,
-            client_id: Value::Null,
-            method: msg.get("method").and_then(Value::as_str).unwrap_or("").to_string(),
-            uri: msg.pointer("/params/uri").and_then(Value::as_str).map(str::to_string),
+            client_id: asked.client_id,
+            method,
+            uri,
             scope,
-            child_progress: meta_of(msg, "progressToken").map(|_| json!(child_progress_token(n))),
-            client_progress: None,
-            min_level: None,
-            capabilities: Value::Null,
-            // Only an exclusive exchange can be parked (and resumed by a digest-bound retry).
-            digest: if lease_mode == Mode::Exclusive { call_digest(msg) } else { [0; 32] },
+            child_progress: with_progress.then(|| json!(child_progress_token(n))),
+            client_progress: asked.client_progress,
+            min_level: asked.min_level,
+            capabilities: asked.capabilities,
+            digest,
             pending: BTreeMap::new(),
             rounds: 0,
             era,
         };
-        ex.adopt(msg);
         Some(ex)
     }
 
-    /// Makes `msg` (the first call or a retry) the client request this exchange answers.
+    /// Makes `msg` (a retry) the client request this exchange answers.
     fn adopt(&mut self, msg: &Value) {
-        self.client_id = msg.get("id").cloned().unwrap_or(Value::Null);
-        self.client_progress = meta_of(msg, "progressToken").cloned();
-        self.min_level = meta_of(msg, META_LOG_LEVEL).and_then(Value::as_str).and_then(level_rank);
-        self.capabilities = meta_of(msg, META_CAPABILITIES).cloned().unwrap_or_else(|| json!({}));
+        let mut asked = Asked::default();
+        asked.adopt(msg, true);
+        self.client_id = asked.client_id;
+        self.client_progress = asked.client_progress;
+        self.min_level = asked.min_level;
+        self.capabilities = asked.capabilities;
     }
 
     /// Resumes a parked exchange with the client's retry: each pending input request answered in
@@ -319,7 +357,7 @@ impl Exchange {
     pub fn resume(&mut self, retry: &Value) -> Map<String, Value> {
         self.adopt(retry);
         let responses =
-            retry.pointer("/params/inputResponses").and_then(Value::as_object).cloned().unwrap_or_default();
+            params_of(retry, "inputResponses").and_then(Value::as_object).cloned().unwrap_or_default();
         let mut still = Map::new();
         for (key, pending) in std::mem::take(&mut self.pending) {
             match responses.get(&key) {

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use super::exchange::{self, Exchange, Step};
+use super::exchange::{self, Exchange, Step, params_of};
 use super::param_headers::{self, ToolHeaders};
 use super::park::StateError;
 use super::passthrough;
@@ -123,7 +123,7 @@ pub fn check(headers: &HeaderMap, msg: &Value) -> Result<(), Refusal> {
         return Err(header_mismatch("the MCP-Protocol-Version header is required on every request"));
     };
     let header_version = header_version.to_str().unwrap_or("").trim();
-    let meta = msg.pointer("/params/_meta").and_then(Value::as_object);
+    let meta = params_of(msg, "_meta").and_then(Value::as_object);
     if header_version != MODERN_VERSION && meta.and_then(|m| m.get(META_VERSION)).is_none() {
         // A version this endpoint does not know, from a client of neither era we speak: say what we speak.
         return Err(unsupported(header_version));
@@ -167,7 +167,7 @@ pub fn check(headers: &HeaderMap, msg: &Value) -> Result<(), Refusal> {
         _ => None,
     };
     if let Some(field) = name_field {
-        let body_name = msg.pointer(&format!("/params/{field}")).and_then(Value::as_str).unwrap_or("");
+        let body_name = params_of(msg, field).and_then(Value::as_str).unwrap_or("");
         let header = headers.get("mcp-name").map(|v| v.to_str().ok().and_then(decode_header_value));
         match header {
             None => return Err(header_mismatch(format!("the Mcp-Name header is required for {method}"))),
@@ -301,7 +301,7 @@ pub async fn post(
         gw: gw.clone(),
         app: app.to_string(),
         method: method.clone(),
-        tool: msg.pointer("/params/name").and_then(Value::as_str).map(str::to_string),
+        tool: params_of(&msg, "name").and_then(Value::as_str).map(str::to_string),
         token_name: identity.map(|i| i.token_name.clone()),
         started: Instant::now(),
     };
@@ -421,15 +421,13 @@ async fn param_headers_agree(
     headers: &HeaderMap,
     msg: &Value,
 ) -> Result<(), Resp> {
-    let Some(tool) = msg.pointer("/params/name").and_then(Value::as_str) else { return Ok(()) };
+    let Some(tool) = params_of(msg, "name").and_then(Value::as_str) else { return Ok(()) };
     let table = tool_headers(gw, app, route, context, id).await?;
     let Some(params) = table.get(tool) else { return Ok(()) };
-    param_headers::check(params, headers, msg.pointer("/params/arguments"), decode_header_value).map_err(
-        |m| {
-            let r = header_mismatch(m);
-            error_response(r.status, id, r.code, &r.message, None)
-        },
-    )
+    param_headers::check(params, headers, params_of(msg, "arguments"), decode_header_value).map_err(|m| {
+        let r = header_mismatch(m);
+        error_response(r.status, id, r.code, &r.message, None)
+    })
 }
 
 /// The release's `x-mcp-header` annotations: learnt once per release from its `tools/list` (every page),
@@ -488,8 +486,8 @@ const TOOLS_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The request as the legacy child gets it: no 2026-07-28 `_meta` keys (a handshake-era server has no
 /// use for them and an old SDK may refuse unknown ones), no input responses.
-fn legacy_request(msg: &Value) -> Value {
-    let mut m = msg.clone();
+fn legacy_request(msg: Value) -> Value {
+    let mut m = msg;
     if let Some(obj) = m.as_object_mut() {
         obj.remove("id");
     }
@@ -522,7 +520,7 @@ async fn forward(
     scope: &'static str,
     record: Record,
 ) -> Resp {
-    let exchange = match msg.pointer("/params/requestState") {
+    let exchange = match params_of(&msg, "requestState") {
         Some(state) => {
             let digest = exchange::call_digest(&msg);
             let resumed = match state.as_str() {
@@ -550,7 +548,7 @@ async fn forward(
                 Ok(l) => l,
                 Err(r) => return record.fail(r),
             };
-            match Exchange::start(lease, &msg, legacy_request(&msg), scope, ServerEra::Handshake) {
+            match Exchange::start(lease, msg, legacy_request, scope, ServerEra::Handshake) {
                 Some(ex) => ex,
                 None => return record.fail(bad_gateway(id, "Bad Gateway: the server process exited")),
             }
@@ -820,12 +818,12 @@ mod tests {
     fn requests_reach_legacy_children_without_modern_meta() {
         let mut msg = request("tools/call", json!({"name": "x", "inputResponses": {}, "requestState": "s"}));
         msg["params"]["_meta"]["progressToken"] = json!(7);
-        let legacy = legacy_request(&msg);
+        let legacy = legacy_request(msg);
         assert_eq!(
             legacy,
             json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "x", "_meta": {"progressToken": 7}}})
         );
-        let legacy = legacy_request(&request("tools/list", json!({})));
+        let legacy = legacy_request(request("tools/list", json!({})));
         assert_eq!(legacy, json!({"jsonrpc": "2.0", "method": "tools/list", "params": {}}));
     }
 }

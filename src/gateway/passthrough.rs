@@ -36,8 +36,8 @@ use super::{AppRoute, Gateway};
 const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// The client's request as the child gets it: everything but the id (the pool gives it one).
-fn child_request(msg: &Value) -> Value {
-    let mut m = msg.clone();
+fn child_request(msg: Value) -> Value {
+    let mut m = msg;
     if let Some(obj) = m.as_object_mut() {
         obj.remove("id");
     }
@@ -68,7 +68,7 @@ pub(super) async fn post(
         Ok(l) => l,
         Err(e) => return record.fail(lease_refusal(id, e)),
     };
-    match Exchange::start(lease, &msg, child_request(&msg), scope, ServerEra::Modern) {
+    match Exchange::start(lease, msg, child_request, scope, ServerEra::Modern) {
         Some(ex) => drive(gw, ex, app, context, record).await,
         None => record.fail(bad_gateway(id, "Bad Gateway: the server process exited")),
     }
@@ -96,7 +96,7 @@ fn with_client_id(line: &[u8], client_id: &Value) -> Bytes {
 /// subscriptions are server-side state; `modern::listen` lent it, to be stopped afterwards). Whatever the
 /// server sends for it reaches the client: the acknowledgement, then the notifications it chose.
 pub(super) async fn listen(gw: &Arc<Gateway>, lease: Lease, id: &Value, msg: &Value, record: Record) -> Resp {
-    let Some((n, mut rx)) = lease.request(child_request(msg)) else {
+    let Some((n, mut rx)) = lease.request(child_request(msg.clone())) else {
         return record.fail(bad_gateway(id, "Bad Gateway: the server process exited"));
     };
     // The first thing the server says decides the answer's shape: a refusal is a plain JSON answer.
@@ -190,7 +190,7 @@ mod tests {
     fn the_child_gets_the_request_without_its_id() {
         let msg = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": {"a": 1}}});
         assert_eq!(
-            child_request(&msg),
+            child_request(msg),
             json!({"jsonrpc": "2.0", "method": "tools/list", "params": {"_meta": {"a": 1}}})
         );
     }

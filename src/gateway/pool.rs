@@ -166,12 +166,18 @@ impl PooledChild {
     fn send_request(&self, mut request: Value, tx: mpsc::UnboundedSender<ChildMsg>) -> Option<u64> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         request["id"] = json!(n);
-        if request.pointer("/params/_meta/progressToken").is_some() {
-            request["params"]["_meta"]["progressToken"] = json!(child_progress_token(n));
+        if let Some(token) = request
+            .get_mut("params")
+            .and_then(|p| p.get_mut("_meta"))
+            .and_then(|m| m.get_mut("progressToken"))
+        {
+            *token = json!(child_progress_token(n));
         }
         lock(&self.waiting).insert(n, tx);
-        let line = serde_json::to_vec(&request).ok()?;
-        if self.proc()?.send(jsonrpc::to_line(&line)) {
+        // serde_json escapes every line break inside strings: the serialized request is one line as it is.
+        let mut line = serde_json::to_vec(&request).ok()?;
+        line.push(b'\n');
+        if self.proc()?.send(Bytes::from(line)) {
             Some(n)
         } else {
             lock(&self.waiting).remove(&n);
@@ -512,7 +518,11 @@ impl Pool {
         app: &str,
         backend: &Backend,
     ) -> &'a mut AppPool {
-        let entry = apps.entry(app.to_string()).or_insert_with(|| self.fresh(backend));
+        // Looked up before it is inserted: no key is allocated on the hot path.
+        if !apps.contains_key(app) {
+            apps.insert(app.to_string(), self.fresh(backend));
+        }
+        let entry = apps.get_mut(app).expect("inserted above");
         if entry.backend != *backend {
             for child in entry.idle.drain().flat_map(|(_, v)| v) {
                 child.stop();
