@@ -376,6 +376,23 @@ async fn a_server_that_speaks_2026_07_28_itself_gets_modern_requests_as_they_are
     assert!(pid.parse::<u32>().is_ok(), "{pid}");
 }
 
+/// One call that asks for input twice, answered by the Python SDK 2.x client's own handlers: in front of the
+/// handshake-era fixture (`sample_twice`: two sampling requests, the second sent once the first is answered)
+/// in every mode — a 2026-07-28 client gets two `input_required` rounds from catwalk's bridge, a 2025 client
+/// the server's own requests — and in front of the 2026-07-28 fixture (`greet`: two rounds of the server's own)
+/// in the modes that reach 2026-07-28.
+#[test]
+fn the_python_sdk_2_client_answers_several_rounds_of_input_in_one_call() {
+    let legacy_server = Bridge::start(&[]);
+    for mode in [MODERN, "auto", "legacy"] {
+        py_client(&legacy_server.url, mode, None, "rounds");
+    }
+    let modern_server = bridge_in_front_of(&modern_fixture_argv(), &[]);
+    for mode in [MODERN, "auto"] {
+        py_client(&modern_server.url, mode, None, "era,rounds");
+    }
+}
+
 /// A tool's `x-mcp-header` arguments travel twice (SEP-2243): in the body and as `Mcp-Param-*` headers that
 /// routers act on. The legacy server behind catwalk knows nothing of it, so catwalk refuses a call whose
 /// headers and arguments disagree, as the revision requires of the server.

@@ -13,6 +13,9 @@ so server-everything and mcp-server-time both work:
     elicitation  server-everything's trigger-elicitation-request: the server asks this client for input
              (2026-07-28: an input_required result the SDK fulfils and retries) and shows the answer
     sampling the same with trigger-sampling-request and a sampling answer
+    rounds   one call that asks for input twice: the handshake-era fixture's sample_twice (two sampling
+             requests, one after the other) or the 2026-07-28 fixture's greet (two input_required rounds
+             of elicitation); both answers must reach the result
 """
 
 import argparse
@@ -30,8 +33,14 @@ ELICITED = "Ada Lovelace"
 SAMPLED = "catwalk sampling answer 42"
 
 
+GREETING = "Hello"
+
+
 async def on_elicit(context, params):
-    return types.ElicitResult(action="accept", content={"name": ELICITED})
+    # Fills what the form asks for: a name, or (the second round of greet) a greeting word.
+    wanted = (getattr(params, "requested_schema", None) or {}).get("properties", {})
+    content = {"word": GREETING} if "word" in wanted else {"name": ELICITED}
+    return types.ElicitResult(action="accept", content=content)
 
 
 async def on_sample(context, params):
@@ -116,7 +125,28 @@ async def main():
                     raise AssertionError(f"the sampled text is not in {r!r}")
                 return {"answer": "sampled"}
 
-            run = {"era": era, "basic": basic, "parallel": parallel, "elicitation": elicitation, "sampling": sampling}
+            async def rounds():
+                tools = await tool_names()
+                if "sample_twice" in tools:
+                    r = await client.call_tool("sample_twice", {})
+                    want = f"sampled twice: {SAMPLED}, {SAMPLED}"
+                elif "greet" in tools:
+                    r = await client.call_tool("greet", {})
+                    want = f"{GREETING}, {ELICITED}"
+                else:
+                    raise AssertionError(f"no tool that asks twice among {tools}")
+                if want not in text(r):
+                    raise AssertionError(f"expected {want!r} in {r!r}")
+                return {"answer": text(r)[:80]}
+
+            run = {
+                "era": era,
+                "basic": basic,
+                "parallel": parallel,
+                "elicitation": elicitation,
+                "sampling": sampling,
+                "rounds": rounds,
+            }
             for name in a.scenario.split(","):
                 try:
                     summary["scenarios"][name] = {"ok": True, **(await run[name]())}
