@@ -1,7 +1,9 @@
 //! QUALITY.md C2 with the third official client: rmcp (the Rust SDK) over Streamable HTTP, through
 //! `catwalk bridge` and through the daemon's `/mcp/APP` with a token, in front of the real
 //! `@modelcontextprotocol/server-everything`: initialize, list and call tools, progress and logging
-//! notifications, sampling and elicitation answered by the client, and session termination.
+//! notifications, sampling and elicitation answered by the client, and session termination. And rmcp's
+//! 2026-07-28 lifecycle (`server/discover`, no session), pinned and automatic: sampling and elicitation
+//! then come as `input_required` rounds that rmcp fulfils with the same handlers and retries.
 // rmcp marks sampling and logging deprecated for its newest protocol (2026-07-28, SEP-2577); the
 // protocol versions catwalk serves (2025-03-26 .. 2025-11-25) have them, and C2 requires them.
 #![allow(deprecated)]
@@ -18,9 +20,11 @@ use deps::ChildGuard;
 use rmcp::model::{
     CallToolRequestParams, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
     ElicitRequestParams, ElicitResult, LoggingMessageNotificationParam, ProgressNotificationParam,
-    ProgressToken, RequestMetaObject,
+    ProgressToken, ProtocolVersion, RequestMetaObject,
 };
-use rmcp::service::{NotificationContext, RequestContext, RoleClient, RunningService};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, NotificationContext, RequestContext, RoleClient, RunningService,
+};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, ErrorData as McpError, ServiceExt};
@@ -273,4 +277,73 @@ async fn rmcp_client_through_the_daemon_with_a_token() {
     let refused =
         Client { seen: Default::default() }.serve(StreamableHttpClientTransport::from_config(cfg)).await;
     assert!(refused.is_err(), "an rmcp client without a token must not get a session");
+}
+
+/// rmcp with the 2026-07-28 lifecycle against server-everything (a handshake-era stdio server) through
+/// catwalk: `server/discover`, tools, and sampling and elicitation as `input_required` rounds that rmcp
+/// answers with its handlers (catwalk's bridge turns the server's requests into those rounds).
+async fn modern_scenarios(url: &str, token: Option<&str>, lifecycle: ClientLifecycleMode) {
+    let mut cfg = StreamableHttpClientTransportConfig::with_uri(url.to_string());
+    if let Some(t) = token {
+        cfg = cfg.auth_header(t.to_string());
+    }
+    let seen = std::sync::Arc::new(Seen::default());
+    let client = Client { seen: seen.clone() }
+        .serve_with_lifecycle(StreamableHttpClientTransport::from_config(cfg), lifecycle)
+        .await
+        .unwrap_or_else(|e| panic!("rmcp (2026-07-28) could not start through catwalk at {url}: {e}"));
+    let info = client.peer_info().expect("server info after server/discover");
+    assert_eq!(info.protocol_version, ProtocolVersion::V_2026_07_28, "{info:?}");
+    let tools = client.list_all_tools().await.expect("tools/list");
+    assert!(tools.iter().any(|t| t.name == "echo"), "{tools:?}");
+    let r = client.call_tool(call("echo", json!({"message": "modern rmcp"}))).await.expect("echo");
+    assert!(text_of(&r).contains("modern rmcp"), "{r:?}");
+    let r = client
+        .call_tool(call("trigger-sampling-request", json!({"prompt": "say something"})))
+        .await
+        .expect("sampling through input_required");
+    assert_eq!(seen.sampling.load(Ordering::SeqCst), 1);
+    assert!(text_of(&r).contains(SAMPLING_ANSWER), "{}", text_of(&r));
+    let r = client
+        .call_tool(call("trigger-elicitation-request", json!({"message": "Please provide your information"})))
+        .await
+        .expect("elicitation through input_required");
+    assert_eq!(seen.elicitation.load(Ordering::SeqCst), 1);
+    let t = text_of(&r);
+    assert!(t.contains("accept") || t.contains("provided the requested"), "{t}");
+    // No session was minted: nothing to terminate, nothing left open.
+    let metrics = url.rsplit_once("/mcp").map(|(base, _)| format!("{base}/metrics")).unwrap();
+    let text = reqwest::get(&metrics).await.expect("GET /metrics").text().await.unwrap();
+    let open = text.lines().find_map(|l| l.strip_prefix("catwalk_mcp_sessions_open "));
+    assert!(open.is_none_or(|v| v.trim() == "0"), "a 2026-07-28 client has no session:\n{text}");
+    client.cancel().await.expect("stop the rmcp client");
+}
+
+fn pinned() -> ClientLifecycleMode {
+    ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_modern_client_pinned_and_automatic_through_the_bridge() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_catwalk"));
+    cmd.args(["bridge", "--listen", "127.0.0.1:0", "--"]).args(everything_argv());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut bridge = ChildGuard::spawn("catwalk bridge", &mut cmd);
+    let url = bridge.wait_listening(Duration::from_secs(30));
+    modern_scenarios(&url, None, pinned()).await;
+    let auto = ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: Some(ProtocolVersion::V_2025_06_18),
+    };
+    modern_scenarios(&url, None, auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_modern_client_through_the_daemon_with_a_token() {
+    let argv = everything_argv().iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    let d = daemon::Daemon::start_with_config(&format!("[apps.everything]\ncommand = [{argv}]\n"));
+    let out = daemon::ok(&d.ssh(&d.admin, "tokens create everything --json", ""));
+    let token: Value = serde_json::from_str(&out).unwrap();
+    let url = format!("http://{}/mcp/everything", d.http_addr);
+    modern_scenarios(&url, token["token"].as_str(), pinned()).await;
 }
