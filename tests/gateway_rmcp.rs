@@ -209,22 +209,7 @@ async fn scenarios(url: &str, token: Option<&str>) {
     wait_for("a notifications/message", || seen.logs.load(Ordering::SeqCst) > 0).await;
     client.call_tool(call("toggle-simulated-logging", json!({}))).await.expect("toggle logging off");
 
-    // Sampling: the server's sampling/createMessage reaches this client and the answer goes back.
-    let r = client
-        .call_tool(call("trigger-sampling-request", json!({"prompt": "say something"})))
-        .await
-        .expect("sampling tool");
-    assert_eq!(seen.sampling.load(Ordering::SeqCst), 1);
-    assert!(text_of(&r).contains(SAMPLING_ANSWER), "{}", text_of(&r));
-
-    // Elicitation: the form request reaches this client; the accepted answer is reflected.
-    let r = client
-        .call_tool(call("trigger-elicitation-request", json!({"message": "Please provide your information"})))
-        .await
-        .expect("elicitation tool");
-    assert_eq!(seen.elicitation.load(Ordering::SeqCst), 1);
-    let t = text_of(&r);
-    assert!(t.contains("accept") || t.contains("provided the requested"), "{t}");
+    asks_for_input(&client, &seen).await;
 
     // Termination: the client's DELETE ends the session (and its server process).
     let metrics = url.rsplit_once("/mcp").map(|(base, _)| format!("{base}/metrics")).unwrap();
@@ -235,6 +220,24 @@ async fn scenarios(url: &str, token: Option<&str>) {
         assert!(tokio::time::Instant::now() < deadline, "the rmcp client's session was not terminated");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Sampling and elicitation: server-everything asks this client mid-call (a 2025 session gets the requests,
+/// a 2026-07-28 client `input_required` rounds); the handlers' answers reach the tools' results.
+async fn asks_for_input(client: &RunningService<RoleClient, Client>, seen: &Seen) {
+    let r = client
+        .call_tool(call("trigger-sampling-request", json!({"prompt": "say something"})))
+        .await
+        .expect("sampling tool");
+    assert_eq!(seen.sampling.load(Ordering::SeqCst), 1);
+    assert!(text_of(&r).contains(SAMPLING_ANSWER), "{}", text_of(&r));
+    let r = client
+        .call_tool(call("trigger-elicitation-request", json!({"message": "Please provide your information"})))
+        .await
+        .expect("elicitation tool");
+    assert_eq!(seen.elicitation.load(Ordering::SeqCst), 1);
+    let t = text_of(&r);
+    assert!(t.contains("accept") || t.contains("provided the requested"), "{t}");
 }
 
 /// `catwalk_mcp_sessions_open` from the gateway's /metrics.
@@ -298,19 +301,7 @@ async fn modern_scenarios(url: &str, token: Option<&str>, lifecycle: ClientLifec
     assert!(tools.iter().any(|t| t.name == "echo"), "{tools:?}");
     let r = client.call_tool(call("echo", json!({"message": "modern rmcp"}))).await.expect("echo");
     assert!(text_of(&r).contains("modern rmcp"), "{r:?}");
-    let r = client
-        .call_tool(call("trigger-sampling-request", json!({"prompt": "say something"})))
-        .await
-        .expect("sampling through input_required");
-    assert_eq!(seen.sampling.load(Ordering::SeqCst), 1);
-    assert!(text_of(&r).contains(SAMPLING_ANSWER), "{}", text_of(&r));
-    let r = client
-        .call_tool(call("trigger-elicitation-request", json!({"message": "Please provide your information"})))
-        .await
-        .expect("elicitation through input_required");
-    assert_eq!(seen.elicitation.load(Ordering::SeqCst), 1);
-    let t = text_of(&r);
-    assert!(t.contains("accept") || t.contains("provided the requested"), "{t}");
+    asks_for_input(&client, &seen).await;
     // No session was minted: nothing to terminate, nothing left open.
     let metrics = url.rsplit_once("/mcp").map(|(base, _)| format!("{base}/metrics")).unwrap();
     let text = reqwest::get(&metrics).await.expect("GET /metrics").text().await.unwrap();
