@@ -516,6 +516,29 @@ async fn a_push_replaces_the_warm_spares() {
     assert!(!pushed && output.contains("deploy.warm = 9: at most 8 warm spares"), "{output}");
 }
 
+/// A push proves its release on a private gateway beside the daemon's (the health gate); ending that
+/// gateway stops its own probe process and nothing else: another app's open session keeps its process
+/// (it used to be SIGKILLed with every other child of the daemon once the private gateway's grace ran out).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_never_touches_another_apps_processes() {
+    let d = Daemon::start();
+    let alpha = WorkTree::new(d.tmp.path(), "alpha");
+    commit_all(&alpha, "alpha");
+    alpha.git(&["remote", "add", "catwalk", &d.remote_url("alpha")]);
+    assert!(push(&alpha, &d, &["catwalk", "main"]).0);
+    let mut session = Mcp::new(&d.endpoint("alpha"), Some(&d.token("alpha")));
+    assert_eq!(session.initialize().await.status, 200);
+    let before = session.call_text("pid", json!({})).await;
+    let beta = WorkTree::new(d.tmp.path(), "beta");
+    commit_all(&beta, "beta");
+    beta.git(&["remote", "add", "catwalk", &d.remote_url("beta")]);
+    assert!(push(&beta, &d, &["catwalk", "main"]).0);
+    assert_eq!(session.call_text("pid", json!({})).await, before, "alpha's session kept its process");
+    let logs = ok(&d.ssh(&d.admin, "logs alpha -n 500", ""));
+    assert!(!logs.contains("exited on its own"), "beta's push killed alpha's processes:\n{logs}");
+    session.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_mid_deploy_then_restart() {
     let mut d = Daemon::start();

@@ -22,7 +22,7 @@ use super::jsonrpc::{self, Invalid};
 use super::modern;
 use super::protocol::{self as p, Resp};
 use super::session::Session;
-use super::{AppRoute, Backend, Gateway, Mount, TokenIdentity, metrics, session_endpoint, stdio};
+use super::{AppRoute, Backend, Gateway, Mount, TokenIdentity, metrics, session_endpoint};
 
 pub async fn serve(
     gw: &Arc<Gateway>,
@@ -68,7 +68,7 @@ pub async fn serve(
     }
     // Ending the sessions ends their SSE bodies, so graceful shutdown can finish.
     gw.stop_all();
-    stdio::wait_all_stopped(gw.cfg.kill_grace + Duration::from_millis(500)).await;
+    gw.groups.wait_all_stopped(gw.cfg.kill_grace + Duration::from_millis(500)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
 }

@@ -247,6 +247,8 @@ pub struct Gateway {
     shared: Mutex<HashMap<String, Arc<shared_child::SharedChild>>>,
     spares: spares::Spares,
     pool: Arc<pool::Pool>,
+    /// This gateway's children, for its shutdown (never another gateway's: see `stdio::LiveGroups`).
+    groups: Arc<stdio::LiveGroups>,
     parking: park::Parking,
     limiters: auth::Limiters,
     proxy: upstream::Proxy,
@@ -266,6 +268,7 @@ impl Gateway {
         logs: Arc<AppLogs>,
         metrics: Option<::metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Arc<Gateway> {
+        let groups = Arc::new(stdio::LiveGroups::default());
         Arc::new(Gateway {
             cfg,
             directory,
@@ -275,7 +278,8 @@ impl Gateway {
             metrics,
             sessions: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
-            spares: spares::Spares::default(),
+            spares: spares::Spares::new(groups.clone()),
+            groups,
             pool: Arc::new(pool::Pool::default()),
             parking: park::Parking::default(),
             limiters: auth::Limiters::default(),
@@ -445,7 +449,7 @@ impl Gateway {
         };
         crate::tls::serve_https(listener, tls, make_service, limits, shutdown).await?;
         let _ = stopper.await;
-        stdio::wait_all_stopped(self.cfg.kill_grace + Duration::from_millis(500)).await;
+        self.groups.wait_all_stopped(self.cfg.kill_grace + Duration::from_millis(500)).await;
         Ok(())
     }
 

@@ -724,7 +724,7 @@ pub async fn era(gw: &Gateway, app: &str, route: &AppRoute) -> ServerEra {
     }
     let probed = cell
         .get_or_try_init(|| {
-            let cmd = stdio::Command { app, argv, env, cwd };
+            let cmd = stdio::Command { groups: &gw.groups, app, argv, env, cwd };
             server_era::probe(cmd, gw.logs.clone(), gw.cfg.kill_grace)
         })
         .await;
@@ -830,7 +830,7 @@ pub async fn lease(
             cold = Some(Instant::now());
             let events = Arc::new(OwnEvents::default());
             let _ = events.owner.set(owner);
-            let cmd = stdio::Command { app, argv, env, cwd };
+            let cmd = stdio::Command { groups: &gw.groups, app, argv, env, cwd };
             match stdio::spawn(cmd, events, gw.logs.clone(), gw.cfg.kill_grace) {
                 Ok(p) => p,
                 Err(e) => {

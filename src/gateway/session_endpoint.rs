@@ -200,7 +200,7 @@ async fn initialize(
                 gw.spares.cold_start(app, route);
                 cold = Some(Instant::now());
                 let events = Arc::new(OwnEvents::default());
-                let cmd = stdio::Command { app, argv, env, cwd };
+                let cmd = stdio::Command { groups: &gw.groups, app, argv, env, cwd };
                 match stdio::spawn(cmd, events.clone(), gw.logs.clone(), gw.cfg.kill_grace) {
                     Ok(p) => (p, events),
                     Err(e) => return bad_gateway(e),
@@ -404,7 +404,7 @@ impl Gateway {
             }
             ::metrics::counter!(metrics::CHILD_RESTARTS, "app" => app.to_string()).increment(1);
         }
-        let cmd = stdio::Command { app, argv, env, cwd };
+        let cmd = stdio::Command { groups: &self.groups, app, argv, env, cwd };
         let hub = SharedChild::start(cmd, self.logs.clone(), self.cfg.kill_grace)?;
         map.insert(app.to_string(), hub.clone());
         Ok(hub)

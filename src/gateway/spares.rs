@@ -47,9 +47,16 @@ struct AppSpares {
 }
 
 /// Spares of every app (one per gateway).
-#[derive(Default)]
 pub struct Spares {
     apps: Mutex<HashMap<String, AppSpares>>,
+    /// The gateway's children, which every spare joins.
+    groups: Arc<stdio::LiveGroups>,
+}
+
+impl Spares {
+    pub fn new(groups: Arc<stdio::LiveGroups>) -> Spares {
+        Spares { apps: Mutex::default(), groups }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,7 +138,7 @@ impl Spares {
         let want = route.warm.min(room);
         while entry.ready.len() < want {
             let events = Arc::new(OwnEvents::default());
-            let cmd = stdio::Command { app, argv, env, cwd };
+            let cmd = stdio::Command { groups: &self.groups, app, argv, env, cwd };
             match stdio::spawn(cmd, events.clone(), logs.clone(), kill_grace) {
                 Ok(proc) => {
                     logs.push(app, LogKind::Event, &format!("process {} is a warm spare", proc.pid));

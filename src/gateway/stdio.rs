@@ -24,22 +24,38 @@ use super::applog::{AppLogs, LogKind};
 use super::jsonrpc::{self, Classified};
 use super::metrics;
 
-/// Process groups of children that have not exited yet (process-wide, like pgids themselves),
-/// so shutdown can make sure none outlives the gateway.
-static LIVE_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// Process groups of one gateway's children that have not exited yet, so that its shutdown can make
+/// sure none outlives it.
+///
+/// Per gateway, never process-wide: a push proves its release on a private gateway beside the daemon's
+/// (the health gate), and that gateway's shutdown must not touch the daemon's children — every other
+/// app's sessions and spares. (A process-wide list once made every push SIGKILL them all once the private
+/// gateway's grace ran out; `tests/deploy_push.rs` guards it.)
+#[derive(Default)]
+pub struct LiveGroups(Mutex<Vec<i32>>);
 
-/// After everything was asked to stop: wait up to `grace` for the children to exit, then
-/// SIGKILL the process groups of those that did not.
-pub async fn wait_all_stopped(grace: Duration) {
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        if lock(&LIVE_GROUPS).is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+impl LiveGroups {
+    fn add(&self, pgid: i32) {
+        lock(&self.0).push(pgid);
     }
-    for pgid in lock(&LIVE_GROUPS).drain(..) {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+
+    fn remove(&self, pgid: i32) {
+        lock(&self.0).retain(|g| *g != pgid);
+    }
+
+    /// After everything was asked to stop: wait up to `grace` for this gateway's children to exit, then
+    /// SIGKILL the process groups of those that did not.
+    pub async fn wait_all_stopped(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if lock(&self.0).is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for pgid in lock(&self.0).drain(..) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
     }
 }
 
@@ -121,6 +137,8 @@ pub struct ChildProc {
 
 /// What to start.
 pub struct Command<'a> {
+    /// The starting gateway's children, which this one joins until it exits.
+    pub groups: &'a Arc<LiveGroups>,
     pub app: &'a str,
     pub argv: &'a [String],
     pub env: &'a BTreeMap<String, String>,
@@ -164,7 +182,8 @@ pub fn spawn(
         _ => return Err(format!("`{prog}` started without its stdio pipes")),
     };
     let app: Arc<str> = cmd.app.into();
-    lock(&LIVE_GROUPS).push(pid as i32);
+    cmd.groups.add(pid as i32);
+    let groups = cmd.groups.clone();
     logs.push(&app, LogKind::Event, &format!("started process {pid}: {prog}"));
     ::metrics::gauge!(metrics::CHILDREN).increment(1.0);
 
@@ -263,7 +282,7 @@ pub fn spawn(
         watch.exited.cancel();
         // Orphans left in the group go too.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        lock(&LIVE_GROUPS).retain(|g| *g != pid as i32);
+        groups.remove(pid as i32);
         ::metrics::gauge!(metrics::CHILDREN).decrement(1.0);
         let status = match status {
             Ok(s) => s.to_string(),
