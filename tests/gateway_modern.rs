@@ -444,6 +444,12 @@ async fn the_pool_reuses_a_child_per_context_and_a_spare_becomes_the_first_child
     let b = Bridge::start(&["--warm", "1"]);
     let c = client();
     assert!(wait_until(Duration::from_secs(30), || children_of(b.pid()).len() == 1), "no warm spare started");
+    // With warm spares the release's era is learnt in the background, before any 2026-07-28 request.
+    assert!(b.wait_stderr("the server speaks only the handshake era"), "{}", b.stderr_text());
+    assert!(
+        wait_until(Duration::from_secs(30), || children_of(b.pid()).len() == 1),
+        "the probe was not stopped"
+    );
     let spare = children_of(b.pid())[0];
     let first: u32 = tool_text(&c, &b.url, None, 1, "pid", json!({})).await.parse().unwrap();
     let second: u32 = tool_text(&c, &b.url, None, 2, "pid", json!({})).await.parse().unwrap();

@@ -343,9 +343,16 @@ impl Gateway {
     /// Brings `app`'s warm spares in line with its current route: spares of an older release are
     /// stopped and, when the route wants them, new ones start. The daemon calls it whenever it points
     /// the app at a release (push, rollback, restore, restart); the reaper keeps them topped up.
-    pub fn warm(&self, app: &str) {
+    pub fn warm(self: &Arc<Self>, app: &str) {
         match self.directory.resolve(app) {
-            Some(route) => self.fill_spares(app, &route),
+            Some(route) => {
+                self.fill_spares(app, &route);
+                if route.warm > 0 && !route.shared {
+                    // Instant first answers for 2026-07-28 clients too: the release's era is learnt now,
+                    // not by its first modern request (after the spares, so none of them is the probe).
+                    pool::learn_era(self, app, &route);
+                }
+            }
             None => self.spares.drop_app(app),
         }
     }

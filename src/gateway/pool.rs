@@ -713,7 +713,8 @@ const MAX_REMEMBERED_STATES: usize = 4096;
 const STATE_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 /// Which era `app`'s current release speaks: known after one probe per release (a throwaway process,
-/// `server_era.rs`); until then the callers wait for the probe, started by whichever asks first. A probe that could not decide
+/// `server_era.rs`); until then the callers wait for the probe, started by whichever asks first (or in
+/// the background by [`learn_era`] when the release's spares are filled). A probe that could not decide
 /// (the server did not start or answer in time) is not kept: this request is served as handshake-era and
 /// the next one asks again.
 pub async fn era(gw: &Gateway, app: &str, route: &AppRoute) -> ServerEra {
@@ -735,6 +736,18 @@ pub async fn era(gw: &Gateway, app: &str, route: &AppRoute) -> ServerEra {
             ServerEra::Handshake
         }
     }
+}
+
+/// Starts learning the era of `app`'s release in the background, unless it is known or being learnt, so
+/// that a modern client's first request finds it.
+pub fn learn_era(gw: &Arc<Gateway>, app: &str, route: &AppRoute) {
+    if !matches!(route.backend, Backend::Stdio { .. }) || gw.pool.era_cell(app, &route.backend).initialized()
+    {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let (gw, app, route) = (gw.clone(), app.to_string(), route.clone());
+    runtime.spawn(async move { era(&gw, &app, &route).await });
 }
 
 /// Lends a child of `app`'s current release to one exchange of authorization `context`: an idle one of

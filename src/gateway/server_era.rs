@@ -12,8 +12,9 @@
 //! server that answered `server/discover` refuses `initialize` on that connection, a handshake-era one
 //! may be left in a bad state by a request before `initialize`, and rmcp servers exit on it. So the probe
 //! never uses a warm spare or a pooled child: it starts the release's command once, asks, and stops it.
-//! The answer is kept per release by the pool (`pool::era`), asked by the release's first modern request
-//! (which waits for it: one process start, once per release and gateway).
+//! The answer is kept per release by the pool (`pool::era`), asked in the background when the release's
+//! warm spares are filled (so a modern client's first request finds it), else by the release's first
+//! modern request, which then waits for it (one process start, once per release and gateway).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
