@@ -108,6 +108,13 @@ async fn user_story_time_tools_from_pypi() {
     assert!(rel[0]["introspection"]["tools"].as_array().unwrap().iter().any(|t| t == "get_current_time"));
     let info = ok(&d.ssh(&d.admin, "info time-tools", ""));
     assert!(info.contains("live:       v1"), "{info}");
+    // Whichever release PyPI serves, `info` says how 2026-07-28 clients reach it once the era is learnt.
+    assert!(
+        eventually_in_info(&d, "time-tools", "2026-07-28: passed as they are")
+            || eventually_in_info(&d, "time-tools", "2026-07-28: translated by catwalk"),
+        "{}",
+        ok(&d.ssh(&d.admin, "info time-tools", ""))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -537,6 +544,22 @@ async fn a_push_never_touches_another_apps_processes() {
     let logs = ok(&d.ssh(&d.admin, "logs alpha -n 500", ""));
     assert!(!logs.contains("exited on its own"), "beta's push killed alpha's processes:\n{logs}");
     session.close().await;
+    // `info` says how 2026-07-28 clients reach the app, once the era was learnt (in the background: the
+    // release has a warm spare).
+    let translated = "2026-07-28: translated by catwalk (the server speaks only the handshake era)";
+    assert!(eventually_in_info(&d, "alpha", translated), "{}", ok(&d.ssh(&d.admin, "info alpha", "")));
+}
+
+/// Polls `info APP` until it shows `needle` (at most 30 s).
+fn eventually_in_info(d: &Daemon, app: &str, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if ok(&d.ssh(&d.admin, &format!("info {app}"), "")).contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -138,6 +138,8 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     value["fly"] = machines.json();
     let server = ctx.platform.deployer.local.server_status(&record.name);
     value["server"] = server.clone().unwrap_or(serde_json::Value::Null);
+    let modern = ctx.platform.gateway.modern_path(&record.name);
+    value["mcp_2026_07_28"] = json!(modern);
     let (grants, grant_lines) = super::oauth::info_lines(ctx, &record.name);
     value["grants"] = grants;
     if json {
@@ -200,6 +202,12 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     }
     line(format!("endpoint:   {}", value["endpoint"].as_str().unwrap_or_default()));
     line(format!("auth:       {}", ctx.platform.oauth.mode(&record.name).as_str()));
+    if value["live_release"].is_object() {
+        line(format!(
+            "2026-07-28: {}",
+            modern.unwrap_or("not known yet (learnt at the first 2026-07-28 request)")
+        ));
+    }
     // Grant lines name OAuth clients, whose names the clients registered themselves.
     for text in grant_lines {
         line(text);

@@ -357,6 +357,22 @@ impl Gateway {
         }
     }
 
+    /// How 2026-07-28 requests reach `app`'s live release, for `info` (`None`: not known yet, or no route).
+    pub fn modern_path(&self, app: &str) -> Option<&'static str> {
+        let route = self.directory.resolve(app)?;
+        match &route.backend {
+            Backend::Stdio { .. } => match self.pool.era_known(app, &route.backend)? {
+                server_era::ServerEra::Modern => {
+                    Some("passed as they are (the server speaks 2026-07-28 itself)")
+                }
+                server_era::ServerEra::Handshake => {
+                    Some("translated by catwalk (the server speaks only the handshake era)")
+                }
+            },
+            Backend::Http { .. } => Some("passed as they are (an HTTP server)"),
+        }
+    }
+
     /// Warm spares ready for `app` right now.
     pub fn spares_ready(&self, app: &str) -> usize {
         self.spares.ready(app)

@@ -611,6 +611,12 @@ impl Pool {
         self.entry_for(&mut apps, app, backend).era.clone()
     }
 
+    /// The era of `app`'s release serving `backend`, if a probe said (never starts one).
+    pub fn era_known(&self, app: &str, backend: &Backend) -> Option<ServerEra> {
+        let apps = lock(&self.apps);
+        apps.get(app).filter(|e| &e.backend == backend).and_then(|e| e.era.get().copied())
+    }
+
     /// Children alive for `app` (idle, lent or starting), for the process limit.
     pub fn live(&self, app: &str) -> usize {
         lock(&self.apps).get(app).map(AppPool::live_total).unwrap_or(0)
