@@ -376,6 +376,26 @@ async fn a_server_that_speaks_2026_07_28_itself_gets_modern_requests_as_they_are
     assert!(pid.parse::<u32>().is_ok(), "{pid}");
 }
 
+/// A handshake-era server that ignores methods it does not know never answers the era probe: its silence
+/// is kept as "handshake era", so the first modern request waits for the probe once and the next ones do
+/// not probe again (one probe line in the log), all answered through catwalk's translation.
+#[tokio::test]
+async fn a_server_silent_on_server_discover_is_learnt_once_as_handshake_era() {
+    let fixture = gateway_support::fixture();
+    let b = Bridge::start_raw(
+        &["--warm", "0", "--env", "FIXTURE_IGNORE_UNKNOWN=1", "--", "python3", "-u", &fixture],
+        &[],
+    );
+    let c = client();
+    for id in 1..=3 {
+        assert_eq!(tool_text(&c, &b.url, None, id, "echo", json!({"text": "hi"})).await, "hi");
+    }
+    assert!(b.wait_stderr("did not answer server/discover within 10 s"), "{}", b.stderr_text());
+    assert!(b.wait_stderr("the server speaks only the handshake era"), "{}", b.stderr_text());
+    let probes = b.stderr_text().matches("to ask server/discover").count();
+    assert_eq!(probes, 1, "one probe per release:\n{}", b.stderr_text());
+}
+
 /// One call that asks for input twice, answered by the Python SDK 2.x client's own handlers: in front of the
 /// handshake-era fixture (`sample_twice`: two sampling requests, the second sent once the first is answered)
 /// in every mode — a 2026-07-28 client gets two `input_required` rounds from catwalk's bridge, a 2025 client

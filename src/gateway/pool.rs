@@ -720,9 +720,8 @@ const STATE_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 /// Which era `app`'s current release speaks: known after one probe per release (a throwaway process,
 /// `server_era.rs`); until then the callers wait for the probe, started by whichever asks first (or in
-/// the background by [`learn_era`] when the release's spares are filled). A probe that could not decide
-/// (the server did not start or answer in time) is not kept: this request is served as handshake-era and
-/// the next one asks again.
+/// the background by [`learn_era`] when the release's spares are filled). A probe that could not ask (the
+/// server did not start) is not kept: this request is served as handshake-era and the next one asks again.
 pub async fn era(gw: &Gateway, app: &str, route: &AppRoute) -> ServerEra {
     let Backend::Stdio { argv, env, cwd } = &route.backend else { return ServerEra::Handshake };
     let cell = gw.pool.era_cell(app, &route.backend);

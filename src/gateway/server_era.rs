@@ -36,9 +36,9 @@ pub enum ServerEra {
     Modern,
 }
 
-/// The longest a probe waits for the server's answer. A server that takes longer to start is treated as
-/// handshake-era for this request and asked again by the next one (the answer is not kept).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest a probe waits for the server's answer; silence is a handshake-era server's (many ignore a
+/// method they do not know), and is kept like any answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The probe's request: the smallest valid 2026-07-28 request.
 fn discover_request() -> Bytes {
@@ -87,8 +87,8 @@ impl ChildEvents for FirstAnswer {
     }
 }
 
-/// Starts `cmd` once, asks it `server/discover`, stops it. `Err` when the question could not be put or
-/// answered in time (not an answer about the server: the caller does not keep it).
+/// Starts `cmd` once, asks it `server/discover`, stops it. `Err` when the question could not be put (the
+/// process did not start: not an answer about the server, the caller does not keep it).
 pub async fn probe(
     cmd: stdio::Command<'_>,
     logs: Arc<AppLogs>,
@@ -117,12 +117,20 @@ pub async fn probe(
         // Exiting on a request before `initialize` (rmcp does) is the answer of a handshake-era server.
         Ok(Ok(Err(_exited))) => ServerEra::Handshake,
         Ok(Err(_)) => return Err("the probe process went away unheard".into()),
+        // A started server that stays silent ignores methods it does not know: a handshake-era server
+        // (kept, or every modern request would wait for a probe again). A slow dual-era server classed so
+        // is still served, translated: it accepts `initialize` too.
         Err(_) => {
-            return Err(format!(
-                "process {} did not answer server/discover within {} s",
-                proc.pid,
-                PROBE_TIMEOUT.as_secs()
-            ));
+            logs.push(
+                &app,
+                LogKind::Event,
+                &format!(
+                    "process {} did not answer server/discover within {} s",
+                    proc.pid,
+                    PROBE_TIMEOUT.as_secs()
+                ),
+            );
+            ServerEra::Handshake
         }
     };
     logs.push(
