@@ -43,7 +43,7 @@ const MAY_ASK_FOR_INPUT: &[&str] = &["tools/call", "prompts/get", "resources/rea
 /// for log messages, or it may be asked for input and its client declared it can answer), else shared.
 pub fn mode_for(msg: &Value) -> Mode {
     let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
-    let wants_logs = meta_of(msg, META_LOG_LEVEL).is_some();
+    let wants_logs = wants_logs(msg);
     let caps = meta_of(msg, META_CAPABILITIES);
     let can_answer =
         ["elicitation", "sampling", "roots"].iter().any(|c| caps.and_then(|m| m.get(*c)).is_some());
@@ -52,6 +52,12 @@ pub fn mode_for(msg: &Value) -> Mode {
     } else {
         Mode::Shared
     }
+}
+
+/// Did the request ask for log messages (`io.modelcontextprotocol/logLevel`)? They are not tagged with the
+/// request they belong to, so such a request has its child alone, whatever era the server speaks.
+pub fn wants_logs(msg: &Value) -> bool {
+    meta_of(msg, META_LOG_LEVEL).is_some()
 }
 
 /// Server→client requests of the handshake era that 2026-07-28 carries as input requests, and the client
@@ -130,8 +136,9 @@ fn modern_result_fast(line: &[u8], id: &Value, method: &str, scope: &str) -> Opt
 
 /// A child's final response as a modern one: the client's id, `resultType`, caching hints on the
 /// cacheable results (`private` wins over what the server said when the request came with a credential),
-/// and the 2026-07-28 code for "resource not found" (a modern server's answer passes unchanged otherwise). Returns the bytes, whether the
-/// error was "method not found" (HTTP 404 on the JSON path), and whether it is an error at all.
+/// and the 2026-07-28 code for "resource not found" (a modern server's answer passes unchanged otherwise).
+/// Returns the bytes, whether the error was "method not found" (HTTP 404 on the JSON path), and whether it
+/// is an error at all.
 fn modern_response(
     line: &[u8],
     id: &Value,
@@ -232,17 +239,13 @@ pub struct Exchange {
     /// The gateway's id of the request at the child.
     n: u64,
     done: bool,
-    /// The id of the client request currently waiting (the first call, then each retry).
-    pub client_id: Value,
+    /// What the client request currently waiting asked for (the first call, then each retry).
+    asked: Asked,
     method: String,
     uri: Option<String>,
     scope: &'static str,
-    /// The progress token the child was given (the first call's), and the current client request's.
+    /// The progress token the child was given (the first call's; the current request's is `asked`'s).
     child_progress: Option<Value>,
-    client_progress: Option<Value>,
-    min_level: Option<usize>,
-    /// What the current client request declared it can do (`io.modelcontextprotocol/clientCapabilities`).
-    capabilities: Value,
     /// Digest of the call (method and params without `_meta`, `inputResponses`, `requestState`): a retry
     /// must be the same call.
     pub digest: [u8; 32],
@@ -275,26 +278,27 @@ fn meta_of<'a>(msg: &'a Value, key: &str) -> Option<&'a Value> {
 }
 
 /// What the client request an exchange currently answers asked for.
-#[derive(Default)]
 struct Asked {
     client_id: Value,
     client_progress: Option<Value>,
     min_level: Option<usize>,
-    /// Only kept for an exchange that can be asked for input (an exclusive one): the others never
-    /// see a server→client request.
+    /// What the request declared it can do (`io.modelcontextprotocol/clientCapabilities`). Only kept for an
+    /// exchange that can be asked for input (an exclusive one): the others never see a server→client request.
     capabilities: Value,
 }
 
 impl Asked {
-    fn adopt(&mut self, msg: &Value, exclusive: bool) {
-        self.client_id = msg.get("id").cloned().unwrap_or(Value::Null);
-        self.client_progress = meta_of(msg, "progressToken").cloned();
-        self.min_level = meta_of(msg, META_LOG_LEVEL).and_then(Value::as_str).and_then(level_rank);
-        self.capabilities = if exclusive {
-            meta_of(msg, META_CAPABILITIES).cloned().unwrap_or_else(|| json!({}))
-        } else {
-            Value::Null
-        };
+    fn of(msg: &Value, exclusive: bool) -> Asked {
+        Asked {
+            client_id: msg.get("id").cloned().unwrap_or(Value::Null),
+            client_progress: meta_of(msg, "progressToken").cloned(),
+            min_level: meta_of(msg, META_LOG_LEVEL).and_then(Value::as_str).and_then(level_rank),
+            capabilities: if exclusive {
+                meta_of(msg, META_CAPABILITIES).cloned().unwrap_or_else(|| json!({}))
+            } else {
+                Value::Null
+            },
+        }
     }
 }
 
@@ -315,8 +319,7 @@ impl Exchange {
         let with_progress = meta_of(&msg, "progressToken").is_some();
         // Only an exclusive exchange can be parked (and resumed by a digest-bound retry).
         let digest = if exclusive { call_digest(&msg) } else { [0; 32] };
-        let mut asked = Asked::default();
-        asked.adopt(&msg, exclusive);
+        let asked = Asked::of(&msg, exclusive);
         // The request moves to the child (no copy of it is kept: only what the exchange needs, above).
         let (n, rx) = lease.request(to_child(msg))?;
         let ex = Exchange {
@@ -325,14 +328,11 @@ impl Exchange {
             backlog: VecDeque::new(),
             n,
             done: false,
-            client_id: asked.client_id,
+            asked,
             method,
             uri,
             scope,
             child_progress: with_progress.then(|| json!(child_progress_token(n))),
-            client_progress: asked.client_progress,
-            min_level: asked.min_level,
-            capabilities: asked.capabilities,
             digest,
             pending: BTreeMap::new(),
             rounds: 0,
@@ -341,21 +341,17 @@ impl Exchange {
         Some(ex)
     }
 
-    /// Makes `msg` (a retry) the client request this exchange answers.
-    fn adopt(&mut self, msg: &Value) {
-        let mut asked = Asked::default();
-        asked.adopt(msg, true);
-        self.client_id = asked.client_id;
-        self.client_progress = asked.client_progress;
-        self.min_level = asked.min_level;
-        self.capabilities = asked.capabilities;
+    /// The id of the client request currently waiting (the first call, then each retry).
+    pub fn client_id(&self) -> &Value {
+        &self.asked.client_id
     }
 
     /// Resumes a parked exchange with the client's retry: each pending input request answered in
     /// `inputResponses` goes to the child (keys it does not know are ignored). Returns the input requests
     /// still unanswered, to be asked again.
     pub fn resume(&mut self, retry: &Value) -> Map<String, Value> {
-        self.adopt(retry);
+        // Only an exclusive exchange is parked and resumed.
+        self.asked = Asked::of(retry, true);
         let responses =
             params_of(retry, "inputResponses").and_then(Value::as_object).cloned().unwrap_or_default();
         let mut still = Map::new();
@@ -411,7 +407,7 @@ impl Exchange {
                     }
                     let (body, not_found, error) = modern_response(
                         &line,
-                        &self.client_id,
+                        &self.asked.client_id,
                         &self.method,
                         self.scope,
                         self.uri.as_deref(),
@@ -477,7 +473,7 @@ impl Exchange {
             );
             return self.reply(&child_id, json!({"error": {"code": -32601, "message": why}}));
         }
-        let declared = input_capability(method).is_some_and(|cap| self.capabilities.get(cap).is_some());
+        let declared = input_capability(method).is_some_and(|cap| self.asked.capabilities.get(cap).is_some());
         if !declared || !MAY_ASK_FOR_INPUT.contains(&self.method.as_str()) {
             let why = match input_capability(method) {
                 Some(cap) if MAY_ASK_FOR_INPUT.contains(&self.method.as_str()) => format!(
@@ -500,15 +496,16 @@ impl Exchange {
 
     /// A notification of the child as the client should see it, if the client should see it.
     fn note(&self, line: &[u8], c: &Classified) -> Option<Bytes> {
-        if !request_note_wanted(line, c.method.as_deref(), self.child_progress.as_ref(), self.min_level) {
+        if !request_note_wanted(line, c.method.as_deref(), self.child_progress.as_ref(), self.asked.min_level)
+        {
             return None;
         }
         if c.method.as_deref() == Some("notifications/progress")
-            && self.client_progress != self.child_progress
+            && self.asked.client_progress != self.child_progress
         {
             // A retry may use another progress token than the call the child is working on.
             let mut v: Value = serde_json::from_slice(line).ok()?;
-            v["params"]["progressToken"] = self.client_progress.clone()?;
+            v["params"]["progressToken"] = self.asked.client_progress.clone()?;
             return Some(Bytes::from(serde_json::to_vec(&v).ok()?));
         }
         Some(Bytes::copy_from_slice(line))

@@ -11,13 +11,13 @@
 //! - `subscriptions/listen` holds a child of its own for as long as the stream is open and forwards the
 //!   change notifications the client asked for, tagged with the subscription id;
 //! - anything else goes to an initialized child lent by the warm pool (`pool.rs`) under a gateway id,
-//!   and comes back with the client's id, `resultType` and caching hints.
+//!   and comes back with the client's id, `resultType` and caching hints. Progress (and log messages at
+//!   the requested `io.modelcontextprotocol/logLevel`) ride the request's own SSE stream; closing that
+//!   stream cancels the request at the child.
 //!
 //! That is for the handshake-era servers most apps run. A server that speaks 2026-07-28 itself (asked
 //! once per release, `server_era.rs`) gets every modern request as it is (`passthrough.rs`) after the
-//! same checks. Progress (and log messages at
-//!   the requested `io.modelcontextprotocol/logLevel`) ride the request's own SSE stream; closing that
-//!   stream cancels the request at the child.
+//! same checks.
 //!
 //! Tokens, Origin and Host checks and rate limits ran before this module is reached (`http.rs`), the
 //! same for both eras; each modern request gets one audit record.
@@ -48,7 +48,7 @@ pub const MODERN_VERSION: &str = "2026-07-28";
 pub const SUPPORTED_VERSIONS: &[&str] =
     &["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
-const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub(super) const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub(super) const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 pub(super) const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
@@ -571,7 +571,7 @@ pub(super) async fn drive(
             record.done(status.as_u16(), error);
             p::json(status, body)
         }
-        Step::Gone(why) => record.fail(bad_gateway(&ex.client_id.clone(), &format!("Bad Gateway: {why}"))),
+        Step::Gone(why) => record.fail(bad_gateway(ex.client_id(), &format!("Bad Gateway: {why}"))),
         Step::InputRequired(asked) => {
             record.done(200, false);
             p::json(StatusCode::OK, park_for_input(gw, ex, asked, app, context))
@@ -609,8 +609,7 @@ async fn pump(
             }
             Step::Final { body, error, .. } => (body, error),
             Step::Gone(why) => {
-                let body =
-                    json!({"jsonrpc": "2.0", "id": ex.client_id, "error": {"code": -32603, "message": why}});
+                let body = json!({"jsonrpc": "2.0", "id": ex.client_id(), "error": {"code": -32603, "message": why}});
                 (Bytes::from(serde_json::to_vec(&body).unwrap_or_default()), true)
             }
             Step::InputRequired(asked) => (park_for_input(&gw, ex, asked, &app, &context), false),
@@ -622,7 +621,7 @@ async fn pump(
 
 /// Parks the exchange and returns the `input_required` answer that carries its sealed `requestState`.
 fn park_for_input(gw: &Gateway, ex: Exchange, asked: Map<String, Value>, app: &str, context: &str) -> Bytes {
-    let id = ex.client_id.clone();
+    let id = ex.client_id().clone();
     let state = gw.parking.park(ex, app, context, gw.cfg.input_timeout);
     let body = json!({"jsonrpc": "2.0", "id": id, "result": {
         "resultType": "input_required",

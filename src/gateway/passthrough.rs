@@ -24,8 +24,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::exchange::Exchange;
-use super::modern::{META_LOG_LEVEL, Record, bad_gateway, drive, lease_refusal};
+use super::exchange::{self, Exchange, params_of};
+use super::modern::{Record, bad_gateway, drive, lease_refusal};
 use super::pool::{self, ChildMsg, Lease, Mode};
 use super::protocol::{self as p, Resp};
 use super::server_era::ServerEra;
@@ -56,11 +56,9 @@ pub(super) async fn post(
     scope: &'static str,
     record: Record,
 ) -> Resp {
-    // Log messages are not tagged with the request they belong to: a request that asked for them has its
-    // child alone. Everything else (input_required included) rides the request's own answer.
-    let wants_logs = msg.pointer("/params/_meta").and_then(|m| m.get(META_LOG_LEVEL)).is_some();
-    let mode = if wants_logs { Mode::Exclusive } else { Mode::Shared };
-    let lent = match msg.pointer("/params/requestState").and_then(Value::as_str) {
+    // Alone only for log messages: everything else (input_required included) rides the request's own answer.
+    let mode = if exchange::wants_logs(&msg) { Mode::Exclusive } else { Mode::Shared };
+    let lent = match params_of(&msg, "requestState").and_then(Value::as_str) {
         Some(state) => pool::lease_resuming(gw, app, route, context, mode, state).await,
         None => pool::lease(gw, app, route, context, mode).await,
     };

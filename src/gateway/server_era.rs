@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 
 use super::applog::{AppLogs, LogKind};
 use super::jsonrpc::{self, Classified, Kind};
+use super::modern::{META_CAPABILITIES, META_VERSION, MODERN_VERSION};
 use super::stdio::{self, ChildEvents};
 
 /// What a release's stdio server speaks.
@@ -46,10 +47,7 @@ fn discover_request() -> Bytes {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "server/discover",
-        "params": {"_meta": {
-            "io.modelcontextprotocol/protocolVersion": super::modern::MODERN_VERSION,
-            "io.modelcontextprotocol/clientCapabilities": {},
-        }},
+        "params": {"_meta": {META_VERSION: MODERN_VERSION, META_CAPABILITIES: {}}},
     });
     jsonrpc::to_line(&serde_json::to_vec(&msg).unwrap_or_default())
 }
@@ -61,7 +59,7 @@ pub fn era_of_answer(answer: &Value) -> ServerEra {
     let offers_modern = answer
         .pointer("/result/supportedVersions")
         .and_then(Value::as_array)
-        .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(super::modern::MODERN_VERSION)));
+        .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(MODERN_VERSION)));
     if offers_modern { ServerEra::Modern } else { ServerEra::Handshake }
 }
 
