@@ -245,18 +245,9 @@ fn input_required_scenarios(url: &str, token: Option<&str>) {
 fn the_suites_input_required_scenarios_pass_through_catwalk_as_they_do_directly() {
     let python = deps::deps_dir().join("venv-mcp2/bin/python");
     let fixture = deps::repo_root().join("tests/fixtures/conformance_modern_server.py");
-    let port = deps::free_port();
-    let mut direct = Command::new(&python);
-    direct
-        .arg(&fixture)
-        .args(["--http", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _server = deps::ChildGuard::spawn("conformance_modern_server.py --http", &mut direct);
-    let up =
-        wait_until(Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    assert!(up, "the fixture did not listen on {port}");
-    input_required_scenarios(&format!("http://127.0.0.1:{port}/mcp"), None);
+    let (_server, direct) =
+        deps::python_mcp2_http_fixture("conformance_modern_server.py", &["--http", "{port}"]);
+    input_required_scenarios(&direct, None);
 
     let d = daemon::Daemon::start_with_config(&format!(
         "[apps.modern]\ncommand = [{:?}, {:?}]\n",

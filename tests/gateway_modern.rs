@@ -108,17 +108,7 @@ fn sdk_2_clients_in_every_mode_through_the_daemon_fronting_the_dual_era_mcp_serv
 #[test]
 fn sdk_2_clients_in_every_mode_through_the_bridge_fronting_a_dual_era_http_server() {
     // An HTTP upstream gets modern requests as they are (with the Mcp-Method/Mcp-Name headers it must check).
-    let port = deps::free_port();
-    let mut cmd = Command::new(deps::deps_dir().join("venv-mcp2/bin/python"));
-    cmd.arg(deps::repo_root().join("tests/fixtures/modern_http_server.py"))
-        .arg(port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _server = deps::ChildGuard::spawn("modern_http_server.py", &mut cmd);
-    let up =
-        wait_until(Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    assert!(up, "the SDK 2.x HTTP server did not listen on {port}");
-    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let (_server, upstream) = deps::python_mcp2_http_fixture("modern_http_server.py", &["{port}"]);
     let b = Bridge::start_raw(&["--upstream", &upstream], &[]);
     every_mode(&b.url, None, "era,basic,parallel,listen", "era,basic,parallel");
 }

@@ -257,24 +257,36 @@ fn everything_argv() -> Vec<String> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rmcp_client_through_the_bridge() {
+/// `catwalk bridge` in front of server-everything (stdio): its guard and its URL.
+fn bridge_in_front_of_everything() -> (ChildGuard, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_catwalk"));
     cmd.args(["bridge", "--listen", "127.0.0.1:0", "--"]).args(everything_argv());
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut bridge = ChildGuard::spawn("catwalk bridge", &mut cmd);
     let url = bridge.wait_listening(Duration::from_secs(30));
-    scenarios(&url, None).await;
+    (bridge, url)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rmcp_client_through_the_daemon_with_a_token() {
+/// A daemon serving server-everything as app `everything`: the daemon, the app's URL and a token for it.
+fn daemon_in_front_of_everything() -> (daemon::Daemon, String, String) {
     let argv = everything_argv().iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
     let d = daemon::Daemon::start_with_config(&format!("[apps.everything]\ncommand = [{argv}]\n"));
     let out = daemon::ok(&d.ssh(&d.admin, "tokens create everything --json", ""));
     let token: Value = serde_json::from_str(&out).unwrap();
     let url = format!("http://{}/mcp/everything", d.http_addr);
-    scenarios(&url, token["token"].as_str()).await;
+    (d, url, token["token"].as_str().expect("a token").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_client_through_the_bridge() {
+    let (_bridge, url) = bridge_in_front_of_everything();
+    scenarios(&url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_client_through_the_daemon_with_a_token() {
+    let (_d, url, token) = daemon_in_front_of_everything();
+    scenarios(&url, Some(&token)).await;
     // And without the token the rmcp client is refused before anything runs.
     let cfg = StreamableHttpClientTransportConfig::with_uri(url.clone());
     let refused =
@@ -316,11 +328,7 @@ fn pinned() -> ClientLifecycleMode {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rmcp_modern_client_pinned_and_automatic_through_the_bridge() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_catwalk"));
-    cmd.args(["bridge", "--listen", "127.0.0.1:0", "--"]).args(everything_argv());
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut bridge = ChildGuard::spawn("catwalk bridge", &mut cmd);
-    let url = bridge.wait_listening(Duration::from_secs(30));
+    let (_bridge, url) = bridge_in_front_of_everything();
     modern_scenarios(&url, None, pinned()).await;
     let auto = ClientLifecycleMode::Auto {
         preferred_versions: vec![ProtocolVersion::V_2026_07_28],
@@ -331,10 +339,6 @@ async fn rmcp_modern_client_pinned_and_automatic_through_the_bridge() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rmcp_modern_client_through_the_daemon_with_a_token() {
-    let argv = everything_argv().iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
-    let d = daemon::Daemon::start_with_config(&format!("[apps.everything]\ncommand = [{argv}]\n"));
-    let out = daemon::ok(&d.ssh(&d.admin, "tokens create everything --json", ""));
-    let token: Value = serde_json::from_str(&out).unwrap();
-    let url = format!("http://{}/mcp/everything", d.http_addr);
-    modern_scenarios(&url, token["token"].as_str(), pinned()).await;
+    let (_d, url, token) = daemon_in_front_of_everything();
+    modern_scenarios(&url, Some(&token), pinned()).await;
 }

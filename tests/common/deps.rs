@@ -135,6 +135,24 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr of a bound listener").port()
 }
 
+/// A Streamable HTTP fixture on the Python SDK 2.x (`tests/fixtures/SCRIPT` with `args`, where `{port}` is a
+/// free loopback port), running and listening: its guard and its `/mcp` URL.
+pub fn python_mcp2_http_fixture(script: &str, args: &[&str]) -> (ChildGuard, String) {
+    let port = free_port();
+    let mut cmd = Command::new(deps_dir().join("venv-mcp2/bin/python"));
+    cmd.arg(repo_root().join("tests/fixtures").join(script))
+        .args(args.iter().map(|a| a.replace("{port}", &port.to_string())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = ChildGuard::spawn(script, &mut cmd);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{script} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, format!("http://127.0.0.1:{port}/mcp"))
+}
+
 /// A child process (in its own process group) that is killed, with its whole group, when dropped.
 pub struct ChildGuard {
     child: Child,
