@@ -418,7 +418,6 @@ impl Lease {
         Some((n, rx))
     }
 
-    /// Sends the child a message as it is (an answer to one of its requests).
     /// Asks the child one request of the gateway's own (`initialize`, `tools/list`) and returns its
     /// answer; whatever the child asks meanwhile gets an error, its notifications are dropped.
     pub async fn ask(&self, request: Value, timeout: Duration) -> Result<Value, String> {
@@ -443,6 +442,7 @@ impl Lease {
         serde_json::from_slice(&answer).map_err(|e| format!("bad {method} answer: {e}"))
     }
 
+    /// Sends the child a message as it is (an answer to one of its requests).
     pub fn send_raw(&self, msg: &Value) -> bool {
         let line = serde_json::to_vec(msg).unwrap_or_default();
         self.child.proc().is_some_and(|p| p.send(jsonrpc::to_line(&line)))
