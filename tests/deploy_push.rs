@@ -616,3 +616,32 @@ async fn an_unprivileged_daemon_deploys_and_serves() {
     let token = d.token("plain");
     assert_serves(&d, "plain", &token, "as an ordinary user").await;
 }
+
+/// Stopping a sandboxed server asks it first: SIGTERM reaches the server itself (the sandbox's supervisor
+/// ignores it only for itself), so it may exit cleanly and a stop does not wait out the grace period for a
+/// SIGKILL. (An ignored signal stays ignored across exec: once every sandboxed server inherited it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_server_hears_sigterm_not_only_sigkill() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "term");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("term")]);
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    // A session's process and a warm spare, both stopped by a restart.
+    let mut session = Mcp::new(&d.endpoint("term"), Some(&d.token("term")));
+    assert_eq!(session.initialize().await.status, 200);
+    ok(&d.ssh(&d.admin, "restart term", ""));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stopped = loop {
+        let logs = ok(&d.ssh(&d.admin, "logs term -n 500", ""));
+        let stopped: Vec<String> =
+            logs.lines().filter(|l| l.contains(" stopped (")).map(str::to_string).collect();
+        if stopped.len() >= 2 {
+            break stopped;
+        }
+        assert!(Instant::now() < deadline, "the restart's processes never stopped:\n{logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for line in &stopped {
+        assert!(!line.contains("SIGKILL"), "a server needed SIGKILL to stop: {line}\n{stopped:?}");
+    }
+}

@@ -176,9 +176,14 @@ async fn run(args: NetArgs) -> Result<ExitStatus, String> {
     bwrap.args(rest);
     let sync = args.slirp.is_some();
     let (info_fd, ready_fd, go_fd) = (info_write.as_raw_fd(), ready_write.as_raw_fd(), go_read.as_raw_fd());
-    // SAFETY: fcntl/dup2 on fds we own, async-signal-safe, no allocation.
+    // SAFETY: signal/fcntl/dup2 on fds we own, async-signal-safe, no allocation.
     unsafe {
         bwrap.pre_exec(move || {
+            // This supervisor ignores the stop signal (see `supervise`), and an ignored signal stays ignored
+            // across exec: the server must get it back, or it never hears SIGTERM and every stop waits
+            // out the grace period for a SIGKILL.
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
             if libc::fcntl(info_fd, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
