@@ -638,3 +638,163 @@ async fn a_pooled_child_never_serves_two_tokens() {
     let r = modern(&c, &url, Some(&alice), &modern_msg(4, "tools/list", json!({})), &[]).await;
     assert_eq!(r.json::<Value>().await.unwrap()["result"]["cacheScope"], "private");
 }
+
+/// A push proves a stdio release with 2026-07-28 requests and hands the process it proved to the daemon's
+/// gateway: the first modern client after the push is answered by that process (no start-up, no second
+/// `initialize`), the release's era is known from the gate (one probe per push, none by the live gateway),
+/// and after a restart the release record says it, so no probe runs at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_process_a_push_proved_answers_the_first_2026_07_28_client() {
+    let mut d = daemon::Daemon::start();
+    let wt = daemon::WorkTree::new(d.tmp.path(), "proved");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("proved")]);
+    let out = wt.push(&d, &d.admin, &["catwalk", "main"]);
+    assert!(out.status.success(), "{}", daemon::stderr(&out));
+    let logs = |d: &daemon::Daemon| daemon::ok(&d.ssh(&d.admin, "logs proved -n 500", ""));
+    let probes = |text: &str| text.matches("to ask server/discover").count();
+    let log = logs(&d);
+    let proved: u32 = log
+        .lines()
+        .find_map(|l| {
+            l.split("process ")
+                .nth(1)?
+                .strip_suffix(" passed the health gate and waits for a 2026-07-28 client")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("the push handed no process over:\n{log}"));
+    assert_eq!(probes(&log), 1, "{log}");
+    // Known as soon as the push is done, without a request.
+    let translated = "2026-07-28: translated by catwalk (the server speaks only the handshake era)";
+    let info = daemon::ok(&d.ssh(&d.admin, "info proved", ""));
+    assert!(info.contains(translated), "{info}");
+
+    let (c, url, token) = (client(), d.endpoint("proved"), d.token("proved"));
+    let started = |text: &str| text.matches("started process").count();
+    let before = started(&log);
+    // The process that answers already served the gate's requests, initialized once (the sandbox's pid
+    // namespace hides host pids from the server: what it saw identifies it).
+    let seen: Vec<String> =
+        serde_json::from_str(&tool_text(&c, &url, Some(&token), 1, "history", json!({})).await).unwrap();
+    assert_eq!(seen.iter().filter(|m| *m == "initialize").count(), 1, "{seen:?}");
+    assert!(seen.contains(&"tools/list".to_string()), "not the process the gate asked: {seen:?}");
+    let log = logs(&d);
+    assert!(
+        log.contains(&format!(
+            "process {proved} joined the 2026-07-28 pool (proven by the push's health gate)"
+        )),
+        "{log}"
+    );
+    assert_eq!(started(&log), before, "a process was started for the first request:\n{log}");
+    assert_eq!(probes(&log), 1, "the live gateway probed the era again:\n{log}");
+    // A second context gets a process of its own (the proven one serves one token only): a warm spare,
+    // initialized by catwalk for it.
+    let other = d.token("proved");
+    let history = |v: String| serde_json::from_str::<Vec<String>>(&v).unwrap();
+    let second = history(tool_text(&c, &url, Some(&other), 1, "history", json!({})).await);
+    assert_eq!(second, ["initialize"], "two tokens shared the proven process");
+
+    // After a restart the release record says which era the server speaks: nothing probes it.
+    d.kill9_and_restart();
+    let url = d.endpoint("proved");
+    let again = history(tool_text(&c, &url, Some(&token), 2, "history", json!({})).await);
+    assert_eq!(again.first().map(String::as_str), Some("initialize"), "{again:?}");
+    let log = logs(&d);
+    assert_eq!(probes(&log), 0, "a restart probed the era although the release record says it:\n{log}");
+    let info = daemon::ok(&d.ssh(&d.admin, "info proved", ""));
+    assert!(info.contains(translated), "{info}");
+}
+
+/// A server that speaks MCP 2026-07-28 only (the fixture behind a relay that refuses `initialize`).
+fn modern_only_argv() -> Vec<String> {
+    let mut argv = vec!["env".to_string(), "FIXTURE_MODERN_ONLY=1".to_string()];
+    argv.extend(modern_fixture_argv());
+    argv
+}
+
+/// The official TypeScript SDK 1.x client (2025 sessions only) runs `scenarios`.
+fn ts_1x_client(url: &str, token: Option<&str>, scenarios: &str) -> Value {
+    let mut cmd = Command::new(deps::node22());
+    cmd.arg(deps::ts_client())
+        .args(["--url", url, "--scenario", scenarios])
+        .env("CATWALK_TEST_DEPS", deps::deps_dir());
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    summary("ts 1.x", &mut cmd)
+}
+
+/// A server that speaks 2026-07-28 only still serves the 2025 clients in use today: catwalk keeps the
+/// session and speaks 2026-07-28 to the server. Its `input_required` rounds reach a TS SDK 1.x client as
+/// real elicitation requests on the call's stream, and the answers come back as the retry (two rounds).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2025_client_reaches_a_server_that_speaks_2026_07_28_only_through_the_bridge() {
+    let argv = modern_only_argv();
+    let b = bridge_in_front_of(&argv, &[]);
+    // Learnt in the background when the bridge starts (it has a warm spare).
+    assert!(b.wait_stderr("the server speaks MCP 2026-07-28 only"), "{}", b.stderr_text());
+    let v = ts_1x_client(&b.url, None, "greet");
+    assert_eq!(v["scenarios"]["greet"]["detail"]["asked"].as_array().map(Vec::len), Some(2), "{v}");
+    // 2026-07-28 clients on the same URL are passed through as before.
+    let pid = tool_text(&client(), &b.url, None, 1, "pid", json!({})).await;
+    assert!(pid.parse::<u32>().is_ok(), "{pid}");
+}
+
+/// The same through the daemon's `/mcp/APP` with a token, and `info` says sessions are translated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2025_session_is_translated_for_a_server_that_speaks_2026_07_28_only_through_the_daemon() {
+    let argv: Vec<String> = modern_only_argv().iter().map(|a| format!("{a:?}")).collect();
+    let d = daemon::Daemon::start_with_config(&format!("[apps.only]\ncommand = [{}]\n", argv.join(", ")));
+    let token = d.token("only");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let info = loop {
+        let info = daemon::ok(&d.ssh(&d.admin, "info only", ""));
+        if info.contains("2025:       sessions translated by catwalk") {
+            break info;
+        }
+        assert!(std::time::Instant::now() < deadline, "the app's eras were never learnt:\n{info}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let json: Value = serde_json::from_str(&daemon::ok(&d.ssh(&d.admin, "info only --json", ""))).unwrap();
+    assert_eq!(json["mcp_2026_07_28"], "passed as they are (the server speaks 2026-07-28 itself)", "{info}");
+    let url = d.endpoint("only");
+    let v = ts_1x_client(&url, Some(&token), "greet");
+    assert!(
+        v["scenarios"]["greet"]["detail"]["result"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("catwalk, catwalk-test")),
+        "{v}"
+    );
+    // The raw wire: initialize is answered from server/discover, ping by catwalk, errors keep their codes.
+    let c = client();
+    let post = |body: Value, sid: Option<String>| {
+        let mut r = c
+            .post(&url)
+            .bearer_auth(&token)
+            .header("accept", gateway_support::ACCEPT_BOTH)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(s) = sid {
+            r = r.header("mcp-session-id", s).header("mcp-protocol-version", "2025-06-18");
+        }
+        r.send()
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let r = post(init, None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["protocolVersion"], "2025-06-18", "{v}");
+    assert_eq!(v["result"]["serverInfo"]["name"], "modern-stdio-fixture", "{v}");
+    assert_eq!(v["result"]["capabilities"]["tools"], json!({}), "listChanged is not translated: {v}");
+    let r = post(json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}), Some(sid.clone())).await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["result"], json!({}));
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "pid", "arguments": {}}});
+    let v: Value = post(call, Some(sid.clone())).await.unwrap().json().await.unwrap();
+    assert!(v["result"]["content"][0]["text"].as_str().is_some_and(|t| t.parse::<u32>().is_ok()), "{v}");
+    assert!(v["result"].get("resultType").is_none(), "2026-07-28 result fields reached a 2025 client: {v}");
+    let nope = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "nope", "arguments": {}}});
+    let v: Value = post(nope, Some(sid)).await.unwrap().json().await.unwrap();
+    assert!(v["error"]["code"].is_i64() || v["result"]["isError"] == true, "{v}");
+}

@@ -140,6 +140,8 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     value["server"] = server.clone().unwrap_or(serde_json::Value::Null);
     let modern = ctx.platform.gateway.modern_path(&record.name);
     value["mcp_2026_07_28"] = json!(modern);
+    let sessions = ctx.platform.gateway.session_translation(&record.name);
+    value["mcp_2025_sessions"] = json!(sessions);
     let (grants, grant_lines) = super::oauth::info_lines(ctx, &record.name);
     value["grants"] = grants;
     if json {
@@ -207,6 +209,9 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
             "2026-07-28: {}",
             modern.unwrap_or("not known yet (learnt at the first 2026-07-28 request)")
         ));
+    }
+    if let Some(how) = sessions {
+        line(format!("2025:       sessions {how}"));
     }
     // Grant lines name OAuth clients, whose names the clients registered themselves.
     for text in grant_lines {

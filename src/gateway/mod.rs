@@ -31,6 +31,7 @@ mod shared_child;
 mod spares;
 pub(crate) mod sse;
 mod stdio;
+mod translated_session;
 mod upstream;
 mod wake;
 
@@ -43,7 +44,9 @@ use std::time::Duration;
 
 pub use applog::{AppLogs, LogKind, LogLine};
 pub use auth::{AuthError, AuthMode, EnvTokenAuthenticator, TokenIdentity};
+pub use pool::Primed;
 pub use protocol::GatewayBody;
+pub use server_era::ServerEra;
 /// The bounded line reader of child output, also used for install steps' output.
 pub(crate) use stdio::{Line as BoundedLine, read_line_bounded};
 pub use wake::{Activity, InFlight, Wake, WakeHandle};
@@ -350,11 +353,48 @@ impl Gateway {
                 if route.warm > 0 && !route.shared {
                     // Instant first answers for 2026-07-28 clients too: the release's era is learnt now,
                     // not by its first modern request (after the spares, so none of them is the probe).
-                    pool::learn_era(self, app, &route);
+                    pool::learn_era(self, app, &route, true);
                 }
             }
             None => self.spares.drop_app(app),
         }
+    }
+
+    /// Starts one process of `app`'s release ahead of its first request and learns its era meanwhile, so
+    /// the two start-ups overlap. For the health gate's private gateway, whose route wants no spares.
+    pub fn prestart(self: &Arc<Self>, app: &str) {
+        let Some(route) = self.directory.resolve(app) else { return };
+        if route.shared || !matches!(route.backend, Backend::Stdio { .. }) {
+            return;
+        }
+        let one = AppRoute { warm: 1, ..(*route).clone() };
+        let (max, grace) = (self.cfg.max_sessions_per_app, self.cfg.kill_grace);
+        self.spares.fill(app, &one, 0, max, &self.logs, grace, "started for the health gate");
+        pool::learn_era(self, app, &route, false);
+    }
+
+    /// What a health gate learnt and proved for `app` on this (private) gateway, taken out of it: see
+    /// [`Primed`]. `None` when the gate did not learn the release's era (an HTTP or shared-process app).
+    pub fn export_primed(&self, app: &str) -> Option<Primed> {
+        self.pool.export_primed(app)
+    }
+
+    /// Adopts what the health gate of `app`'s live release left: its era (no probe), and the process it
+    /// proved, which serves the first 2026-07-28 client instead of a new one. Call right after pointing
+    /// the app at the release; a route that cannot use it drops it (its processes stop).
+    pub fn adopt(&self, app: &str, primed: Primed) {
+        let Some(route) = self.directory.resolve(app) else { return };
+        if route.shared || !matches!(route.backend, Backend::Stdio { .. }) {
+            return;
+        }
+        for pid in primed.pids() {
+            self.logs.push(
+                app,
+                LogKind::Event,
+                &format!("process {pid} passed the health gate and waits for a 2026-07-28 client"),
+            );
+        }
+        self.pool.adopt(app, &route.backend, primed, &self.groups);
     }
 
     /// How 2026-07-28 requests reach `app`'s live release, for `info` (`None`: not known yet, or no route).
@@ -373,6 +413,15 @@ impl Gateway {
         }
     }
 
+    /// How 2025 sessions reach `app`'s live release, for `info`, when catwalk translates them (the server
+    /// speaks 2026-07-28 only); `None` when they reach the server as they are, or it is not known yet.
+    pub fn session_translation(&self, app: &str) -> Option<&'static str> {
+        let route = self.directory.resolve(app)?;
+        let modern = self.pool.era_known(app, &route.backend)? == server_era::ServerEra::Modern;
+        (modern && !self.pool.sessions_known(app, &route.backend)?)
+            .then_some("translated by catwalk (the server speaks MCP 2026-07-28 only)")
+    }
+
     /// Warm spares ready for `app` right now.
     pub fn spares_ready(&self, app: &str) -> usize {
         self.spares.ready(app)
@@ -387,6 +436,7 @@ impl Gateway {
             self.cfg.max_sessions_per_app,
             &self.logs,
             self.cfg.kill_grace,
+            "is a warm spare",
         );
     }
 

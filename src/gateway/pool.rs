@@ -65,6 +65,8 @@ pub struct ServerFacts {
     pub capabilities: Value,
     pub server_info: Value,
     pub instructions: Option<Value>,
+    /// The handshake-era revision it answered `initialize` with.
+    pub protocol_version: Option<String>,
 }
 
 /// The `x-mcp-header` annotations of a release's tools (`param_headers.rs`): learnt from its `tools/list` on
@@ -109,6 +111,8 @@ pub struct PooledChild {
     context: Arc<str>,
     generation: u64,
     proc: OnceLock<Arc<ChildProc>>,
+    /// Where the process's output is routed: to this child now, to the daemon's pool after a health gate.
+    events: Arc<OwnEvents>,
     next_id: AtomicU64,
     /// Requests sent to the child and not yet answered, by the gateway's id.
     waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<ChildMsg>>>,
@@ -298,9 +302,67 @@ struct AppPool {
     tool_headers: ToolHeadersSlot,
     /// Which era the release's server speaks, once a probe said (`server_era.rs`).
     era: Arc<tokio::sync::OnceCell<ServerEra>>,
+    /// Whether a server that speaks 2026-07-28 also accepts 2025 sessions (`server_era::probe_initialize`).
+    sessions: Arc<tokio::sync::OnceCell<bool>>,
     /// The child that issued each `requestState` still awaiting its retry (by digest; modern children
     /// only): SDKs seal the state with a key of the process, so the retry must reach that process.
     resumes: HashMap<[u8; 32], (Weak<PooledChild>, Instant)>,
+    /// Processes the push's health gate proved (see [`Primed`]), ready and not yet lent to any context.
+    primed: Vec<PrimedChild>,
+}
+
+/// What a push's health gate leaves for the daemon's pool: the release's era and, for a stdio release,
+/// the process the gate proved — initialized by catwalk (a handshake-era server) or never initialized (a
+/// server that speaks 2026-07-28 itself), either way ready for a modern request and bound to no
+/// authorization context yet (the gate asked only for lists, as nobody). The first context that needs a
+/// child takes it, so a push's process serves instead of being stopped and started again. (A 2025 session
+/// cannot take it: MCP allows one `initialize` per connection; sessions get warm spares.)
+///
+/// Dropped without being adopted (the push failed after its gate), its processes stop.
+pub struct Primed {
+    era: ServerEra,
+    facts: Option<Arc<ServerFacts>>,
+    children: Vec<PrimedChild>,
+}
+
+struct PrimedChild {
+    proc: Arc<ChildProc>,
+    events: Arc<OwnEvents>,
+    /// The next JSON-RPC id to send it: ids are never reused on a connection.
+    next_id: u64,
+    since: Instant,
+}
+
+impl Primed {
+    /// Only what the release speaks (a daemon restart knows it from the release record; no process).
+    pub fn era_only(era: ServerEra) -> Primed {
+        Primed { era, facts: None, children: Vec::new() }
+    }
+
+    pub fn era(&self) -> ServerEra {
+        self.era
+    }
+
+    /// The revision the release's server speaks: 2026-07-28, or what it answered catwalk's `initialize` with.
+    pub fn protocol_version(&self) -> Option<String> {
+        match self.era {
+            ServerEra::Modern => Some(super::modern::MODERN_VERSION.to_string()),
+            ServerEra::Handshake => self.facts.as_ref().and_then(|f| f.protocol_version.clone()),
+        }
+    }
+
+    /// Processes handed over (for the push's output).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.proc.pid).collect()
+    }
+}
+
+impl Drop for Primed {
+    fn drop(&mut self) {
+        for c in self.children.drain(..) {
+            c.proc.stop();
+        }
+    }
 }
 
 impl AppPool {
@@ -336,7 +398,26 @@ impl AppPool {
     }
 
     fn live_total(&self) -> usize {
-        self.live.values().sum()
+        self.live.values().sum::<usize>() + self.primed.len()
+    }
+
+    /// A proven process of the health gate for a new child, if one is still alive.
+    fn take_primed(&mut self) -> Option<PrimedChild> {
+        while let Some(p) = self.primed.pop() {
+            if !p.proc.is_exited() {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn stop_idle(&mut self) {
+        for child in self.idle.drain().flat_map(|(_, v)| v) {
+            child.stop();
+        }
+        for p in self.primed.drain(..) {
+            p.proc.stop();
+        }
     }
 
     /// `child` itself for a request in `mode`, if it has room now (idle, or shared with room).
@@ -524,9 +605,7 @@ impl Pool {
         }
         let entry = apps.get_mut(app).expect("inserted above");
         if entry.backend != *backend {
-            for child in entry.idle.drain().flat_map(|(_, v)| v) {
-                child.stop();
-            }
+            entry.stop_idle();
             *entry = self.fresh(backend);
         }
         entry
@@ -557,7 +636,63 @@ impl Pool {
             facts: None,
             tool_headers: ToolHeadersSlot::default(),
             era: Arc::default(),
+            sessions: Arc::default(),
             resumes: HashMap::new(),
+            primed: Vec::new(),
+        }
+    }
+
+    /// Takes what a health gate's private gateway learnt and proved for `app` (see [`Primed`]): the era,
+    /// the server's facts and its idle children, which leave this pool (and this gateway's process groups
+    /// when the daemon's gateway adopts them). `None` when the era is not known.
+    pub fn export_primed(&self, app: &str) -> Option<Primed> {
+        let mut apps = lock(&self.apps);
+        let entry = apps.get_mut(app)?;
+        let era = *entry.era.get()?;
+        let mut children = Vec::new();
+        for (context, list) in std::mem::take(&mut entry.idle) {
+            for child in list {
+                entry.forget(&context);
+                let Some(proc) = child.proc().filter(|_| !child.is_dead()).cloned() else { continue };
+                proc.leave_groups();
+                // The old owner is done with it; the process keeps running for the next one.
+                child.dead.store(true, Ordering::Release);
+                let next_id = child.next_id.load(Ordering::Acquire);
+                children.push(PrimedChild {
+                    proc,
+                    events: child.events.clone(),
+                    next_id,
+                    since: Instant::now(),
+                });
+            }
+        }
+        Some(Primed { era, facts: entry.facts.clone(), children })
+    }
+
+    /// Stops one process the health gate proved for `app`, if one is waiting: it yields its place to a
+    /// 2025 session at the app's process limit (a session cannot use it). `true` when one was stopped.
+    pub fn yield_primed(&self, app: &str) -> bool {
+        let mut apps = lock(&self.apps);
+        let Some(p) = apps.get_mut(app).and_then(|e| e.primed.pop()) else { return false };
+        drop(apps);
+        p.proc.stop();
+        true
+    }
+
+    /// Adopts what a health gate left for `app`'s release serving `backend` (see [`Primed`]): its era is
+    /// known without a probe, its proven processes wait for the first contexts that need a child, counted
+    /// among this gateway's children from now on.
+    pub fn adopt(&self, app: &str, backend: &Backend, mut primed: Primed, groups: &Arc<stdio::LiveGroups>) {
+        let mut apps = lock(&self.apps);
+        let entry = self.entry_for(&mut apps, app, backend);
+        let _ = entry.era.set(primed.era);
+        if let Some(facts) = primed.facts.take() {
+            entry.facts.get_or_insert(facts);
+        }
+        for mut child in std::mem::take(&mut primed.children) {
+            child.proc.move_to(groups);
+            child.since = Instant::now();
+            entry.primed.push(child);
         }
     }
 
@@ -611,6 +746,17 @@ impl Pool {
         self.entry_for(&mut apps, app, backend).era.clone()
     }
 
+    fn sessions_cell(&self, app: &str, backend: &Backend) -> Arc<tokio::sync::OnceCell<bool>> {
+        let mut apps = lock(&self.apps);
+        self.entry_for(&mut apps, app, backend).sessions.clone()
+    }
+
+    /// Whether `app`'s release serving `backend` takes 2025 sessions itself, if known (never asks).
+    pub fn sessions_known(&self, app: &str, backend: &Backend) -> Option<bool> {
+        let apps = lock(&self.apps);
+        apps.get(app).filter(|e| &e.backend == backend).and_then(|e| e.sessions.get().copied())
+    }
+
     /// The era of `app`'s release serving `backend`, if a probe said (never starts one).
     pub fn era_known(&self, app: &str, backend: &Backend) -> Option<ServerEra> {
         let apps = lock(&self.apps);
@@ -624,25 +770,24 @@ impl Pool {
 
     /// Idle children of `app` right now (for tests and `info`).
     pub fn idle(&self, app: &str) -> usize {
-        lock(&self.apps).get(app).map(|e| e.idle.values().map(Vec::len).sum()).unwrap_or(0)
+        lock(&self.apps)
+            .get(app)
+            .map(|e| e.idle.values().map(Vec::len).sum::<usize>() + e.primed.len())
+            .unwrap_or(0)
     }
 
     /// Stops every child of `app` (redeploy, restart, destroy); lent ones stop when given back.
     pub fn drop_app(&self, app: &str) {
         let entry = lock(&self.apps).remove(app);
-        if let Some(entry) = entry {
-            for child in entry.idle.into_values().flatten() {
-                child.stop();
-            }
+        if let Some(mut entry) = entry {
+            entry.stop_idle();
         }
     }
 
     pub fn drop_all(&self) {
         let all: Vec<AppPool> = lock(&self.apps).drain().map(|(_, v)| v).collect();
-        for entry in all {
-            for child in entry.idle.into_values().flatten() {
-                child.stop();
-            }
+        for mut entry in all {
+            entry.stop_idle();
         }
     }
 
@@ -667,6 +812,13 @@ impl Pool {
                 for context in gone {
                     entry.forget(&context);
                 }
+                entry.primed.retain(|p| {
+                    let keep = !p.proc.is_exited() && p.since.elapsed() < idle;
+                    if !keep {
+                        p.proc.stop();
+                    }
+                    keep
+                });
             }
         }
         for c in stopped {
@@ -744,15 +896,38 @@ pub async fn era(gw: &Gateway, app: &str, route: &AppRoute) -> ServerEra {
 }
 
 /// Starts learning the era of `app`'s release in the background, unless it is known or being learnt, so
-/// that a modern client's first request finds it.
-pub fn learn_era(gw: &Arc<Gateway>, app: &str, route: &AppRoute) {
-    if !matches!(route.backend, Backend::Stdio { .. }) || gw.pool.era_cell(app, &route.backend).initialized()
+/// that a modern client's first request finds it; with `sessions`, for a server that speaks 2026-07-28,
+/// also whether it takes 2025 sessions, so that a 2025 client's first session finds that.
+pub fn learn_era(gw: &Arc<Gateway>, app: &str, route: &AppRoute, sessions: bool) {
+    if !matches!(route.backend, Backend::Stdio { .. })
+        || (gw.pool.era_cell(app, &route.backend).initialized()
+            && (!sessions || gw.pool.sessions_cell(app, &route.backend).initialized()))
     {
         return;
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
     let (gw, app, route) = (gw.clone(), app.to_string(), route.clone());
-    runtime.spawn(async move { era(&gw, &app, &route).await });
+    runtime.spawn(async move {
+        if era(&gw, &app, &route).await == ServerEra::Modern && sessions {
+            takes_sessions(&gw, &app, &route).await;
+        }
+    });
+}
+
+/// Whether `app`'s current release (a server that speaks 2026-07-28) takes 2025 sessions itself: asked
+/// once per release (`server_era::probe_initialize`); until then the callers wait for it. A question that
+/// could not be put (the process did not start) is not kept, and answered "yes" (the session then goes to
+/// the server as it is, and fails there if it must).
+pub async fn takes_sessions(gw: &Gateway, app: &str, route: &AppRoute) -> bool {
+    let Backend::Stdio { argv, env, cwd } = &route.backend else { return true };
+    let cell = gw.pool.sessions_cell(app, &route.backend);
+    let asked = cell
+        .get_or_try_init(|| {
+            let cmd = stdio::Command { groups: &gw.groups, app, argv, env, cwd };
+            server_era::probe_initialize(cmd, gw.logs.clone(), gw.cfg.kill_grace)
+        })
+        .await;
+    asked.copied().unwrap_or(true)
 }
 
 /// Lends a child of `app`'s current release to one exchange of authorization `context`: an idle one of
@@ -774,7 +949,7 @@ pub async fn lease(
     // sending many requests at once would expect, rather than getting 503s.
     let deadline = tokio::time::Instant::now() + POOL_WAIT;
     let lent = |child| Ok(Lease { pool: pool.clone(), app: app.to_string(), child, reusable: true, mode });
-    let (generation, listeners, tool_headers, era) = loop {
+    let (generation, listeners, tool_headers, era, primed) = loop {
         // The common case, a child ready for this context, costs one lock of the pool.
         if let Some(child) = pool.take_ready(app, &route.backend, &context, mode) {
             return lent(child);
@@ -791,8 +966,10 @@ pub async fn lease(
             }
             let mine = entry.live.get(&context).copied().unwrap_or(0);
             if mine < gw.cfg.pool_max_per_context {
+                // A process the health gate proved is already counted: taking it needs no room.
+                let primed = entry.take_primed();
                 let total = sessions + spares + entry.live_total();
-                if total >= gw.cfg.max_sessions_per_app {
+                if primed.is_none() && total >= gw.cfg.max_sessions_per_app {
                     return Err(LeaseError::Busy(format!(
                         "app {app:?} already runs {total} server processes (the limit); retry later"
                     )));
@@ -803,6 +980,7 @@ pub async fn lease(
                     entry.listeners.entry(context.clone()).or_default().clone(),
                     entry.tool_headers.clone(),
                     entry.era.get().copied().unwrap_or(ServerEra::Handshake),
+                    primed,
                 );
             }
             entry.returned.entry(context.clone()).or_default().clone()
@@ -821,6 +999,13 @@ pub async fn lease(
         }
     };
     let modern = era == ServerEra::Modern;
+    // Where the process comes from: one the health gate proved (ready), a warm spare, or a fresh start.
+    let spare = if primed.is_none() { gw.spares.take(app, route) } else { None };
+    let events = match (&primed, &spare) {
+        (Some(p), _) => p.events.clone(),
+        (None, Some(s)) => s.events.clone(),
+        (None, None) => Arc::new(OwnEvents::default()),
+    };
     let child = Arc::new(PooledChild {
         modern,
         listeners,
@@ -828,28 +1013,26 @@ pub async fn lease(
         context: context.clone(),
         generation,
         proc: OnceLock::new(),
-        next_id: AtomicU64::new(1),
+        events: events.clone(),
+        next_id: AtomicU64::new(primed.as_ref().map_or(1, |p| p.next_id)),
         waiting: Mutex::new(HashMap::new()),
         holder: Mutex::new(None),
         dead: AtomicBool::new(false),
         idle_since: Mutex::new(Instant::now()),
         load: AtomicUsize::new(0),
     });
-    let owner: Weak<dyn ChildEvents> = Arc::downgrade(&child) as Weak<dyn ChildEvents>;
+    events.set_owner(Arc::downgrade(&child) as Weak<dyn ChildEvents>);
     // Set when the process is started for this request (no spare was ready): what that cost is measured.
     let mut cold: Option<Instant> = None;
-    let proc = match gw.spares.take(app, route) {
-        Some(spare) => {
-            let _ = spare.events.owner.set(owner);
-            spare.proc
-        }
-        None => {
+    let ready_already = primed.is_some();
+    let proc = match (primed, spare) {
+        (Some(p), _) => p.proc,
+        (None, Some(spare)) => spare.proc,
+        (None, None) => {
             gw.spares.cold_start(app, route);
             cold = Some(Instant::now());
-            let events = Arc::new(OwnEvents::default());
-            let _ = events.owner.set(owner);
             let cmd = stdio::Command { groups: &gw.groups, app, argv, env, cwd };
-            match stdio::spawn(cmd, events, gw.logs.clone(), gw.cfg.kill_grace) {
+            match stdio::spawn(cmd, events.clone(), gw.logs.clone(), gw.cfg.kill_grace) {
                 Ok(p) => p,
                 Err(e) => {
                     unreserve(&pool);
@@ -858,7 +1041,7 @@ pub async fn lease(
             }
         }
     };
-    if route.warm > 0 {
+    if route.warm > 0 && !ready_already {
         let (gw, app) = (gw.clone(), app.to_string());
         tokio::spawn(async move { gw.warm(&app) });
     }
@@ -871,13 +1054,22 @@ pub async fn lease(
         reusable: true,
         mode: Mode::Exclusive,
     };
-    let ready = if modern { Ok(None) } else { initialize(&lease, gw.cfg.pool_init_timeout).await.map(Some) };
+    // A process the health gate proved was initialized by it (or, speaking 2026-07-28, never is).
+    let ready = if modern || ready_already {
+        Ok(None)
+    } else {
+        initialize(&lease, gw.cfg.pool_init_timeout).await.map(Some)
+    };
     match ready {
         Ok(facts) => {
             if let Some(started) = cold {
                 super::metrics::cold_start_paid(app, "2026-07-28", started);
             }
-            let how = if modern { "it speaks 2026-07-28 itself" } else { "initialized by catwalk" };
+            let how = match (ready_already, modern) {
+                (true, _) => "proven by the push's health gate",
+                (false, true) => "it speaks 2026-07-28 itself",
+                (false, false) => "initialized by catwalk",
+            };
             gw.logs.push(
                 app,
                 LogKind::Event,
@@ -934,5 +1126,6 @@ async fn initialize(lease: &Lease, timeout: Duration) -> Result<ServerFacts, Str
         capabilities: result.get("capabilities").cloned().unwrap_or_else(|| json!({})),
         server_info: result.get("serverInfo").cloned().unwrap_or_else(|| json!({})),
         instructions: result.get("instructions").cloned(),
+        protocol_version: result.get("protocolVersion").and_then(Value::as_str).map(str::to_string),
     })
 }

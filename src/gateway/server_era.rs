@@ -42,14 +42,13 @@ pub enum ServerEra {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The probe's request: the smallest valid 2026-07-28 request.
-fn discover_request() -> Bytes {
-    let msg = json!({
+fn discover_request() -> Value {
+    json!({
         "jsonrpc": "2.0",
         "id": 1,
         "method": "server/discover",
         "params": {"_meta": {META_VERSION: MODERN_VERSION, META_CAPABILITIES: {}}},
-    });
-    jsonrpc::to_line(&serde_json::to_vec(&msg).unwrap_or_default())
+    })
 }
 
 /// Reads the era from the server's answer to `server/discover`: modern only when it is a result that
@@ -85,6 +84,57 @@ impl ChildEvents for FirstAnswer {
     }
 }
 
+/// What a throwaway process said to the one request it was sent.
+enum Heard {
+    /// Its first response.
+    Answer(Value),
+    /// It exited before answering.
+    Exited,
+    /// It said nothing for [`PROBE_TIMEOUT`].
+    Silent,
+}
+
+/// Starts `cmd` once, sends it `request` (logged as asking `question`), waits for its first response and
+/// stops it. `Err` when the question could not be put (the process did not start, or vanished unheard: not
+/// an answer about the server, the caller does not keep it).
+async fn ask_once(
+    cmd: stdio::Command<'_>,
+    logs: &AppLogs,
+    kill_grace: Duration,
+    request: Value,
+    question: &str,
+) -> Result<Heard, String> {
+    let app = cmd.app.to_string();
+    let (tx, rx) = oneshot::channel();
+    let events = Arc::new(FirstAnswer(Mutex::new(Some(tx))));
+    // Its stderr is not the app's: a server may complain about the request at length.
+    let scratch = Arc::new(AppLogs::new(8));
+    let proc = stdio::spawn(cmd, events, scratch, kill_grace)?;
+    logs.push(
+        &app,
+        LogKind::Event,
+        &format!("started process {} to ask {question} (stopped once it answered)", proc.pid),
+    );
+    proc.send(jsonrpc::to_line(&serde_json::to_vec(&request).unwrap_or_default()));
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, rx).await;
+    proc.stop();
+    match outcome {
+        Ok(Ok(Ok(line))) => Ok(Heard::Answer(serde_json::from_slice(&line).unwrap_or(Value::Null))),
+        Ok(Ok(Err(_exited))) => Ok(Heard::Exited),
+        Ok(Err(_)) => Err("the probe process went away unheard".into()),
+        Err(_) => {
+            let secs = PROBE_TIMEOUT.as_secs();
+            let asked = question.split(':').next().unwrap_or(question);
+            logs.push(
+                &app,
+                LogKind::Event,
+                &format!("process {} did not answer {asked} within {secs} s", proc.pid),
+            );
+            Ok(Heard::Silent)
+        }
+    }
+}
+
 /// Starts `cmd` once, asks it `server/discover`, stops it. `Err` when the question could not be put (the
 /// process did not start: not an answer about the server, the caller does not keep it).
 pub async fn probe(
@@ -93,43 +143,15 @@ pub async fn probe(
     kill_grace: Duration,
 ) -> Result<ServerEra, String> {
     let app = cmd.app.to_string();
-    let (tx, rx) = oneshot::channel();
-    let events = Arc::new(FirstAnswer(Mutex::new(Some(tx))));
-    // Its stderr is not the app's: a handshake-era server may complain about the request at length.
-    let scratch = Arc::new(AppLogs::new(8));
-    let proc = stdio::spawn(cmd, events, scratch, kill_grace)?;
-    logs.push(
-        &app,
-        LogKind::Event,
-        &format!(
-            "started process {} to ask server/discover: does the server speak MCP 2026-07-28 itself? \
-             (stopped once it answered)",
-            proc.pid
-        ),
-    );
-    proc.send(discover_request());
-    let outcome = tokio::time::timeout(PROBE_TIMEOUT, rx).await;
-    proc.stop();
-    let era = match outcome {
-        Ok(Ok(Ok(line))) => era_of_answer(&serde_json::from_slice(&line).unwrap_or(Value::Null)),
+    let question = "server/discover: does the server speak MCP 2026-07-28 itself?";
+    let era = match ask_once(cmd, &logs, kill_grace, discover_request(), question).await? {
+        Heard::Answer(answer) => era_of_answer(&answer),
         // Exiting on a request before `initialize` (rmcp does) is the answer of a handshake-era server.
-        Ok(Ok(Err(_exited))) => ServerEra::Handshake,
-        Ok(Err(_)) => return Err("the probe process went away unheard".into()),
+        Heard::Exited => ServerEra::Handshake,
         // A started server that stays silent ignores methods it does not know: a handshake-era server
         // (kept, or every modern request would wait for a probe again). A slow dual-era server classed so
         // is still served, translated: it accepts `initialize` too.
-        Err(_) => {
-            logs.push(
-                &app,
-                LogKind::Event,
-                &format!(
-                    "process {} did not answer server/discover within {} s",
-                    proc.pid,
-                    PROBE_TIMEOUT.as_secs()
-                ),
-            );
-            ServerEra::Handshake
-        }
+        Heard::Silent => ServerEra::Handshake,
     };
     logs.push(
         &app,
@@ -145,6 +167,44 @@ pub async fn probe(
         },
     );
     Ok(era)
+}
+
+/// The second question, for a server that speaks 2026-07-28: does it also accept a 2025 session? The
+/// official SDKs' servers do (a fresh connection may start with `initialize`), so their 2025 sessions are
+/// served as they are; a server that refuses it (or ignores it, or exits) speaks 2026-07-28 only, and
+/// catwalk translates 2025 sessions for it (`translated_session.rs`). Asked of a throwaway process too
+/// (`initialize` fixes the connection's era), once per release, in the background.
+pub async fn probe_initialize(
+    cmd: stdio::Command<'_>,
+    logs: Arc<AppLogs>,
+    kill_grace: Duration,
+) -> Result<bool, String> {
+    let app = cmd.app.to_string();
+    let request = json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "catwalk", "version": env!("CARGO_PKG_VERSION")},
+        },
+    });
+    let question = "initialize: does the server also accept 2025 sessions?";
+    let accepts = match ask_once(cmd, &logs, kill_grace, request, question).await? {
+        Heard::Answer(answer) => answer.get("result").is_some(),
+        Heard::Exited | Heard::Silent => false,
+    };
+    logs.push(
+        &app,
+        LogKind::Event,
+        if accepts {
+            "the server accepts 2025 sessions too: they are passed to it as they are"
+        } else {
+            "the server speaks MCP 2026-07-28 only: catwalk translates 2025 sessions for it"
+        },
+    );
+    Ok(accepts)
 }
 
 #[cfg(test)]

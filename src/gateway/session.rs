@@ -329,29 +329,50 @@ impl Session {
         let target =
             by_token.or_else(|| st.inflight.iter().min_by_key(|(_, f)| f.order).map(|(k, _)| k.clone()));
         if let Some(key) = target {
-            let s = match st.inflight.get(&key).map(|f| &f.target) {
-                Some(Target::Stream(s)) => *s,
-                Some(Target::Pending(tx)) => {
-                    // First message is not the final response: this exchange becomes SSE.
-                    let tx = tx.clone();
-                    let s = st.next_stream;
-                    st.next_stream += 1;
-                    if self.priming() {
-                        let _ = tx.send(Out::Frame(sse::priming(s)));
-                    }
-                    st.streams.insert(s, Stream { sink: Some(tx), seq: 0, remaining: 1 });
-                    if let Some(f) = st.inflight.get_mut(&key) {
-                        f.target = Target::Stream(s);
-                    }
-                    s
-                }
-                None => return,
-            };
-            self.emit(&mut st, s, &line);
+            if let Some(s) = self.stream_of(&mut st, &key) {
+                self.emit(&mut st, s, &line);
+            }
             return;
         }
+        self.to_get_stream(&mut st, line);
+    }
+
+    /// A message that belongs to the request `id` of this session (a translated server's input request
+    /// during it, its progress): onto that request's stream; to the GET stream when it is no longer in flight.
+    pub fn deliver_to_request(&self, id: &IdKey, line: Bytes) {
+        let mut st = self.lock();
+        match self.stream_of(&mut st, id) {
+            Some(s) => self.emit(&mut st, s, &line),
+            None => self.to_get_stream(&mut st, line),
+        }
+    }
+
+    /// The SSE stream of in-flight request `key`, made one if its answer has not started yet (its first
+    /// message is not its final response).
+    fn stream_of(&self, st: &mut State, key: &IdKey) -> Option<u64> {
+        match st.inflight.get(key).map(|f| &f.target) {
+            Some(Target::Stream(s)) => Some(*s),
+            Some(Target::Pending(tx)) => {
+                let tx = tx.clone();
+                let s = st.next_stream;
+                st.next_stream += 1;
+                if self.priming() {
+                    let _ = tx.send(Out::Frame(sse::priming(s)));
+                }
+                st.streams.insert(s, Stream { sink: Some(tx), seq: 0, remaining: 1 });
+                if let Some(f) = st.inflight.get_mut(key) {
+                    f.target = Target::Stream(s);
+                }
+                Some(s)
+            }
+            None => None,
+        }
+    }
+
+    /// Onto the GET stream, else the backlog for the next GET stream.
+    fn to_get_stream(&self, st: &mut State, line: Bytes) {
         if let Some(g) = st.get_stream {
-            self.emit(&mut st, g, &line);
+            self.emit(st, g, &line);
             return;
         }
         st.backlog_bytes += line.len();

@@ -1,5 +1,5 @@
-//! The 2025 session endpoint of a stdio app: `initialize` (a warm spare, a cold start, or the app's
-//! shared child), requests and notifications in a session, batches (2025-03-26), the GET stream with
+//! The 2025 session endpoint of a stdio app: `initialize` (a warm spare, a cold start, the app's shared
+//! child, or, for a server that speaks 2026-07-28 only, a session catwalk translates: `translated_session.rs`), requests and notifications in a session, batches (2025-03-26), the GET stream with
 //! `Last-Event-ID` replay, and DELETE. `http.rs` routes here once a POST is known not to be 2026-07-28;
 //! HTTP backends never come here (`upstream.rs` proxies them whole).
 
@@ -13,11 +13,14 @@ use rand::RngCore;
 
 use super::http::invalid;
 use super::jsonrpc::{self, Classified, Invalid, Kind};
+use super::pool;
 use super::protocol::{self as p, Resp, SESSION_HEADER};
+use super::server_era::ServerEra;
 use super::session::{AuditInfo, Limits, Link, Out, Session, StreamError};
 use super::shared_child::SharedChild;
 use super::sse::{self, SseBody};
 use super::stdio::{self, OwnEvents};
+use super::translated_session::TranslatedLink;
 use super::{AppRoute, Backend, Gateway, TokenIdentity, metrics};
 
 /// A POST of the 2025 era (the body is read and checked for size; not a 2026-07-28 request).
@@ -29,6 +32,8 @@ pub(super) async fn post(
     route: &Arc<AppRoute>,
     identity: Option<TokenIdentity>,
 ) -> Resp {
+    // The authorization context a translated session's requests are served in (as for 2026-07-28 requests).
+    let context = identity.as_ref().map(|i| i.token_id.clone()).unwrap_or_else(|| "anonymous".into());
     let token = identity.map(|i: TokenIdentity| Arc::<str>::from(i.token_name));
     let session = match headers.get(SESSION_HEADER) {
         Some(v) => match v.to_str().ok().and_then(|id| gw.lookup(app, id)) {
@@ -61,7 +66,7 @@ pub(super) async fn post(
                 "Bad Request: this session is already initialized; send initialize without Mcp-Session-Id to start a new session",
             );
         }
-        return initialize(gw, app, route, c, body, token).await;
+        return initialize(gw, app, route, c, body, token, &context).await;
     }
     let Some(session) = session else {
         return session_missing();
@@ -134,15 +139,20 @@ async fn request(
 async fn initialize(
     gw: &Arc<Gateway>,
     app: &str,
-    route: &AppRoute,
+    route: &Arc<AppRoute>,
     c: Classified,
     body: Bytes,
     token: Option<Arc<str>>,
+    context: &str,
 ) -> Resp {
     let Backend::Stdio { argv, env, cwd } = &route.backend else {
         return p::error(StatusCode::INTERNAL_SERVER_ERROR, -32603, "not a stdio app");
     };
-    let open = gw.app_sessions(app) + gw.pool.live(app);
+    let mut open = gw.app_sessions(app) + gw.pool.live(app);
+    // The process a push's health gate proved waits for a 2026-07-28 client; a session needs the place more.
+    if open >= gw.cfg.max_sessions_per_app && gw.pool.yield_primed(app) {
+        open -= 1;
+    }
     if open >= gw.cfg.max_sessions_per_app {
         let mut r = p::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -162,7 +172,11 @@ async fn initialize(
         gw.logs.push(app, super::LogKind::Event, &e);
         p::error(StatusCode::BAD_GATEWAY, -32603, &format!("Bad Gateway: {e}"))
     };
-    let session = if route.shared {
+    let session = if translates_sessions(gw, app, route).await {
+        // A server that speaks 2026-07-28 only: catwalk keeps the session and translates.
+        let link = TranslatedLink::new(gw, app, route.clone(), context);
+        Arc::new(Session::new(sid.clone(), app.into(), Link::Shared(link), gw.limits(), gw.audit.clone()))
+    } else if route.shared {
         let hub = match gw.shared_child(app, route) {
             Ok(h) => h,
             Err(e) => return bad_gateway(e),
@@ -210,11 +224,11 @@ async fn initialize(
         let s =
             Arc::new(Session::new(sid.clone(), app.into(), Link::Own(proc), gw.limits(), gw.audit.clone()));
         let owner: std::sync::Weak<dyn stdio::ChildEvents> = Arc::downgrade(&s) as std::sync::Weak<Session>;
-        let _ = events.owner.set(owner);
+        events.set_owner(owner);
         s
     };
     gw.insert_session(session.clone());
-    if !route.shared && route.warm > 0 {
+    if !route.shared && route.warm > 0 && matches!(session.link, Link::Own(_)) {
         // The replacement starts off the request's path.
         let (gw, app) = (gw.clone(), app.to_string());
         tokio::spawn(async move { gw.warm(&app) });
@@ -224,6 +238,15 @@ async fn initialize(
         metrics::cold_start_paid(app, "2025", started);
     }
     answer
+}
+
+/// Whether `app`'s release speaks 2026-07-28 only, so that a 2025 session must be translated. Known once
+/// its era is (the push's health gate, or the background probe); a release whose era is not known yet is
+/// served as it is.
+async fn translates_sessions(gw: &Gateway, app: &str, route: &AppRoute) -> bool {
+    !route.shared
+        && gw.pool.era_known(app, &route.backend) == Some(ServerEra::Modern)
+        && !pool::takes_sessions(gw, app, route).await
 }
 
 impl Gateway {

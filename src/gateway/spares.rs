@@ -107,6 +107,8 @@ impl Spares {
 
     /// Starts spares of `route` until `route.warm` are ready (fewer when `sessions` open sessions
     /// plus the spares would exceed `max_processes`). Stops spares of an older backend first.
+    /// Each started process is announced in the app's log as `process N {what}`.
+    #[allow(clippy::too_many_arguments)]
     pub fn fill(
         &self,
         app: &str,
@@ -115,6 +117,7 @@ impl Spares {
         max_processes: usize,
         logs: &Arc<AppLogs>,
         kill_grace: Duration,
+        what: &str,
     ) {
         let Backend::Stdio { argv, env, cwd } = &route.backend else {
             return self.drop_app(app);
@@ -141,7 +144,7 @@ impl Spares {
             let cmd = stdio::Command { groups: &self.groups, app, argv, env, cwd };
             match stdio::spawn(cmd, events.clone(), logs.clone(), kill_grace) {
                 Ok(proc) => {
-                    logs.push(app, LogKind::Event, &format!("process {} is a warm spare", proc.pid));
+                    logs.push(app, LogKind::Event, &format!("process {} {what}", proc.pid));
                     entry.ready.push_back(Spare { proc, events });
                 }
                 Err(e) => {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +57,14 @@ impl LiveGroups {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
     }
+}
+
+/// Which gateway's [`LiveGroups`] a child's process group is counted in, if any. It changes once at most:
+/// the health gate proves a release on a private gateway, then hands the process it proved to the daemon's
+/// gateway (`pool::Primed`), whose shutdown must then wait for it (and the private one's must not kill it).
+struct Membership {
+    pgid: i32,
+    groups: Mutex<Option<Arc<LiveGroups>>>,
 }
 
 /// Largest message accepted from a child's stdout; a longer line is dropped (and logged) so a
@@ -133,6 +141,7 @@ pub struct ChildProc {
     exited: CancellationToken,
     stopping: AtomicBool,
     kill_grace: Duration,
+    membership: Arc<Membership>,
 }
 
 /// What to start.
@@ -183,7 +192,8 @@ pub fn spawn(
     };
     let app: Arc<str> = cmd.app.into();
     cmd.groups.add(pid as i32);
-    let groups = cmd.groups.clone();
+    let membership = Arc::new(Membership { pgid: pid as i32, groups: Mutex::new(Some(cmd.groups.clone())) });
+    let groups = membership.clone();
     logs.push(&app, LogKind::Event, &format!("started process {pid}: {prog}"));
     ::metrics::gauge!(metrics::CHILDREN).increment(1.0);
 
@@ -272,6 +282,7 @@ pub fn spawn(
         exited: CancellationToken::new(),
         stopping: AtomicBool::new(false),
         kill_grace,
+        membership,
     });
     let watch = proc.clone();
     tokio::spawn(async move {
@@ -282,7 +293,9 @@ pub fn spawn(
         watch.exited.cancel();
         // Orphans left in the group go too.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        groups.remove(pid as i32);
+        if let Some(g) = lock(&groups.groups).take() {
+            g.remove(groups.pgid);
+        }
         ::metrics::gauge!(metrics::CHILDREN).decrement(1.0);
         let status = match status {
             Ok(s) => s.to_string(),
@@ -342,6 +355,28 @@ impl ChildProc {
         self.exited.is_cancelled()
     }
 
+    /// Takes the process out of the process groups of the gateway that started it (whose shutdown would
+    /// kill it), until [`ChildProc::move_to`] another gateway's.
+    pub fn leave_groups(&self) {
+        if let Some(old) = lock(&self.membership.groups).take() {
+            old.remove(self.membership.pgid);
+        }
+    }
+
+    /// Moves the process to `groups` (another gateway's children): that gateway's shutdown waits for it
+    /// from now on, the one that started it forgets it. A process that already exited joins nothing.
+    pub fn move_to(&self, groups: &Arc<LiveGroups>) {
+        let mut current = lock(&self.membership.groups);
+        if let Some(old) = current.take() {
+            old.remove(self.membership.pgid);
+        }
+        // Checked under the lock the exit watcher takes after marking the exit: never a stale group.
+        if !self.exited.is_cancelled() {
+            groups.add(self.membership.pgid);
+            *current = Some(groups.clone());
+        }
+    }
+
     /// SIGTERM the process group, SIGKILL it after the grace period if still alive.
     pub fn stop(&self) {
         if self.exited.is_cancelled() || self.stopping.swap(true, Ordering::AcqRel) {
@@ -361,21 +396,32 @@ impl ChildProc {
 }
 
 /// Routes a child's output to whoever owns it now: a session (a process per session) or a pooled
-/// child of the 2026-07-28 endpoint (see `pool.rs`). Set once, right after the owner exists; a warm
-/// spare has no owner yet and prints nothing before it is initialized.
+/// child of the 2026-07-28 endpoint (see `pool.rs`). Set right after the owner exists; a warm spare has
+/// no owner yet and prints nothing before it is initialized. It changes owner once at most: the process a
+/// health gate proved passes from the gate's pooled child to the daemon's (`pool::Primed`).
 #[derive(Default)]
 pub struct OwnEvents {
-    pub owner: OnceLock<Weak<dyn ChildEvents>>,
+    owner: RwLock<Option<Weak<dyn ChildEvents>>>,
+}
+
+impl OwnEvents {
+    pub fn set_owner(&self, owner: Weak<dyn ChildEvents>) {
+        *self.owner.write().unwrap_or_else(|e| e.into_inner()) = Some(owner);
+    }
+
+    fn owner(&self) -> Option<Arc<dyn ChildEvents>> {
+        self.owner.read().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(Weak::upgrade)
+    }
 }
 
 impl ChildEvents for OwnEvents {
     fn message(&self, line: Bytes, c: Classified) {
-        if let Some(owner) = self.owner.get().and_then(Weak::upgrade) {
+        if let Some(owner) = self.owner() {
             owner.message(line, c);
         }
     }
     fn exited(&self, why: &str) {
-        if let Some(owner) = self.owner.get().and_then(Weak::upgrade) {
+        if let Some(owner) = self.owner() {
             owner.exited(why);
         }
     }

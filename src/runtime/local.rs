@@ -18,7 +18,9 @@ use super::install::{self, Installed, Toolchain};
 use super::sandbox::{self, AppSandbox};
 use super::{Runtime, StageRequest};
 use crate::datadir::DataDir;
-use crate::gateway::{AppLogs, AppRoute, Backend, Gateway, GatewaySettings, Mount, NoAudit, WakeHandle};
+use crate::gateway::{
+    AppLogs, AppRoute, Backend, Gateway, GatewaySettings, Mount, NoAudit, Primed, ServerEra, WakeHandle,
+};
 use crate::names::AppName;
 use crate::output::Progress;
 use crate::plan::{Secrets, Source, Transport};
@@ -44,9 +46,11 @@ pub struct LocalRuntime {
     servers: Mutex<HashMap<String, Arc<HttpServer>>>,
 }
 
-/// A staged local release: its HTTP server, or none for a stdio release.
+/// A staged local release: its HTTP server, or none for a stdio release; and what its health gate
+/// proved, for the daemon's gateway to adopt (a stdio release).
 pub struct LocalStaged {
     server: Option<Arc<HttpServer>>,
+    primed: Mutex<Option<Primed>>,
 }
 
 impl LocalRuntime {
@@ -226,12 +230,17 @@ impl LocalRuntime {
     }
 
     /// Serves the new route on a private loopback gateway (same code as `/mcp/APP`) and probes it.
+    ///
+    /// A stdio release is probed with 2026-07-28 requests (`health::Style`): the private gateway learns
+    /// the server's era (a throwaway probe, overlapping the start of the process that will answer) and
+    /// serves the probe from its pool; what it learnt and the process it proved are returned for the
+    /// daemon's gateway to adopt, so the push's process goes on serving.
     async fn health_gate(
         &self,
         app: &AppName,
         route: &AppRoute,
         logs: &Arc<AppLogs>,
-    ) -> Result<Introspection, String> {
+    ) -> Result<(Introspection, Option<Primed>), String> {
         struct One(Arc<AppRoute>, String);
         impl crate::gateway::AppDirectory for One {
             fn resolve(&self, app: &str) -> Option<Arc<AppRoute>> {
@@ -259,11 +268,27 @@ impl LocalRuntime {
             let stop = stop.clone();
             tokio::spawn(async move { gateway.serve(listener, stop).await })
         };
-        let result = health::probe(&url, None, self.settings.health_timeout).await;
+        let stateless = !route.shared && matches!(route.backend, Backend::Stdio { .. });
+        let style = if stateless {
+            gateway.prestart(app.as_str());
+            health::Style::Stateless
+        } else {
+            health::Style::Session
+        };
+        let result = health::probe(&url, None, self.settings.health_timeout, style).await;
+        let primed = match &result {
+            Ok(_) if stateless => gateway.export_primed(app.as_str()),
+            _ => None,
+        };
         stop.cancel();
         gateway.stop_all();
         let _ = server.await;
-        result
+        let mut intro = result?;
+        if let Some(primed) = &primed {
+            intro.protocol_version = primed.protocol_version();
+            intro.speaks_2026_07_28 = Some(primed.era() == ServerEra::Modern);
+        }
+        Ok((intro, primed))
     }
 }
 
@@ -328,8 +353,8 @@ impl Runtime for LocalRuntime {
         if let (Err(_), Some(server)) = (&gate, &server) {
             server.shut_down().await;
         }
-        let intro = match gate {
-            Ok(intro) => intro,
+        let (intro, primed) = match gate {
+            Ok(gated) => gated,
             Err(e) => {
                 let tail = logs.stderr_tail(app.as_str(), 20);
                 let mut msg = format!("release v{} failed its health check: {e}", release.version);
@@ -359,7 +384,7 @@ impl Runtime for LocalRuntime {
                 server.spec().port
             ));
         }
-        Ok((route, LocalStaged { server }))
+        Ok((route, LocalStaged { server, primed: Mutex::new(primed) }))
     }
 
     /// Makes the staged server the app's live one (or none, for a stdio release). The one it replaces
@@ -376,6 +401,10 @@ impl Runtime for LocalRuntime {
             old.retire().await;
         }
         Ok(())
+    }
+
+    fn take_primed(&self, staged: &LocalStaged) -> Option<Primed> {
+        staged.primed.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     async fn abort(&self, _app: &AppName, staged: &LocalStaged, _progress: &Progress) -> Result<(), String> {

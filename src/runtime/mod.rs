@@ -14,7 +14,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::gateway::{AppLogs, AppRoute};
+use crate::gateway::{AppLogs, AppRoute, Primed};
 use crate::names::AppName;
 use crate::output::Progress;
 use crate::plan::Secrets;
@@ -70,6 +70,13 @@ pub trait Runtime {
         staged: &Self::Staged,
         progress: &Progress,
     ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// What the staged release's health gate learnt and proved, for the daemon's gateway to adopt when
+    /// the release goes live (`gateway::Primed`); taken once. Only stdio releases of the local runtime
+    /// have one.
+    fn take_primed(&self, _staged: &Self::Staged) -> Option<Primed> {
+        None
+    }
 
     /// The staged release will not serve: stop it and remove what it created.
     fn abort(

@@ -36,6 +36,11 @@ pub struct Introspection {
     pub tools: Vec<String>,
     pub resources: usize,
     pub prompts: usize,
+    /// Whether the stdio server speaks 2026-07-28 itself (modern requests are passed to it as they are)
+    /// or only the handshake era (catwalk translates); unknown for HTTP servers and older records. Kept so
+    /// that a daemon restart needs no probe to know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaks_2026_07_28: Option<bool>,
 }
 
 impl Introspection {

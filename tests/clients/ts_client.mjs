@@ -16,6 +16,8 @@
 //   terminate    DELETE ends the session; a request with the old Mcp-Session-Id then gets 404
 //   isolation    two clients get different session ids and isolated state (server-everything only:
 //                toggle-simulated-logging must report "Started" in both sessions)
+//   greet        (not in "all"; tests/fixtures/modern_stdio_server.py) the `greet` tool asks for input twice
+//                (a name, then a greeting word); both elicitations are answered and the greeting comes back
 // The SDK is loaded from $CATWALK_NODE_MODULES, $CATWALK_TEST_DEPS/node/node_modules or <repo>/.deps/node/node_modules.
 
 import { existsSync } from "node:fs";
@@ -42,6 +44,8 @@ const { StreamableHTTPClientTransport } = await sdk("client/streamableHttp.js");
 const T = await sdk("types.js");
 
 const ALL = ["basic", "progress", "logging", "sampling", "elicitation", "subscribe", "terminate", "isolation"];
+// Scenarios for particular servers, run only when named.
+const KNOWN = [...ALL, "greet"];
 const SAMPLING_ANSWER = "catwalk sampling answer 42";
 
 function parseArgs(argv) {
@@ -61,7 +65,7 @@ function parseArgs(argv) {
     else usage(`unknown argument ${a}`);
   }
   if (!o.url) usage("--url is required");
-  for (const s of o.scenarios) if (!ALL.includes(s)) usage(`unknown scenario ${s} (known: ${ALL.join(", ")})`);
+  for (const s of o.scenarios) if (!KNOWN.includes(s)) usage(`unknown scenario ${s} (known: ${KNOWN.join(", ")})`);
   return o;
 }
 function usage(msg) {
@@ -175,6 +179,18 @@ const scenarios = {
       if (c.seen.sampling !== 1) throw new Error(`sampling handler called ${c.seen.sampling} times`);
       if (!textOf(r).includes(SAMPLING_ANSWER)) throw new Error(`tool result lacks the sampling answer: ${textOf(r)}`);
       return { tool, result: textOf(r).slice(0, 200) };
+    } finally {
+      await c.client.close();
+    }
+  },
+  async greet() {
+    const c = await connect();
+    try {
+      const r = await c.client.callTool({ name: "greet", arguments: {} }, T.CallToolResultSchema, { timeout: opts.timeout * 1000 });
+      if (c.seen.elicitation !== 2) throw new Error(`elicitation handler called ${c.seen.elicitation} times, not twice`);
+      const t = textOf(r);
+      if (!t.startsWith("catwalk, catwalk-test")) throw new Error(`the greeting does not carry both answers: ${t}`);
+      return { result: t, asked: c.seen.elicitationRequests.map((p) => p.message) };
     } finally {
       await c.client.close();
     }

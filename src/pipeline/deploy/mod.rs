@@ -16,7 +16,7 @@ use super::registry::{Registries, pin};
 use super::secrets::{AgeIdentity, AppKeyId, KeySource, SECRETS_PATH, Secrets};
 use super::source::CommitTree;
 use crate::datadir::DataDir;
-use crate::gateway::{AppLogs, AppRoute, Gateway, LogKind};
+use crate::gateway::{AppLogs, AppRoute, Gateway, LogKind, Primed, ServerEra};
 use crate::names::AppName;
 use crate::output::Progress;
 use crate::plan::{Plan, RuntimeKind, Source};
@@ -364,7 +364,8 @@ impl Deployer {
             Ok(staged) => staged,
             Err(e) => return Err(self.failed(app, release, e)),
         };
-        self.serve(app, &release.plan, route);
+        let primed = runtime.take_primed(&staged);
+        self.serve(app, &release.plan, route, primed);
         self.store.put_release(&release).map_err(|e| e.to_string())?;
         self.store.promote_release(app.as_str(), release.version).map_err(|e| e.to_string())?;
         if let Err(e) = runtime.commit(app, &staged, progress).await {
@@ -375,9 +376,13 @@ impl Deployer {
     }
 
     /// Makes `route` (a runtime's, for a release of `plan`) the one `app` serves, with the daemon-wide
-    /// origins, rate limit and the app's auth; new sessions start on warm spares of it.
-    fn serve(&self, app: &AppName, plan: &Plan, route: AppRoute) {
+    /// origins, rate limit and the app's auth; the gateway adopts what its health gate proved (or what the
+    /// release record says it speaks), and new sessions start on warm spares of it.
+    fn serve(&self, app: &AppName, plan: &Plan, route: AppRoute, primed: Option<Primed>) {
         self.routes.set(app.as_str(), RoutePolicy::of(self, plan).apply(route));
+        if let Some(primed) = primed {
+            self.gateway.adopt(app.as_str(), primed);
+        }
         self.gateway.warm(app.as_str());
     }
 
@@ -549,7 +554,7 @@ impl Deployer {
             None => Secrets::new(),
         };
         let route = self.local.restore(app, &live, &secrets, &self.logs)?;
-        self.serve(app, &live.plan, route);
+        self.serve(app, &live.plan, route, known_era(&live));
         Ok(Some(live.version))
     }
 
@@ -566,6 +571,9 @@ impl Deployer {
             _ => self.local.restart(app, live.as_ref()).await?,
         };
         self.logs.push(app.as_str(), LogKind::Event, &done);
+        if let Some(known) = live.as_ref().and_then(known_era) {
+            self.gateway.adopt(app.as_str(), known);
+        }
         self.gateway.warm(app.as_str());
         Ok(format!("{app}: {done}"))
     }
@@ -638,4 +646,11 @@ impl RoutePolicy {
             ..route
         }
     }
+}
+
+/// What a release's record says its stdio server speaks (learnt by its health gate), so serving it again
+/// after a restart needs no probe.
+fn known_era(release: &ReleaseRecord) -> Option<Primed> {
+    let modern = release.introspection.as_ref()?.speaks_2026_07_28?;
+    Some(Primed::era_only(if modern { ServerEra::Modern } else { ServerEra::Handshake }))
 }

@@ -230,7 +230,7 @@ impl FlyRuntime {
         self.smoke(fly_app, &machine.id).await?;
         let Backend { url, token } = backend_of(&direct);
         let t = Instant::now();
-        let intro = health::probe(&url, Some(&token), self.cfg.health_timeout)
+        let intro = health::probe(&url, Some(&token), self.cfg.health_timeout, health::Style::Session)
             .await
             .map_err(|e| format!("machine {} failed the MCP health check: {e}", short(&machine.id)))?;
         // A server that answered once and then crashed is restart-looping: check again.
