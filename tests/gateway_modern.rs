@@ -726,14 +726,15 @@ fn ts_1x_client(url: &str, token: Option<&str>, scenarios: &str) -> Value {
 
 /// A server that speaks 2026-07-28 only still serves the 2025 clients in use today: catwalk keeps the
 /// session and speaks 2026-07-28 to the server. Its `input_required` rounds reach a TS SDK 1.x client as
-/// real elicitation requests on the call's stream, and the answers come back as the retry (two rounds).
+/// real elicitation and sampling requests on the call's stream, and the answers come back as the retry
+/// (two rounds of elicitation in one call).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_2025_client_reaches_a_server_that_speaks_2026_07_28_only_through_the_bridge() {
     let argv = modern_only_argv();
     let b = bridge_in_front_of(&argv, &[]);
     // Learnt in the background when the bridge starts (it has a warm spare).
     assert!(b.wait_stderr("the server speaks MCP 2026-07-28 only"), "{}", b.stderr_text());
-    let v = ts_1x_client(&b.url, None, "greet");
+    let v = ts_1x_client(&b.url, None, "greet,sampling");
     assert_eq!(v["scenarios"]["greet"]["detail"]["asked"].as_array().map(Vec::len), Some(2), "{v}");
     // 2026-07-28 clients on the same URL are passed through as before.
     let pid = tool_text(&client(), &b.url, None, 1, "pid", json!({})).await;
