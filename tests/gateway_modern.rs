@@ -809,7 +809,27 @@ async fn a_2025_session_is_translated_for_a_server_that_speaks_2026_07_28_only_t
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["result"]["protocolVersion"], "2025-06-18", "{v}");
     assert_eq!(v["result"]["serverInfo"]["name"], "modern-stdio-fixture", "{v}");
-    assert_eq!(v["result"]["capabilities"]["tools"], json!({}), "listChanged is not translated: {v}");
+    assert_eq!(v["result"]["capabilities"]["tools"], json!({"listChanged": true}), "{v}");
+    // A change the session's own call causes reaches its GET stream (through the session's listen stream).
+    let get = c
+        .get(&url)
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let mut changes = Sse::new(get);
+    let change = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "change_tools", "arguments": {}}});
+    let v: Value = post(change, Some(sid.clone())).await.unwrap().json().await.unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], "changed", "{v}");
+    let (_, changed) = tokio::time::timeout(Duration::from_secs(30), changes.next_msg())
+        .await
+        .expect("the change never reached the session's GET stream")
+        .expect("the GET stream ended");
+    assert_eq!(changed["method"], "notifications/tools/list_changed", "{changed}");
     let r = post(json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}), Some(sid.clone())).await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["result"], json!({}));
     let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "pid", "arguments": {}}});
@@ -819,4 +839,24 @@ async fn a_2025_session_is_translated_for_a_server_that_speaks_2026_07_28_only_t
     let nope = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "nope", "arguments": {}}});
     let v: Value = post(nope, Some(sid)).await.unwrap().json().await.unwrap();
     assert!(v["error"]["code"].is_i64() || v["result"]["isError"] == true, "{v}");
+}
+
+/// A server that speaks 2026-07-28 reports the changes of its own process only (the SDK's subscription bus
+/// is in-process): a client's `subscriptions/listen` stream shares its process with the client's other
+/// requests, so a change the client causes reaches its stream, tagged with the stream's id.
+#[tokio::test]
+async fn a_listen_stream_hears_the_changes_its_clients_calls_cause_on_a_modern_server() {
+    let b = bridge_in_front_of(&modern_fixture_argv(), &[]);
+    let c = client();
+    let listen = modern_msg(7, "subscriptions/listen", json!({"notifications": {"toolsListChanged": true}}));
+    let mut stream = Sse::new(modern(&c, &b.url, None, &listen, &[]).await);
+    let (_, ack) = stream.next_msg().await.expect("no acknowledgement");
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged", "{ack}");
+    assert_eq!(tool_text(&c, &b.url, None, 8, "change_tools", json!({})).await, "changed");
+    let (_, changed) = tokio::time::timeout(Duration::from_secs(30), stream.next_msg())
+        .await
+        .expect("the change never reached the listen stream")
+        .expect("the listen stream ended");
+    assert_eq!(changed["method"], "notifications/tools/list_changed", "{changed}");
+    assert_eq!(changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 7, "{changed}");
 }

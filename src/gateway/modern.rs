@@ -657,14 +657,20 @@ async fn listen(
             None,
         );
     }
+    if era == ServerEra::Modern {
+        // Shared: a modern server tags the stream's notifications, and the context's other requests should
+        // reach the same process, whose changes the stream reports (see `passthrough::listen`).
+        let lease = match lend(gw, app, route, context, id, Mode::Shared).await {
+            Ok(l) => l,
+            Err(r) => return record.fail(r),
+        };
+        return passthrough::listen(gw, lease, id, msg, record).await;
+    }
     let mut lease = match lend(gw, app, route, context, id, Mode::Exclusive).await {
         Ok(l) => l,
         Err(r) => return record.fail(r),
     };
     lease.discard();
-    if era == ServerEra::Modern {
-        return passthrough::listen(gw, lease, id, msg, record).await;
-    }
     let caps = gw.pool.facts(app, &route.backend).map(|f| f.capabilities.clone()).unwrap_or_default();
     let mut accepted = Map::new();
     for (field, cap) in [

@@ -90,9 +90,15 @@ fn with_client_id(line: &[u8], client_id: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
-/// `subscriptions/listen` on `lease`, a child of its own for as long as the stream is open (its
-/// subscriptions are server-side state; `modern::listen` lent it, to be stopped afterwards). Whatever the
-/// server sends for it reaches the client: the acknowledgement, then the notifications it chose.
+/// `subscriptions/listen` on `lease`, for as long as the stream is open. Whatever the server sends for it
+/// reaches the client: the acknowledgement, then the notifications it chose (tagged with the subscription,
+/// which is the gateway's request id: `PooledChild` routes them here by it).
+///
+/// The child is shared with the context's other requests (`Mode::Shared`): a modern server reports the
+/// changes of its own process only (the SDKs' subscription bus is in-process), so the calls that change
+/// something must reach the process that holds the stream. Requests of the context prefer a child they
+/// can share, and this one is such a child. When the client closes the stream the server hears
+/// `notifications/cancelled`, which ends its subscription.
 pub(super) async fn listen(gw: &Arc<Gateway>, lease: Lease, id: &Value, msg: &Value, record: Record) -> Resp {
     let Some((n, mut rx)) = lease.request(child_request(msg.clone())) else {
         return record.fail(bad_gateway(id, "Bad Gateway: the server process exited"));
@@ -149,6 +155,9 @@ pub(super) async fn listen(gw: &Arc<Gateway>, lease: Lease, id: &Value, msg: &Va
             if sink.send(Out::Frame(sse::data_event(&frame))).is_err() {
                 break;
             }
+        }
+        if error || sink.is_closed() {
+            lease.cancel(n, "the client closed its subscriptions/listen stream");
         }
         drop(lease);
         record.done(200, error);

@@ -87,6 +87,16 @@ impl Listeners {
     }
 }
 
+/// The gateway id of the `subscriptions/listen` a modern server tagged a notification with
+/// (`_meta["io.modelcontextprotocol/subscriptionId"]`), if any.
+fn subscription_of(line: &[u8]) -> Option<u64> {
+    if !line.windows(14).any(|w| w == b"subscriptionId") {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(line).ok()?;
+    v.get("params")?.get("_meta")?.get("io.modelcontextprotocol/subscriptionId")?.as_u64()
+}
+
 /// Notifications that concern listeners rather than the request in flight.
 fn is_change_notification(method: Option<&str>) -> bool {
     matches!(
@@ -258,12 +268,15 @@ impl ChildEvents for PooledChild {
                 self.listeners.publish(&line, &c);
             }
             Kind::Notification => {
-                // Progress goes to the request whose token it carries; anything else only to an exclusive holder.
+                // Progress goes to the request whose token it carries, a modern server's subscription
+                // notification to the `subscriptions/listen` it is tagged with; anything else only to an
+                // exclusive holder.
                 let owner = c
                     .progress_token
                     .as_deref()
                     .and_then(|t| serde_json::from_str::<String>(t).ok())
                     .and_then(|t| t.strip_prefix("cw-p-").and_then(|n| n.parse::<u64>().ok()))
+                    .or_else(|| if self.modern { subscription_of(&line) } else { None })
                     .and_then(|n| lock(&self.waiting).get(&n).cloned());
                 let to = owner.or_else(|| lock(&self.holder).clone());
                 if let Some(tx) = to {

@@ -347,6 +347,13 @@ impl Session {
         }
     }
 
+    /// A server message that belongs to no request (a change notification): onto the GET stream, else the
+    /// backlog for the next GET stream.
+    pub fn deliver_unrelated(&self, line: Bytes) {
+        let mut st = self.lock();
+        self.to_get_stream(&mut st, line);
+    }
+
     /// The SSE stream of in-flight request `key`, made one if its answer has not started yet (its first
     /// message is not its final response).
     fn stream_of(&self, st: &mut State, key: &IdKey) -> Option<u64> {

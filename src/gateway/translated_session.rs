@@ -20,9 +20,11 @@
 //!   A client that does not answer within `[gateway] input_timeout` gets an error for its request.
 //! - Progress and log messages ride the request's stream; `notifications/cancelled` drops the exchange
 //!   (the server's request stream closes, which cancels in 2026-07-28).
-//! - Not translated: change notifications and resource subscriptions (they would need a
-//!   `subscriptions/listen` stream per session); the capabilities given to the client say so
-//!   (`listChanged` and `subscribe` are left out), so clients do not wait for them.
+//! - Change notifications and resource subscriptions: the session holds one `subscriptions/listen` stream
+//!   for the lists the server says change and the URIs the client subscribed to (`resources/subscribe` and
+//!   `unsubscribe` open it again with the new set); what it reports goes to the session's GET stream. It
+//!   shares its process with the session's requests (`Mode::Shared`, see `passthrough::listen`), since a
+//!   server reports the changes of its own process only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -36,7 +38,7 @@ use tokio::task::AbortHandle;
 use super::exchange::{Exchange, Step};
 use super::jsonrpc::{self, Classified, IdKey, Kind};
 use super::modern::{META_CAPABILITIES, META_LOG_LEVEL, META_VERSION, MODERN_VERSION};
-use super::pool::{self, Mode};
+use super::pool::{self, ChildMsg, Lease, Mode};
 use super::protocol::KNOWN_VERSIONS;
 use super::server_era::ServerEra;
 use super::session::{Session, SharedLink};
@@ -47,11 +49,16 @@ const NEWEST_HANDSHAKE: &str = "2025-11-25";
 /// Most `input_required` rounds one request may take (a server asking forever is an error).
 const MAX_ROUNDS: usize = 16;
 
-/// What the client said about itself in `initialize`, and its log level since.
+/// What the client said about itself in `initialize`, its log level and its subscriptions since, and what
+/// the server offers.
 #[derive(Default)]
 struct ClientFacts {
     capabilities: Value,
     log_level: Option<String>,
+    /// The resources the client subscribed to.
+    subscribed: std::collections::BTreeSet<String>,
+    /// The server's capabilities (from `server/discover`).
+    offers: Value,
 }
 
 /// The link of one translated session (see the module's doc). Each client request runs as a task of its
@@ -68,6 +75,8 @@ pub struct TranslatedLink {
     tasks: Mutex<HashMap<IdKey, AbortHandle>>,
     /// Input requests sent to the client and not answered yet, by the id catwalk gave them.
     asks: Mutex<HashMap<IdKey, oneshot::Sender<Value>>>,
+    /// The session's `subscriptions/listen` stream, while one is open.
+    listening: Mutex<Option<AbortHandle>>,
     next_ask: std::sync::atomic::AtomicU64,
 }
 
@@ -86,6 +95,7 @@ impl TranslatedLink {
             client: Mutex::default(),
             tasks: Mutex::default(),
             asks: Mutex::default(),
+            listening: Mutex::default(),
             next_ask: std::sync::atomic::AtomicU64::new(1),
         })
     }
@@ -245,6 +255,8 @@ impl TranslatedLink {
         let answer = match self.exchange(&session, &id, discover).await {
             Ok(a) => match a.get("result") {
                 Some(found) => {
+                    lock(&self.client).offers = found.get("capabilities").cloned().unwrap_or_default();
+                    self.listen(&session);
                     let version = if KNOWN_VERSIONS.contains(&asked_version.as_str()) {
                         asked_version
                     } else {
@@ -259,6 +271,88 @@ impl TranslatedLink {
         let is_error = answer.get("error").is_some();
         session.deliver_response(&id, Bytes::from(serde_json::to_vec(&answer).unwrap_or_default()), is_error);
     }
+}
+
+impl TranslatedLink {
+    /// (Re)opens the session's `subscriptions/listen` stream for what the server offers and the client
+    /// subscribed to; none when there is nothing to listen for.
+    fn listen(&self, session: &Arc<Session>) {
+        if let Some(old) = lock(&self.listening).take() {
+            old.abort();
+        }
+        let filter = {
+            let client = lock(&self.client);
+            let mut filter = serde_json::Map::new();
+            for (field, cap) in [
+                ("toolsListChanged", "/tools/listChanged"),
+                ("promptsListChanged", "/prompts/listChanged"),
+                ("resourcesListChanged", "/resources/listChanged"),
+            ] {
+                if client.offers.pointer(cap) == Some(&json!(true)) {
+                    filter.insert(field.into(), json!(true));
+                }
+            }
+            if !client.subscribed.is_empty()
+                && client.offers.pointer("/resources/subscribe") == Some(&json!(true))
+            {
+                filter.insert("resourceSubscriptions".into(), json!(client.subscribed));
+            }
+            filter
+        };
+        let Some(gw) = self.gw.upgrade() else { return };
+        if filter.is_empty() {
+            return;
+        }
+        let msg = self.modern_request(
+            &json!({"jsonrpc": "2.0", "method": "subscriptions/listen", "params": {"notifications": filter}}),
+        );
+        let (app, route, context, session) =
+            (self.app.clone(), self.route.clone(), self.context.clone(), session.clone());
+        let task = tokio::spawn(async move {
+            let Ok(lease) = pool::lease(&gw, &app, &route, &context, Mode::Shared).await else { return };
+            let Some((n, mut rx)) = lease.request(msg) else { return };
+            let _stream = Listening { lease, n };
+            while let Some(m) = rx.recv().await {
+                match m {
+                    ChildMsg::Notification(line, c) => {
+                        if c.method.as_deref() != Some("notifications/subscriptions/acknowledged") {
+                            session.deliver_unrelated(untagged(&line));
+                        }
+                    }
+                    ChildMsg::Request(line, c) => _stream.lease.refuse(&line, &c),
+                    ChildMsg::Response(_) | ChildMsg::Exited(_) => break,
+                }
+            }
+        });
+        *lock(&self.listening) = Some(task.abort_handle());
+    }
+}
+
+/// An open `subscriptions/listen` stream: when it is dropped (the session ended, or it is opened again with
+/// another set) the server hears `notifications/cancelled`, which ends its subscription.
+struct Listening {
+    lease: Lease,
+    n: u64,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.lease.cancel(self.n, "the session's subscriptions changed or it ended");
+    }
+}
+
+/// A change notification as a 2025 client gets it: without the subscription's tag.
+fn untagged(line: &[u8]) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<Value>(line) else { return Bytes::copy_from_slice(line) };
+    if let Some(meta) = v.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
+        meta.remove("io.modelcontextprotocol/subscriptionId");
+        if meta.is_empty()
+            && let Some(params) = v.get_mut("params").and_then(Value::as_object_mut)
+        {
+            params.remove("_meta");
+        }
+    }
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
 /// The JSON form of a client's id.
@@ -276,18 +370,9 @@ fn handshake_answer(mut answer: Value) -> Value {
     answer
 }
 
-/// The `initialize` result made of a `server/discover` result: what the session can honour.
+/// The `initialize` result made of a `server/discover` result.
 fn initialize_result(found: &Value, version: &str) -> Value {
-    let mut capabilities = found.get("capabilities").cloned().unwrap_or_else(|| json!({}));
-    if let Some(caps) = capabilities.as_object_mut() {
-        for (_, cap) in caps.iter_mut() {
-            if let Some(cap) = cap.as_object_mut() {
-                // Change notifications and subscriptions are not translated (see the module's doc).
-                cap.remove("listChanged");
-                cap.remove("subscribe");
-            }
-        }
-    }
+    let capabilities = found.get("capabilities").cloned().unwrap_or_else(|| json!({}));
     let info = found
         .get("serverInfo")
         .or_else(|| found.pointer("/_meta/io.modelcontextprotocol~1serverInfo"))
@@ -306,7 +391,16 @@ impl SharedLink for TranslatedLink {
         match c.kind {
             Kind::Request => {
                 let Some(id) = c.id.clone() else { return true };
-                let Ok(msg) = serde_json::from_slice::<Value>(body) else { return true };
+                let Ok(msg) = serde_json::from_slice::<Value>(body) else {
+                    // Classified as a request already, so this does not happen; never leave it unanswered.
+                    let line = json!({"jsonrpc": "2.0", "id": msg_id(&id), "error": {"code": -32700, "message": "Parse error"}});
+                    session.deliver_response(
+                        &id,
+                        Bytes::from(serde_json::to_vec(&line).unwrap_or_default()),
+                        true,
+                    );
+                    return true;
+                };
                 let answer_now = |result: Value| {
                     let line = json!({"jsonrpc": "2.0", "id": msg["id"], "result": result});
                     session.deliver_response(
@@ -323,6 +417,27 @@ impl SharedLink for TranslatedLink {
                     Some("ping") => answer_now(json!({})),
                     Some("logging/setLevel") => {
                         lock(&self.client).log_level = msg["params"]["level"].as_str().map(str::to_string);
+                        answer_now(json!({}));
+                    }
+                    Some(method @ ("resources/subscribe" | "resources/unsubscribe")) => {
+                        let Some(uri) = msg["params"]["uri"].as_str().map(str::to_string) else {
+                            let line = json!({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32602, "message": "Invalid params: uri is required"}});
+                            session.deliver_response(
+                                &id,
+                                Bytes::from(serde_json::to_vec(&line).unwrap_or_default()),
+                                true,
+                            );
+                            return true;
+                        };
+                        {
+                            let mut client = lock(&self.client);
+                            if method == "resources/subscribe" {
+                                client.subscribed.insert(uri);
+                            } else {
+                                client.subscribed.remove(&uri);
+                            }
+                        }
+                        self.listen(session);
                         answer_now(json!({}));
                     }
                     _ => {
@@ -354,6 +469,9 @@ impl SharedLink for TranslatedLink {
         for (_, task) in lock(&self.tasks).drain() {
             task.abort();
         }
+        if let Some(listening) = lock(&self.listening).take() {
+            listening.abort();
+        }
         lock(&self.asks).clear();
     }
 }
@@ -363,7 +481,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn initialize_is_made_of_discover_without_what_is_not_translated() {
+    fn initialize_is_made_of_discover() {
         let found = json!({
             "resultType": "complete",
             "supportedVersions": ["2026-07-28"],
@@ -375,7 +493,7 @@ mod tests {
             initialize_result(&found, "2025-06-18"),
             json!({
                 "protocolVersion": "2025-06-18",
-                "capabilities": {"tools": {}, "resources": {}},
+                "capabilities": {"tools": {"listChanged": true}, "resources": {"subscribe": true, "listChanged": true}},
                 "serverInfo": {"name": "s", "version": "1"},
                 "instructions": "be nice",
             })
@@ -388,5 +506,15 @@ mod tests {
         assert_eq!(handshake_answer(a), json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}));
         let e = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "x"}});
         assert_eq!(handshake_answer(e.clone()), e);
+    }
+
+    #[test]
+    fn change_notifications_lose_the_subscription_tag() {
+        let line = br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":3}}}"#;
+        let v: Value = serde_json::from_slice(&untagged(line)).unwrap();
+        assert_eq!(v, json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {}}));
+        let updated = br#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"a://b","_meta":{"io.modelcontextprotocol/subscriptionId":3,"x":1}}}"#;
+        let v: Value = serde_json::from_slice(&untagged(updated)).unwrap();
+        assert_eq!(v["params"], json!({"uri": "a://b", "_meta": {"x": 1}}));
     }
 }
