@@ -733,6 +733,28 @@ fn modern_only_argv() -> Vec<String> {
     argv
 }
 
+/// POSTs a 2025 message (in session `sid`, or an `initialize` without one).
+fn session_post(
+    c: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: Value,
+    sid: Option<String>,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    let mut r = c
+        .post(url)
+        .header("accept", gateway_support::ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(s) = sid {
+        r = r.header("mcp-session-id", s).header("mcp-protocol-version", "2025-06-18");
+    }
+    r.send()
+}
+
 /// The official TypeScript SDK 1.x client (2025 sessions only) runs `scenarios`.
 fn ts_1x_client(url: &str, token: Option<&str>, scenarios: &str) -> Value {
     let mut cmd = Command::new(deps::node22());
@@ -789,18 +811,7 @@ async fn a_2025_session_is_translated_for_a_server_that_speaks_2026_07_28_only_t
     );
     // The raw wire: initialize is answered from server/discover, ping by catwalk, errors keep their codes.
     let c = client();
-    let post = |body: Value, sid: Option<String>| {
-        let mut r = c
-            .post(&url)
-            .bearer_auth(&token)
-            .header("accept", gateway_support::ACCEPT_BOTH)
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        if let Some(s) = sid {
-            r = r.header("mcp-session-id", s).header("mcp-protocol-version", "2025-06-18");
-        }
-        r.send()
-    };
+    let post = |body: Value, sid: Option<String>| session_post(&c, &url, Some(&token), body, sid);
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
     let r = post(init, None).await.unwrap();
@@ -859,4 +870,34 @@ async fn a_listen_stream_hears_the_changes_its_clients_calls_cause_on_a_modern_s
         .expect("the listen stream ended");
     assert_eq!(changed["method"], "notifications/tools/list_changed", "{changed}");
     assert_eq!(changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 7, "{changed}");
+}
+
+/// A 2025 client that never answers what a 2026-07-28-only server asks holds nothing for ever: after
+/// `--input-timeout` its call gets an error saying so, and the session goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_translated_session_whose_client_never_answers_gets_an_error_after_the_input_timeout() {
+    let b = bridge_in_front_of(&modern_only_argv(), &["--input-timeout", "1s"]);
+    assert!(b.wait_stderr("the server speaks MCP 2026-07-28 only"), "{}", b.stderr_text());
+    let c = client();
+    let post = |body: Value, sid: Option<&str>| session_post(&c, &b.url, None, body, sid.map(str::to_string));
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "mute", "version": "1"}}});
+    let r = post(init, None).await.unwrap();
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let greet = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "greet", "arguments": {}}});
+    let mut call = Sse::new(post(greet, Some(&sid)).await.unwrap());
+    let (_, asked) = call.next_msg().await.expect("no question");
+    assert_eq!(asked["method"], "elicitation/create", "{asked}");
+    // Never answered: the call ends with an error naming what was not answered.
+    let (_, answer) = tokio::time::timeout(Duration::from_secs(30), call.next_msg())
+        .await
+        .expect("the call never ended")
+        .expect("the stream ended without an answer");
+    assert_eq!(answer["id"], 2, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("did not answer") && message.contains("within 1 s"), "{answer}");
+    // The session still serves.
+    let ping = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "pid", "arguments": {}}});
+    let v: Value = post(ping, Some(&sid)).await.unwrap().json().await.unwrap();
+    assert!(v["result"]["content"][0]["text"].as_str().is_some_and(|t| t.parse::<u32>().is_ok()), "{v}");
 }
