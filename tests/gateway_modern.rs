@@ -689,6 +689,7 @@ async fn the_process_a_push_proved_answers_the_first_2026_07_28_client() {
     let translated = "2026-07-28: translated by catwalk (the server speaks only the handshake era)";
     let info = daemon::ok(&d.ssh(&d.admin, "info proved", ""));
     assert!(info.contains(translated), "{info}");
+    assert!(info.contains("1 proven by the push, waiting for a 2026-07-28 client"), "{info}");
 
     let (c, url, token) = (client(), d.endpoint("proved"), d.token("proved"));
     let started = |text: &str| text.matches("started process").count();
@@ -708,6 +709,8 @@ async fn the_process_a_push_proved_answers_the_first_2026_07_28_client() {
     );
     assert_eq!(started(&log), before, "a process was started for the first request:\n{log}");
     assert_eq!(probes(&log), 1, "the live gateway probed the era again:\n{log}");
+    let info = daemon::ok(&d.ssh(&d.admin, "info proved", ""));
+    assert!(info.contains("1 for 2026-07-28 requests") && !info.contains("proven by the push"), "{info}");
     // A second context gets a process of its own (the proven one serves one token only): a warm spare,
     // initialized by catwalk for it.
     let other = d.token("proved");

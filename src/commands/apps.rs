@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::render::{table, time};
 use super::{CmdResult, Ctx, Failure};
+use crate::gateway::Processes;
 use crate::git;
 use crate::names::AppName;
 use crate::store::AppRecord;
@@ -140,6 +141,8 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     value["server"] = server.clone().unwrap_or(serde_json::Value::Null);
     let modern = ctx.platform.gateway.modern_path(&record.name);
     value["mcp_2026_07_28"] = json!(modern);
+    let processes = ctx.platform.gateway.processes(&record.name);
+    value["processes"] = json!(processes);
     let sessions = ctx.platform.gateway.session_translation(&record.name);
     value["mcp_2025_sessions"] = json!(sessions);
     let (grants, grant_lines) = super::oauth::info_lines(ctx, &record.name);
@@ -212,6 +215,9 @@ pub async fn info(ctx: &Ctx<'_>, name: &str, json: bool) -> CmdResult {
     }
     if let Some(how) = sessions {
         line(format!("2025:       sessions {how}"));
+    }
+    if value["live_release"].is_object() || processes != Processes::default() {
+        line(format!("processes:  {}", processes.describe()));
     }
     // Grant lines name OAuth clients, whose names the clients registered themselves.
     for text in grant_lines {

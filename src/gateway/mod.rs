@@ -64,6 +64,40 @@ pub enum Backend {
     Http { url: String, headers: Vec<(String, String)>, wake: Option<WakeHandle> },
 }
 
+/// What an app's server processes are for, counted (see [`Gateway::processes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Processes {
+    /// Open 2025 sessions (each its own process, unless the app shares one or catwalk translates).
+    pub sessions: usize,
+    /// Warm spares, started and not initialized.
+    pub spares: usize,
+    /// Processes lent to 2026-07-28 requests (idle ones included).
+    pub pooled: usize,
+    /// Processes the push's health gate proved, waiting for a 2026-07-28 client.
+    pub proven: usize,
+}
+
+impl Processes {
+    /// `2 sessions, 1 warm spare, 1 for 2026-07-28 requests, 1 proven by the push`, or `none running`.
+    pub fn describe(&self) -> String {
+        let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut parts = Vec::new();
+        if self.sessions > 0 {
+            parts.push(plural(self.sessions, "session", "sessions"));
+        }
+        if self.spares > 0 {
+            parts.push(plural(self.spares, "warm spare", "warm spares"));
+        }
+        if self.pooled > 0 {
+            parts.push(format!("{} for 2026-07-28 requests", self.pooled));
+        }
+        if self.proven > 0 {
+            parts.push(format!("{} proven by the push, waiting for a 2026-07-28 client", self.proven));
+        }
+        if parts.is_empty() { "none running".into() } else { parts.join(", ") }
+    }
+}
+
 /// Per-token request rate: one request replenished every `period`, bursts up to `burst`.
 /// (`period` 100 ms, `burst` 20 = 10 requests/s sustained, 20 at once.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +375,17 @@ impl Gateway {
     /// Idle pooled children of `app` (2026-07-28 requests to a legacy server), for tests and `info`.
     pub fn pooled_idle(&self, app: &str) -> usize {
         self.pool.idle(app)
+    }
+
+    /// The server processes `app` runs now, by what they are for (`info APP`).
+    pub fn processes(&self, app: &str) -> Processes {
+        let primed = self.pool.primed(app);
+        Processes {
+            sessions: self.app_sessions(app),
+            spares: self.spares.ready(app),
+            pooled: self.pool.live(app).saturating_sub(primed),
+            proven: primed,
+        }
     }
 
     /// Brings `app`'s warm spares in line with its current route: spares of an older release are

@@ -781,6 +781,11 @@ impl Pool {
         lock(&self.apps).get(app).map(AppPool::live_total).unwrap_or(0)
     }
 
+    /// Processes the health gate proved for `app`, still waiting for their first context (for `info`).
+    pub fn primed(&self, app: &str) -> usize {
+        lock(&self.apps).get(app).map(|e| e.primed.len()).unwrap_or(0)
+    }
+
     /// Idle children of `app` right now (for tests and `info`).
     pub fn idle(&self, app: &str) -> usize {
         lock(&self.apps)
