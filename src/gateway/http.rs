@@ -110,7 +110,7 @@ pub(super) async fn reaper(gw: std::sync::Weak<Gateway>, shutdown: CancellationT
             }
         }
         // Scale idle apps' spares to zero; replace spares that died.
-        for app in g.spares.tick(g.cfg.spare_idle_timeout, &g.logs) {
+        for app in g.spares.tick(g.cfg.spare_idle_timeout) {
             g.warm(&app);
         }
         g.pool.tick(g.cfg.pool_idle_timeout);

@@ -306,6 +306,7 @@ impl Gateway {
         metrics: Option<::metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Arc<Gateway> {
         let groups = Arc::new(stdio::LiveGroups::default());
+        let spares = spares::Spares::new(groups.clone(), logs.clone(), cfg.kill_grace);
         Arc::new(Gateway {
             cfg,
             directory,
@@ -315,7 +316,7 @@ impl Gateway {
             metrics,
             sessions: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
-            spares: spares::Spares::new(groups.clone()),
+            spares,
             groups,
             pool: Arc::new(pool::Pool::default()),
             parking: park::Parking::default(),
@@ -413,8 +414,7 @@ impl Gateway {
             return;
         }
         let one = AppRoute { warm: 1, ..(*route).clone() };
-        let (max, grace) = (self.cfg.max_sessions_per_app, self.cfg.kill_grace);
-        self.spares.fill(app, &one, 0, max, &self.logs, grace, "started for the health gate");
+        self.spares.fill(app, &one, 0, self.cfg.max_sessions_per_app, "started for the health gate");
         pool::learn_era(self, app, &route, false);
     }
 
@@ -474,15 +474,7 @@ impl Gateway {
 
     fn fill_spares(&self, app: &str, route: &AppRoute) {
         let sessions = self.app_sessions(app) + self.pool.live(app);
-        self.spares.fill(
-            app,
-            route,
-            sessions,
-            self.cfg.max_sessions_per_app,
-            &self.logs,
-            self.cfg.kill_grace,
-            "is a warm spare",
-        );
+        self.spares.fill(app, route, sessions, self.cfg.max_sessions_per_app, "is a warm spare");
     }
 
     /// End all sessions and stop all children (daemon shutdown).

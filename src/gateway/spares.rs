@@ -51,11 +51,14 @@ pub struct Spares {
     apps: Mutex<HashMap<String, AppSpares>>,
     /// The gateway's children, which every spare joins.
     groups: Arc<stdio::LiveGroups>,
+    logs: Arc<AppLogs>,
+    kill_grace: Duration,
 }
 
 impl Spares {
-    pub fn new(groups: Arc<stdio::LiveGroups>) -> Spares {
-        Spares { apps: Mutex::default(), groups }
+    /// Spares joining `groups`, announced in `logs`, stopped with `kill_grace` like any child.
+    pub fn new(groups: Arc<stdio::LiveGroups>, logs: Arc<AppLogs>, kill_grace: Duration) -> Spares {
+        Spares { apps: Mutex::default(), groups, logs, kill_grace }
     }
 }
 
@@ -108,17 +111,8 @@ impl Spares {
     /// Starts spares of `route` until `route.warm` are ready (fewer when `sessions` open sessions
     /// plus the spares would exceed `max_processes`). Stops spares of an older backend first.
     /// Each started process is announced in the app's log as `process N {what}`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn fill(
-        &self,
-        app: &str,
-        route: &AppRoute,
-        sessions: usize,
-        max_processes: usize,
-        logs: &Arc<AppLogs>,
-        kill_grace: Duration,
-        what: &str,
-    ) {
+    pub fn fill(&self, app: &str, route: &AppRoute, sessions: usize, max_processes: usize, what: &str) {
+        let (logs, kill_grace) = (&self.logs, self.kill_grace);
         let Backend::Stdio { argv, env, cwd } = &route.backend else {
             return self.drop_app(app);
         };
@@ -175,7 +169,8 @@ impl Spares {
 
     /// The reaper's periodic pass: releases the spares of apps idle for `idle` (scale to zero) and
     /// returns the apps whose spares should be topped up (dead spares replaced).
-    pub fn tick(&self, idle: Option<Duration>, logs: &AppLogs) -> Vec<String> {
+    pub fn tick(&self, idle: Option<Duration>) -> Vec<String> {
+        let logs = &self.logs;
         let mut apps = lock(&self.apps);
         let mut awake = Vec::new();
         for (app, entry) in apps.iter_mut() {
