@@ -107,11 +107,13 @@ impl TranslatedLink {
     {
         let this = self.clone();
         let key = id.clone();
+        // Held while spawning: the task's own removal cannot come before its insertion.
+        let mut tasks = lock(&self.tasks);
         let task = tokio::spawn(async move {
             work.await;
             lock(&this.tasks).remove(&key);
         });
-        lock(&self.tasks).insert(id, task.abort_handle());
+        tasks.insert(id, task.abort_handle());
     }
 
     /// The 2026-07-28 form of a client request: its params with what the session knows in `_meta`.
@@ -163,7 +165,9 @@ impl TranslatedLink {
                 }
                 None => pool::lease(&gw, &self.app, &self.route, &self.context, mode).await,
             };
-            let lease = lent.map_err(|e| format!("no server process for this request: {e:?}"))?;
+            let lease = lent.map_err(|e| match e {
+                pool::LeaseError::Busy(why) | pool::LeaseError::Start(why) => why,
+            })?;
             let without_id = |mut m: Value| {
                 if let Some(o) = m.as_object_mut() {
                     o.remove("id");
