@@ -181,20 +181,8 @@ async fn two_clients_asked_at_once_get_their_own_answers() {
 /// the real daemon, the real runner and the fake Machines API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn input_required_rounds_work_through_the_daemon_to_a_release_on_fly() {
-    use crate::fly_daemon::{FlyEnv, push, token};
-    use tokio::task::block_in_place as blocking;
-    let env = FlyEnv::start().await;
-    let d = blocking(|| daemon::Daemon::start_with_config(&env.daemon_config("")));
     // The stdio fixture from its repository, on a machine (the daemon's default runtime here is fly).
-    let wt = blocking(|| {
-        let wt = daemon::WorkTree::new(d.tmp.path(), "askfly");
-        wt.git(&["remote", "add", "catwalk", &d.remote_url("askfly")]);
-        wt
-    });
-    let (pushed, output) = blocking(|| push(&d, &wt));
-    assert!(pushed && output.contains("fly:"), "{output}");
-    let token = blocking(|| token(&d, "askfly"));
-    let url = format!("http://{}/mcp/askfly", d.http_addr);
+    let (_env, _d, token, url) = crate::fly_daemon::fixture_on_fly("askfly").await;
     let c = client();
     let (key, state) = ask(&c, &url, Some(&token), 1, "sample").await;
     let (_, v) = send(&c, &url, Some(&token), &retry(2, "sample", &key, "from fly", &state)).await;

@@ -110,20 +110,10 @@ fn sdk_2_clients_in_every_mode_through_the_daemon_fronting_the_dual_era_mcp_serv
 /// settle on 2026-07-28 in their automatic and pinned modes, and keep their sessions in legacy mode.
 #[tokio::test(flavor = "multi_thread")]
 async fn sdk_2_clients_in_every_mode_through_the_daemon_to_a_release_on_fly() {
-    use crate::fly_daemon::{FlyEnv, push, token};
-    use tokio::task::block_in_place as blocking;
-    let env = FlyEnv::start().await;
-    let d = blocking(|| daemon::Daemon::start_with_config(&env.daemon_config("")));
-    let wt = blocking(|| {
-        let wt = daemon::WorkTree::new(d.tmp.path(), "modfly");
-        wt.git(&["remote", "add", "catwalk", &d.remote_url("modfly")]);
-        wt
+    let (_env, _d, token, url) = crate::fly_daemon::fixture_on_fly("modfly").await;
+    tokio::task::block_in_place(|| {
+        every_mode(&url, Some(&token), "era,basic,parallel", "era,basic,parallel")
     });
-    let (pushed, output) = blocking(|| push(&d, &wt));
-    assert!(pushed && output.contains("fly:"), "{output}");
-    let token = blocking(|| token(&d, "modfly"));
-    let url = format!("http://{}/mcp/modfly", d.http_addr);
-    blocking(|| every_mode(&url, Some(&token), "era,basic,parallel", "era,basic,parallel"));
 }
 
 #[test]

@@ -44,6 +44,8 @@ use std::time::Duration;
 
 pub use applog::{AppLogs, LogKind, LogLine};
 pub use auth::{AuthError, AuthMode, EnvTokenAuthenticator, TokenIdentity};
+/// The 2026-07-28 revision's version and `_meta` keys, for clients of the gateway (the health gate).
+pub use modern::{META_CAPABILITIES, META_CLIENT_INFO, META_VERSION, MODERN_VERSION, server_info_of};
 pub use pool::Primed;
 pub use protocol::GatewayBody;
 pub use server_era::ServerEra;
@@ -120,6 +122,14 @@ pub struct AppRoute {
     pub auth: AuthMode,
     /// Warm spares to keep for a stdio app with a process per session (see `spares.rs`); 0: none.
     pub warm: usize,
+}
+
+impl AppRoute {
+    /// A stdio app whose clients get processes of their own (not one shared child): what the 2026-07-28
+    /// pool, the health gate's proven process and translated sessions apply to.
+    pub fn has_own_processes(&self) -> bool {
+        !self.shared && matches!(self.backend, Backend::Stdio { .. })
+    }
 }
 
 /// The daemon's own endpoints under `/_catwalk/` (e.g. release source downloads for Fly machines),
@@ -409,10 +419,7 @@ impl Gateway {
     /// Starts one process of `app`'s release ahead of its first request and learns its era meanwhile, so
     /// the two start-ups overlap. For the health gate's private gateway, whose route wants no spares.
     pub fn prestart(self: &Arc<Self>, app: &str) {
-        let Some(route) = self.directory.resolve(app) else { return };
-        if route.shared || !matches!(route.backend, Backend::Stdio { .. }) {
-            return;
-        }
+        let Some(route) = self.directory.resolve(app).filter(|r| r.has_own_processes()) else { return };
         let one = AppRoute { warm: 1, ..(*route).clone() };
         self.spares.fill(app, &one, 0, self.cfg.max_sessions_per_app, "started for the health gate");
         pool::learn_era(self, app, &route, false);
@@ -428,10 +435,7 @@ impl Gateway {
     /// proved, which serves the first 2026-07-28 client instead of a new one. Call right after pointing
     /// the app at the release; a route that cannot use it drops it (its processes stop).
     pub fn adopt(&self, app: &str, primed: Primed) {
-        let Some(route) = self.directory.resolve(app) else { return };
-        if route.shared || !matches!(route.backend, Backend::Stdio { .. }) {
-            return;
-        }
+        let Some(route) = self.directory.resolve(app).filter(|r| r.has_own_processes()) else { return };
         for pid in primed.pids() {
             self.logs.push(
                 app,

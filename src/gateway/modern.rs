@@ -48,11 +48,20 @@ pub const MODERN_VERSION: &str = "2026-07-28";
 pub const SUPPORTED_VERSIONS: &[&str] =
     &["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
-pub(super) const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-pub(super) const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+// The revision's `_meta` keys (one place: the gateway, its pass-through and translation, and the health
+// gate's client all speak them).
+pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 pub(super) const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
-const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
+pub(super) const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
 const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
+/// The `serverInfo` of a `server/discover` result: at its top level where a server puts it there, else in
+/// its `_meta` (where catwalk's own answer for a handshake-era server puts it).
+pub fn server_info_of(discovered: &Value) -> Option<&Value> {
+    discovered.get("serverInfo").or_else(|| discovered.get("_meta").and_then(|m| m.get(META_SERVER_INFO)))
+}
 
 /// Methods of the handshake era that 2026-07-28 removed: a modern request for one is "method not found".
 const REMOVED: &[&str] =

@@ -25,15 +25,13 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::exchange::{self, Exchange, params_of};
-use super::modern::{Record, bad_gateway, drive, lease_refusal};
+use super::modern::{META_SUBSCRIPTION, Record, bad_gateway, drive, lease_refusal};
 use super::pool::{self, ChildMsg, Lease, Mode};
 use super::protocol::{self as p, Resp};
 use super::server_era::ServerEra;
 use super::session::Out;
 use super::sse::{self, SseBody};
 use super::{AppRoute, Gateway};
-
-const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// The client's request as the child gets it: everything but the id (the pool gives it one).
 fn child_request(msg: Value) -> Value {

@@ -94,7 +94,7 @@ fn subscription_of(line: &[u8]) -> Option<u64> {
         return None;
     }
     let v: Value = serde_json::from_slice(line).ok()?;
-    v.get("params")?.get("_meta")?.get("io.modelcontextprotocol/subscriptionId")?.as_u64()
+    v.get("params")?.get("_meta")?.get(super::modern::META_SUBSCRIPTION)?.as_u64()
 }
 
 /// Notifications that concern listeners rather than the request in flight.

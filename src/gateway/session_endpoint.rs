@@ -244,7 +244,7 @@ async fn initialize(
 /// its era is (the push's health gate, or the background probe); a release whose era is not known yet is
 /// served as it is.
 async fn translates_sessions(gw: &Gateway, app: &str, route: &AppRoute) -> bool {
-    !route.shared
+    route.has_own_processes()
         && gw.pool.era_known(app, &route.backend) == Some(ServerEra::Modern)
         && !pool::takes_sessions(gw, app, route).await
 }

@@ -67,6 +67,15 @@ struct Membership {
     groups: Mutex<Option<Arc<LiveGroups>>>,
 }
 
+impl Membership {
+    /// Out of the groups it is counted in (the process exited, or it is handed to another gateway).
+    fn leave(&self) {
+        if let Some(old) = lock(&self.groups).take() {
+            old.remove(self.pgid);
+        }
+    }
+}
+
 /// Largest message accepted from a child's stdout; a longer line is dropped (and logged) so a
 /// misbehaving server cannot grow the gateway's memory without bound.
 const MAX_STDOUT_LINE: usize = 64 << 20;
@@ -293,9 +302,7 @@ pub fn spawn(
         watch.exited.cancel();
         // Orphans left in the group go too.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        if let Some(g) = lock(&groups.groups).take() {
-            g.remove(groups.pgid);
-        }
+        groups.leave();
         ::metrics::gauge!(metrics::CHILDREN).decrement(1.0);
         let status = match status {
             Ok(s) => s.to_string(),
@@ -358,9 +365,7 @@ impl ChildProc {
     /// Takes the process out of the process groups of the gateway that started it (whose shutdown would
     /// kill it), until [`ChildProc::move_to`] another gateway's.
     pub fn leave_groups(&self) {
-        if let Some(old) = lock(&self.membership.groups).take() {
-            old.remove(self.membership.pgid);
-        }
+        self.membership.leave();
     }
 
     /// Moves the process to `groups` (another gateway's children): that gateway's shutdown waits for it

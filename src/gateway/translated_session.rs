@@ -37,7 +37,9 @@ use tokio::task::AbortHandle;
 
 use super::exchange::{Exchange, Step};
 use super::jsonrpc::{self, Classified, IdKey, Kind};
-use super::modern::{META_CAPABILITIES, META_LOG_LEVEL, META_VERSION, MODERN_VERSION};
+use super::modern::{
+    META_CAPABILITIES, META_LOG_LEVEL, META_SUBSCRIPTION, META_VERSION, MODERN_VERSION, server_info_of,
+};
 use super::pool::{self, ChildMsg, Lease, Mode};
 use super::protocol::KNOWN_VERSIONS;
 use super::server_era::ServerEra;
@@ -349,7 +351,7 @@ impl Drop for Listening {
 fn untagged(line: &[u8]) -> Bytes {
     let Ok(mut v) = serde_json::from_slice::<Value>(line) else { return Bytes::copy_from_slice(line) };
     if let Some(meta) = v.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
-        meta.remove("io.modelcontextprotocol/subscriptionId");
+        meta.remove(META_SUBSCRIPTION);
         if meta.is_empty()
             && let Some(params) = v.get_mut("params").and_then(Value::as_object_mut)
         {
@@ -377,11 +379,7 @@ fn handshake_answer(mut answer: Value) -> Value {
 /// The `initialize` result made of a `server/discover` result.
 fn initialize_result(found: &Value, version: &str) -> Value {
     let capabilities = found.get("capabilities").cloned().unwrap_or_else(|| json!({}));
-    let info = found
-        .get("serverInfo")
-        .or_else(|| found.pointer("/_meta/io.modelcontextprotocol~1serverInfo"))
-        .cloned()
-        .unwrap_or_else(|| json!({"name": "unknown", "version": ""}));
+    let info = server_info_of(found).cloned().unwrap_or_else(|| json!({"name": "unknown", "version": ""}));
     let mut result = json!({"protocolVersion": version, "capabilities": capabilities, "serverInfo": info});
     if let Some(i) = found.get("instructions") {
         result["instructions"] = i.clone();

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::gateway::{META_CAPABILITIES, META_CLIENT_INFO, META_VERSION, MODERN_VERSION, server_info_of};
 use crate::store::Introspection;
 
 const PROTOCOL_VERSION: &str = "2025-06-18";
-const MODERN_VERSION: &str = "2026-07-28";
 const MAX_PAGES: usize = 50;
 
 /// How the probe speaks MCP (see the module's doc).
@@ -54,11 +54,7 @@ async fn probe_inner(url: &str, bearer: Option<&str>, style: Style) -> Result<In
     };
     if style == Style::Stateless {
         let found = probe.request("server/discover", json!({})).await?;
-        let info = found
-            .get("serverInfo")
-            .or_else(|| found.pointer("/_meta/io.modelcontextprotocol~1serverInfo"))
-            .cloned()
-            .unwrap_or(Value::Null);
+        let info = server_info_of(&found).cloned().unwrap_or(Value::Null);
         let out = Introspection {
             server_name: info.get("name").and_then(Value::as_str).map(str::to_string),
             server_version: info.get("version").and_then(Value::as_str).map(str::to_string),
@@ -145,9 +141,9 @@ impl Probe {
         let mut params = params;
         if self.style == Style::Stateless {
             params["_meta"] = json!({
-                "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
-                "io.modelcontextprotocol/clientCapabilities": {},
-                "io.modelcontextprotocol/clientInfo": {"name": "catwalk-health-gate", "version": env!("CARGO_PKG_VERSION")},
+                META_VERSION: MODERN_VERSION,
+                META_CAPABILITIES: {},
+                META_CLIENT_INFO: {"name": "catwalk-health-gate", "version": env!("CARGO_PKG_VERSION")},
             });
         }
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});

@@ -268,7 +268,7 @@ impl LocalRuntime {
             let stop = stop.clone();
             tokio::spawn(async move { gateway.serve(listener, stop).await })
         };
-        let stateless = !route.shared && matches!(route.backend, Backend::Stdio { .. });
+        let stateless = route.has_own_processes();
         let style = if stateless {
             gateway.prestart(app.as_str());
             health::Style::Stateless

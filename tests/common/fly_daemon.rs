@@ -102,3 +102,21 @@ pub fn push(d: &Daemon, wt: &WorkTree) -> (bool, String) {
 pub fn token(d: &Daemon, app: &str) -> String {
     d.token(app)
 }
+
+/// The stdio fixture of [`WorkTree`] pushed as `app` to a daemon whose default runtime is the fake Fly:
+/// the fake, the daemon, a token of the app and its endpoint (the release is live on a machine).
+pub async fn fixture_on_fly(app: &str) -> (FlyEnv, Daemon, String, String) {
+    use tokio::task::block_in_place as blocking;
+    let env = FlyEnv::start().await;
+    let d = blocking(|| Daemon::start_with_config(&env.daemon_config("")));
+    let wt = blocking(|| {
+        let wt = WorkTree::new(d.tmp.path(), app);
+        wt.git(&["remote", "add", "catwalk", &d.remote_url(app)]);
+        wt
+    });
+    let (pushed, output) = blocking(|| push(&d, &wt));
+    assert!(pushed && output.contains("fly:"), "{output}");
+    let token = blocking(|| token(&d, app));
+    let url = format!("http://{}/mcp/{app}", d.http_addr);
+    (env, d, token, url)
+}
