@@ -34,7 +34,7 @@ use super::sse::{self, SseBody};
 use super::{AppRoute, Gateway};
 
 /// The client's request as the child gets it: everything but the id (the pool gives it one).
-fn child_request(msg: Value) -> Value {
+pub(super) fn child_request(msg: Value) -> Value {
     let mut m = msg;
     if let Some(obj) = m.as_object_mut() {
         obj.remove("id");

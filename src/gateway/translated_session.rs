@@ -40,6 +40,7 @@ use super::jsonrpc::{self, Classified, IdKey, Kind};
 use super::modern::{
     META_CAPABILITIES, META_LOG_LEVEL, META_SUBSCRIPTION, META_VERSION, MODERN_VERSION, server_info_of,
 };
+use super::passthrough::child_request;
 use super::pool::{self, ChildMsg, Lease, Mode};
 use super::protocol::KNOWN_VERSIONS;
 use super::server_era::ServerEra;
@@ -146,8 +147,7 @@ impl TranslatedLink {
                 json!({"jsonrpc": "2.0", "id": msg_id(&id), "error": {"code": -32603, "message": why}})
             }
         };
-        let is_error = answer.get("error").is_some();
-        session.deliver_response(&id, Bytes::from(serde_json::to_vec(&answer).unwrap_or_default()), is_error);
+        deliver(&session, &id, &answer);
     }
 
     /// The final answer to the client request `id` (with its id), or why there is none.
@@ -170,13 +170,7 @@ impl TranslatedLink {
             let lease = lent.map_err(|e| match e {
                 pool::LeaseError::Busy(why) | pool::LeaseError::Start(why) => why,
             })?;
-            let without_id = |mut m: Value| {
-                if let Some(o) = m.as_object_mut() {
-                    o.remove("id");
-                }
-                m
-            };
-            let mut ex = Exchange::start(lease, request.clone(), without_id, "private", ServerEra::Modern)
+            let mut ex = Exchange::start(lease, request.clone(), child_request, "private", ServerEra::Modern)
                 .ok_or("the server process exited")?;
             let answer = loop {
                 match ex.next().await {
@@ -274,8 +268,7 @@ impl TranslatedLink {
             },
             Err(why) => json!({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": why}}),
         };
-        let is_error = answer.get("error").is_some();
-        session.deliver_response(&id, Bytes::from(serde_json::to_vec(&answer).unwrap_or_default()), is_error);
+        deliver(&session, &id, &answer);
     }
 }
 
@@ -361,6 +354,12 @@ fn untagged(line: &[u8]) -> Bytes {
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
+/// The final answer to the session's request `id` (the whole JSON-RPC message).
+fn deliver(session: &Session, id: &IdKey, answer: &Value) {
+    let is_error = answer.get("error").is_some();
+    session.deliver_response(id, Bytes::from(serde_json::to_vec(answer).unwrap_or_default()), is_error);
+}
+
 /// The JSON form of a client's id.
 fn msg_id(id: &IdKey) -> Value {
     serde_json::from_str(&jsonrpc::id_json(id)).unwrap_or(Value::Null)
@@ -396,20 +395,11 @@ impl SharedLink for TranslatedLink {
                 let Ok(msg) = serde_json::from_slice::<Value>(body) else {
                     // Classified as a request already, so this does not happen; never leave it unanswered.
                     let line = json!({"jsonrpc": "2.0", "id": msg_id(&id), "error": {"code": -32700, "message": "Parse error"}});
-                    session.deliver_response(
-                        &id,
-                        Bytes::from(serde_json::to_vec(&line).unwrap_or_default()),
-                        true,
-                    );
+                    deliver(session, &id, &line);
                     return true;
                 };
                 let answer_now = |result: Value| {
-                    let line = json!({"jsonrpc": "2.0", "id": msg["id"], "result": result});
-                    session.deliver_response(
-                        &id,
-                        Bytes::from(serde_json::to_vec(&line).unwrap_or_default()),
-                        false,
-                    );
+                    deliver(session, &id, &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result}));
                 };
                 match c.method.as_deref() {
                     Some("initialize") => {
@@ -424,11 +414,7 @@ impl SharedLink for TranslatedLink {
                     Some(method @ ("resources/subscribe" | "resources/unsubscribe")) => {
                         let Some(uri) = msg["params"]["uri"].as_str().map(str::to_string) else {
                             let line = json!({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32602, "message": "Invalid params: uri is required"}});
-                            session.deliver_response(
-                                &id,
-                                Bytes::from(serde_json::to_vec(&line).unwrap_or_default()),
-                                true,
-                            );
+                            deliver(session, &id, &line);
                             return true;
                         };
                         {
