@@ -645,3 +645,57 @@ async fn a_stopped_server_hears_sigterm_not_only_sigkill() {
         assert!(!line.contains("SIGKILL"), "a server needed SIGKILL to stop: {line}\n{stopped:?}");
     }
 }
+
+/// The other side of the same boundary: a hostile server that ignores SIGTERM (now that it hears it) still
+/// ends. Sandboxed, the sandbox ends it with itself (bwrap exits on SIGTERM and takes the server along,
+/// `--die-with-parent`); unsandboxed (an app of the daemon's config), the gateway SIGKILLs its process group
+/// once the grace period is over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_ignores_sigterm_still_ends() {
+    // Ignored signals survive exec: the fixture runs with SIGTERM ignored.
+    let stubborn = "import os, signal, sys\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nos.execv(sys.executable, [sys.executable] + sys.argv[1:])\n";
+    // An app of the config gets no PATH to find its interpreter by: the wrapper runs the one it is given.
+    let python = deps::run_with_timeout(
+        "python3",
+        Command::new("python3").args(["-c", "import sys; print(sys.executable)"]),
+        Duration::from_secs(30),
+    )
+    .1;
+    let exec_given = "import os, signal, sys\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nos.execv(sys.argv[1], sys.argv[1:])\n";
+    let fixture = format!("{}/tests/fixtures/stdio_fixture.py", env!("CARGO_MANIFEST_DIR"));
+    let d = Daemon::start_with_config(&format!(
+        "[apps.plain]\ncommand = [\"python3\", \"-c\", {exec_given:?}, {:?}, {fixture:?}]\n",
+        python.trim()
+    ));
+    let wt = WorkTree::new(d.tmp.path(), "stubborn");
+    write(&wt, "stubborn.py", stubborn);
+    write(
+        &wt,
+        "catwalk.toml",
+        "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"stubborn.py\", \"server.py\"]\n",
+    );
+    commit_all(&wt, "stubborn");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("stubborn")]);
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    for app in ["stubborn", "plain"] {
+        let mut session = Mcp::new(&d.endpoint(app), Some(&d.token(app)));
+        assert_eq!(session.initialize().await.status, 200, "{app}");
+        ok(&d.ssh(&d.admin, &format!("restart {app}"), ""));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (app, how) in [("stubborn", "exit status: 143"), ("plain", "SIGKILL")] {
+        loop {
+            let logs = ok(&d.ssh(&d.admin, &format!("logs {app} -n 500"), ""));
+            let stopped: Vec<&str> = logs.lines().filter(|l| l.contains(" stopped (")).collect();
+            if stopped.len() >= 2 {
+                assert!(stopped.iter().all(|l| l.contains(how)), "{app}: {stopped:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{app}: a server that ignores SIGTERM was never stopped:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
