@@ -14,10 +14,17 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Waits until `bridge` has exactly one child that is not in `busy` (its warm spare) and returns it.
 fn wait_spare(bridge: &Bridge, busy: &[u32]) -> u32 {
+    // By what the bridge announced, not by its children: the era probe is a child for a moment too.
     let mut spare = None;
     let found = wait_until(WAIT, || {
-        let idle: Vec<u32> = children_of(bridge.pid()).into_iter().filter(|p| !busy.contains(p)).collect();
-        spare = (idle.len() == 1).then(|| idle[0]);
+        spare = bridge
+            .stderr_text()
+            .lines()
+            .filter_map(|l| {
+                let rest = &l[l.find("process ")? + 8..];
+                rest.strip_suffix(" is a warm spare")?.trim().parse::<u32>().ok()
+            })
+            .rfind(|p| !busy.contains(p) && pid_alive(*p));
         spare.is_some()
     });
     assert!(found, "no single warm spare appeared; children: {:?}", children_of(bridge.pid()));
