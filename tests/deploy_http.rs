@@ -185,7 +185,7 @@ async fn http_server_scales_to_zero_fixed_ports_and_refusals() {
     c.close().await;
 
     // A fixed port: the old release stops before the new one starts on the same port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = deps::free_port();
     let fixed = http_app(&d, "fixed", &format!("port = {port}\n"));
     let (pushed, output) = push(&fixed, &d);
     assert!(pushed, "{output}");

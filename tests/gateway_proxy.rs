@@ -79,8 +79,8 @@ async fn proxy_streams_and_keeps_sessions() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_a_502_with_a_jsonrpc_body() {
-    // Bind and drop a listener to get a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port nobody listens on.
+    let port = crate::deps::free_port();
     let url = format!("http://127.0.0.1:{port}/mcp");
     let proxy = Bridge::start_raw(&["--upstream", &url], &[]);
     let c = client();

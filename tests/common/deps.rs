@@ -130,7 +130,29 @@ pub fn py_client() -> PathBuf {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago. Prefer binding port 0 where the program allows it.
+///
+/// Why not the port 0 trick: the kernel hands the freed port to the next test that binds port 0 (or opens a
+/// connection), and a program told to listen on it then fails with "Address already in use" (tls_acme saw it).
+/// So the port is drawn at random below the kernel's ephemeral range, where nothing is assigned automatically;
+/// only another `free_port` that draws the same number at the same moment could collide.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 12_000 {
+        let (from, span) = (low - 10_000, 9_000u64);
+        for _ in 0..200 {
+            // A fresh RandomState is randomly keyed: a cheap random number without another dependency.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            let port = from + (h.finish() % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
     l.local_addr().expect("local_addr of a bound listener").port()
 }
