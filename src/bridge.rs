@@ -153,7 +153,7 @@ fn backend(args: &BridgeArgs) -> anyhow::Result<Backend> {
             };
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        return Ok(Backend::Http { url: url.clone(), headers, wake: None });
+        return Ok(Backend::http(url.clone(), headers, None));
     }
     if args.command.is_empty() {
         bail!(

@@ -62,6 +62,7 @@ async fn fly_live_optional() {
             no_network: false,
             auth: Default::default(),
             warm: None,
+            machines: None,
         },
         status: ReleaseStatus::Deploying,
         created_at: 0,

@@ -156,6 +156,7 @@ fn release(app: &str, version: u32) -> ReleaseRecord {
             no_network: false,
             auth: Default::default(),
             warm: None,
+            machines: None,
         },
         status: ReleaseStatus::Deploying,
         created_at: 0,
@@ -296,9 +297,8 @@ async fn first_deploy_serves_mcp_with_secrets_outside_machine_config() {
     stop.cancel();
 
     // The machine's bridge refuses callers without the per-app credential.
-    let catwalk::gateway::Backend::Http { url: machine_url, .. } = &staged.route.backend else {
-        panic!("http route")
-    };
+    let catwalk::gateway::Backend::Http { targets } = &staged.route.backend else { panic!("http route") };
+    let machine_url = &targets[0].url;
     let err = call_tool(machine_url, None, "echo", json!({"text": "x"})).await.unwrap_err();
     assert!(err.contains("401"), "{err}");
     let err = call_tool(machine_url, Some("another-tenants-token"), "echo", json!({"text": "x"}))
@@ -350,23 +350,24 @@ async fn redeploy_is_blue_green() {
     // Staged and healthy, not yet committed: the old machine still runs and serves.
     let machines = env.machines("bg");
     assert_eq!(machines.len(), 2, "{machines:?}");
-    assert!(env.fake.process_alive("cw-bg", &v1.machine.id));
+    assert!(env.fake.process_alive("cw-bg", &v1.machines[0].id));
     let (url, stop) = gateway_for(v1.route.clone()).await;
     assert_eq!(text_of(&call_tool(&url, None, "echo", json!({"text": "old"})).await.unwrap()), "old");
     stop.cancel();
-    assert_eq!(v2.old_machines, vec![v1.machine.id.clone()]);
+    assert_eq!(v2.old_machines, vec![v1.machines[0].id.clone()]);
     env.rt.commit(&AppName::parse("bg").unwrap(), &v2, &out).await.expect("commit v2");
     let machines = env.machines("bg");
     assert_eq!(machines.len(), 1, "{machines:?}");
-    assert_eq!(machines[0].0, v2.machine.id);
+    assert_eq!(machines[0].0, v2.machines[0].id);
     assert_eq!(machines[0].2, "2");
-    assert!(env.output().contains(&format!("old machine {} stopped and destroyed", &v1.machine.id[..8])));
+    assert!(env.output().contains(&format!("old machine {} stopped and destroyed", &v1.machines[0].id[..8])));
     // The old machine was retired under a lease, with the nonce on the destroy.
     let requests = env.fake.requests();
     let destroy = requests
         .iter()
         .find(|r| {
-            r.method == "DELETE" && r.path.starts_with(&format!("/v1/apps/cw-bg/machines/{}?", v1.machine.id))
+            r.method == "DELETE"
+                && r.path.starts_with(&format!("/v1/apps/cw-bg/machines/{}?", v1.machines[0].id))
         })
         .expect("destroy of the old machine");
     assert!(destroy.lease.is_some(), "destroy without lease nonce");
@@ -387,7 +388,7 @@ async fn crash_looping_release_is_rejected_and_cleaned_up() {
     assert!(output.contains("destroyed (release failed)"), "{output}");
     // Only the old machine is left, and it still serves.
     let machines = env.machines("crashy");
-    assert_eq!(machines, vec![(v1.machine.id.clone(), "started".to_string(), "1".to_string())]);
+    assert_eq!(machines, vec![(v1.machines[0].id.clone(), "started".to_string(), "1".to_string())]);
     let (url, stop) = gateway_for(v1.route.clone()).await;
     assert_eq!(text_of(&call_tool(&url, None, "echo", json!({"text": "still"})).await.unwrap()), "still");
     stop.cancel();
@@ -417,7 +418,7 @@ async fn interrupted_deploy_is_cleaned_up_by_the_next() {
     let env = setup(|_| {}).await;
     let v1 = deploy_live(&env, "intr", 1, None).await;
     // A deploy of v2 was interrupted after creating its machine (daemon killed).
-    let mut config = serde_json::to_value(&v1.machine.config).unwrap();
+    let mut config = serde_json::to_value(&v1.machines[0].config).unwrap();
     config["metadata"]["catwalk_release"] = json!("2");
     config["metadata"]["catwalk_launch"] = json!("01INTERRUPTED0000000000000");
     let stray = env.fake.plant_machine("cw-intr", config);
@@ -431,7 +432,7 @@ async fn interrupted_deploy_is_cleaned_up_by_the_next() {
     );
     let machines = env.machines("intr");
     assert_eq!(machines.len(), 1, "{machines:?}");
-    assert_eq!(machines[0].0, v3.machine.id);
+    assert_eq!(machines[0].0, v3.machines[0].id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,7 +446,7 @@ async fn retries_survive_rate_limits_timeouts_and_held_leases() {
     let v1 = deploy_live(&env, "flaky", 1, None).await;
     let machines = env.machines("flaky");
     assert_eq!(machines.len(), 1, "the lost create answer must not make a second machine: {machines:?}");
-    assert_eq!(machines[0].0, v1.machine.id);
+    assert_eq!(machines[0].0, v1.machines[0].id);
     let requests = env.fake.requests();
     assert!(requests.iter().filter(|r| r.status == 429).count() >= 3);
     assert_eq!(
@@ -456,7 +457,10 @@ async fn retries_survive_rate_limits_timeouts_and_held_leases() {
     // Retiring the old machine waits out a lease someone else holds (409).
     env.fake.faults(|f| f.foreign_lease = 2);
     let v2 = deploy_live(&env, "flaky", 2, Some(1)).await;
-    assert_eq!(env.machines("flaky").iter().map(|m| m.0.clone()).collect::<Vec<_>>(), vec![v2.machine.id]);
+    assert_eq!(
+        env.machines("flaky").iter().map(|m| m.0.clone()).collect::<Vec<_>>(),
+        vec![v2.machines[0].id.clone()]
+    );
     assert!(
         env.fake.requests().iter().filter(|r| r.status == 409 && r.path.ends_with("/lease")).count() >= 2
     );
@@ -475,7 +479,7 @@ async fn scale_to_zero_then_wake_on_demand() {
     let v1 = deploy_live(&env, "sleepy", 1, None).await;
     env.rt.scale_to_zero("sleepy").await.expect("scale to zero");
     assert_eq!(env.machines("sleepy")[0].1, "stopped");
-    assert!(!env.fake.process_alive("cw-sleepy", &v1.machine.id));
+    assert!(!env.fake.process_alive("cw-sleepy", &v1.machines[0].id));
     let (url, stop) = gateway_for(v1.route.clone()).await;
     assert!(
         call_tool(&url, None, "echo", json!({"text": "zzz"})).await.is_err(),
@@ -530,11 +534,13 @@ async fn app_name_taken_and_bad_token_are_explained() {
 async fn flycast_pins_the_instance_and_autostarts() {
     let env = setup(|c| c.network = Network::Flycast).await;
     let v1 = deploy_live(&env, "fc", 1, None).await;
-    let catwalk::gateway::Backend::Http { url, headers, .. } = &v1.route.backend else {
-        panic!("http route")
-    };
+    let catwalk::gateway::Backend::Http { targets } = &v1.route.backend else { panic!("http route") };
+    let (url, headers) = (&targets[0].url, &targets[0].headers);
     assert!(url.ends_with("/flycast/cw-fc/mcp"), "{url}");
-    assert!(headers.iter().any(|(k, v)| k == "fly-force-instance-id" && v == &v1.machine.id), "{headers:?}");
+    assert!(
+        headers.iter().any(|(k, v)| k == "fly-force-instance-id" && v == &v1.machines[0].id),
+        "{headers:?}"
+    );
     let create = env
         .fake
         .requests()
@@ -544,7 +550,7 @@ async fn flycast_pins_the_instance_and_autostarts() {
     let body: Value = serde_json::from_str(&create.body).unwrap();
     assert_eq!(body["config"]["services"][0]["autostop"], "stop");
     assert_eq!(body["config"]["services"][0]["autostart"], true);
-    assert!(env.fake.requests().iter().any(|r| r.path.ends_with(&format!("{}/uncordon", v1.machine.id))));
+    assert!(env.fake.requests().iter().any(|r| r.path.ends_with(&format!("{}/uncordon", v1.machines[0].id))));
     let (gw, stop) = gateway_for(v1.route.clone()).await;
     assert_eq!(
         text_of(&call_tool(&gw, None, "echo", json!({"text": "via flycast"})).await.unwrap()),
@@ -557,6 +563,9 @@ async fn flycast_pins_the_instance_and_autostarts() {
     stop.cancel();
     // Blue/green over Flycast: the old machine is cordoned before it is retired.
     let v2 = deploy_live(&env, "fc", 2, Some(1)).await;
-    assert!(env.fake.requests().iter().any(|r| r.path.ends_with(&format!("{}/cordon", v1.machine.id))));
-    assert_eq!(env.machines("fc").iter().map(|m| m.0.clone()).collect::<Vec<_>>(), vec![v2.machine.id]);
+    assert!(env.fake.requests().iter().any(|r| r.path.ends_with(&format!("{}/cordon", v1.machines[0].id))));
+    assert_eq!(
+        env.machines("fc").iter().map(|m| m.0.clone()).collect::<Vec<_>>(),
+        vec![v2.machines[0].id.clone()]
+    );
 }

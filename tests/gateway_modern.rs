@@ -147,7 +147,7 @@ fn meta() -> Value {
     json!({"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}})
 }
 
-fn modern_msg(id: u64, method: &str, mut params: Value) -> Value {
+pub(crate) fn modern_msg(id: u64, method: &str, mut params: Value) -> Value {
     if params.get("_meta").is_none() {
         params["_meta"] = meta();
     }
@@ -155,7 +155,7 @@ fn modern_msg(id: u64, method: &str, mut params: Value) -> Value {
 }
 
 /// POSTs a modern request with the headers a conforming client sends (overridable by `extra`).
-async fn modern(
+pub(crate) async fn modern(
     c: &reqwest::Client,
     url: &str,
     token: Option<&str>,
@@ -188,7 +188,7 @@ async fn modern(
     r.send().await.expect("POST failed")
 }
 
-async fn tool_text(
+pub(crate) async fn tool_text(
     c: &reqwest::Client,
     url: &str,
     token: Option<&str>,

@@ -25,6 +25,7 @@ mod deploy_enrich;
 mod deploy_http;
 mod deploy_push;
 mod fly_live;
+mod fly_machines;
 mod fly_push;
 mod fly_runtime;
 mod fly_scale;

@@ -59,12 +59,83 @@ pub enum Backend {
     /// A stdio server: started with exactly this argv, environment (nothing inherited) and
     /// working directory, in its own process group.
     Stdio { argv: Vec<String>, env: BTreeMap<String, String>, cwd: PathBuf },
-    /// A Streamable HTTP server (`http://` only): requests are proxied, bodies streamed.
-    /// `headers` are sent upstream on every request (e.g. the upstream's own credential);
-    /// the client's `Authorization` is never forwarded. `wake`, when set, starts a backend that
-    /// scaled to zero before a request is forwarded (see [`Wake`]).
-    Http { url: String, headers: Vec<(String, String)>, wake: Option<WakeHandle> },
+    /// Streamable HTTP servers (`http://` only) running the same release: requests are proxied,
+    /// bodies streamed. Usually one; several when the app runs on several machines
+    /// (`[deploy] machines`): a request of no session goes to the least busy of them, and a
+    /// 2025 session stays on the one that created it (see `upstream.rs`). Never empty.
+    Http { targets: Vec<HttpTarget> },
 }
+
+impl Backend {
+    /// An HTTP backend of one server.
+    pub fn http(url: impl Into<String>, headers: Vec<(String, String)>, wake: Option<WakeHandle>) -> Backend {
+        Backend::Http { targets: vec![HttpTarget::new(url, headers, wake)] }
+    }
+}
+
+/// One Streamable HTTP server of an app (one of its machines).
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    pub url: String,
+    /// Sent upstream on every request (e.g. the upstream's own credential); the client's
+    /// `Authorization` is never forwarded.
+    pub headers: Vec<(String, String)>,
+    /// When set, starts a server that scaled to zero before a request is forwarded (see [`Wake`]).
+    pub wake: Option<WakeHandle>,
+    /// Requests in flight to a target without a wake (with one, the wake's counter is used, which
+    /// its idle timer reads): how busy it is when a request of no session is placed.
+    load: Arc<Activity>,
+    /// A start in the background is under way (see `upstream::place`): one at a time.
+    starting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpTarget {
+    pub fn new(
+        url: impl Into<String>,
+        headers: Vec<(String, String)>,
+        wake: Option<WakeHandle>,
+    ) -> HttpTarget {
+        HttpTarget { url: url.into(), headers, wake, load: Arc::default(), starting: Arc::default() }
+    }
+
+    /// Starts a server that sleeps, without waiting for it (at most one such start at a time).
+    pub(crate) fn start_in_background(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some(wake) = self.wake.clone() else { return };
+        if self.starting.swap(true, SeqCst) {
+            return;
+        }
+        let starting = self.starting.clone();
+        tokio::spawn(async move {
+            if let Err(e) = wake.0.wake().await {
+                tracing::info!("starting one more server for the load failed: {e}");
+            }
+            starting.store(false, SeqCst);
+        });
+    }
+
+    /// The requests in flight to this server (and, with a wake, what keeps it from scaling to zero).
+    pub fn activity(&self) -> &Arc<Activity> {
+        match &self.wake {
+            Some(w) => w.0.activity(),
+            None => &self.load,
+        }
+    }
+
+    /// Known to be stopped (scaled to zero): a request would wait for its start.
+    pub fn is_asleep(&self) -> bool {
+        self.wake.as_ref().is_some_and(|w| w.0.is_asleep())
+    }
+}
+
+/// Two targets are the same server when they have the same address, credential and wake (the load
+/// counter is state, not identity).
+impl PartialEq for HttpTarget {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url && self.headers == other.headers && self.wake == other.wake
+    }
+}
+impl Eq for HttpTarget {}
 
 /// What an app's server processes are for, counted (see [`Gateway::processes`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -5,12 +5,20 @@
 //! (the route's own upstream headers carry the upstream credential).
 //!
 //! Sessions stay on the backend that created them: the `Mcp-Session-Id` an upstream hands out is
-//! remembered with the route that served it, so after a blue/green switch the old release's
-//! sessions keep reaching the old server while it drains and new sessions reach the new one. A
+//! remembered with the route and the server (target) that served it, so after a blue/green switch the
+//! old release's sessions keep reaching the old server while it drains and new sessions reach the new
+//! one, and on an app of several machines a session keeps reaching the machine that holds it. A
 //! pin is dropped when the session is deleted, when its backend answers 404 (session gone) or
 //! cannot be reached, when the backend was retired and stopped, or after the idle timeout.
+//!
+//! A request of no session (a 2026-07-28 request, or the `initialize` that opens a 2025 session) goes
+//! to the least busy server of the route ([`place`]): fewest requests and streams in flight among
+//! those awake, ties taken in turn. When every awake one is busy and another sleeps (scaled to zero),
+//! that one is started in the background for the requests that follow; only when none is awake does a
+//! request wait for a start.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +31,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::protocol::{self as p, GatewayBody, Resp};
-use super::{AppRoute, Backend, WakeHandle};
+use super::{AppRoute, Backend, HttpTarget};
 
 /// Request headers copied to the upstream.
 const FORWARD_REQUEST: &[&str] = &[
@@ -49,9 +57,10 @@ const HOP_BY_HOP: &[&str] =
 /// Most remembered session pins; beyond this the oldest idle ones are swept first.
 const MAX_PINS: usize = 100_000;
 
-/// A session pinned to the route (backend) that created it.
+/// A session pinned to the route (backend) and the server of it that created it.
 struct Pin {
     route: Arc<AppRoute>,
+    target: usize,
     last: Instant,
 }
 
@@ -59,6 +68,8 @@ struct Pin {
 pub struct Proxy {
     client: Client<HttpConnector, Limited<Incoming>>,
     pins: Mutex<HashMap<(Arc<str>, String), Pin>>,
+    /// Where ties between equally busy servers start (one counter for all apps: turns, not fairness).
+    turn: AtomicUsize,
 }
 
 impl Proxy {
@@ -70,7 +81,7 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(conn);
-        Proxy { client, pins: Mutex::new(HashMap::new()) }
+        Proxy { client, pins: Mutex::new(HashMap::new()), turn: AtomicUsize::new(0) }
     }
 
     /// Proxies a request for `app`, whose current route is `current` (an HTTP backend): to the
@@ -86,15 +97,27 @@ impl Proxy {
         let sid = req.headers().get(p::SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let is_delete = req.method() == http::Method::DELETE;
         let pinned = sid.as_ref().and_then(|sid| self.pinned(app, sid, idle_timeout));
-        let route = pinned.clone().unwrap_or(current);
-        let Backend::Http { url, headers, wake } = &route.backend else {
+        let (route, target) = match pinned.clone() {
+            Some(pin) => pin,
+            None => {
+                let target = match &current.backend {
+                    Backend::Http { targets } => place(targets, self.turn.fetch_add(1, Ordering::Relaxed)),
+                    Backend::Stdio { .. } => 0,
+                };
+                (current, target)
+            }
+        };
+        let Some(server) = (match &route.backend {
+            Backend::Http { targets } => targets.get(target),
+            Backend::Stdio { .. } => None,
+        }) else {
             return p::error(
                 StatusCode::BAD_GATEWAY,
                 -32603,
                 "Bad Gateway: the app's session moved to a stdio server",
             );
         };
-        let resp = self.forward(req, url, headers, wake.as_ref(), max_body).await;
+        let resp = self.forward(req, server, max_body).await;
         let status = resp.status();
         match &sid {
             Some(sid) if pinned.is_some() => {
@@ -111,19 +134,21 @@ impl Proxy {
                 if let Some(created) = created
                     && status.is_success()
                 {
-                    self.pin(app, created, route.clone(), idle_timeout);
+                    self.pin(app, created, route.clone(), target, idle_timeout);
                 }
             }
         }
         resp
     }
 
-    fn pinned(&self, app: &str, sid: &str, idle_timeout: Duration) -> Option<Arc<AppRoute>> {
+    fn pinned(&self, app: &str, sid: &str, idle_timeout: Duration) -> Option<(Arc<AppRoute>, usize)> {
         let mut pins = self.pins.lock().ok()?;
         let key = (Arc::<str>::from(app), sid.to_string());
         let pin = pins.get_mut(&key)?;
         let retired = match &pin.route.backend {
-            Backend::Http { wake: Some(w), .. } => w.0.is_retired(),
+            Backend::Http { targets } => {
+                targets.get(pin.target).and_then(|t| t.wake.as_ref()).is_some_and(|w| w.0.is_retired())
+            }
             _ => false,
         };
         if retired || pin.last.elapsed() > idle_timeout {
@@ -131,10 +156,10 @@ impl Proxy {
             return None;
         }
         pin.last = Instant::now();
-        Some(pin.route.clone())
+        Some((pin.route.clone(), pin.target))
     }
 
-    fn pin(&self, app: &str, sid: &str, route: Arc<AppRoute>, idle_timeout: Duration) {
+    fn pin(&self, app: &str, sid: &str, route: Arc<AppRoute>, target: usize, idle_timeout: Duration) {
         let Ok(mut pins) = self.pins.lock() else { return };
         if pins.len() >= MAX_PINS {
             pins.retain(|_, p| p.last.elapsed() <= idle_timeout);
@@ -145,7 +170,7 @@ impl Proxy {
                 }
             }
         }
-        pins.insert((Arc::from(app), sid.to_string()), Pin { route, last: Instant::now() });
+        pins.insert((Arc::from(app), sid.to_string()), Pin { route, target, last: Instant::now() });
     }
 
     fn unpin(&self, app: &str, sid: &str) {
@@ -161,15 +186,10 @@ impl Proxy {
         }
     }
 
-    /// Forward `req` to `url` and stream the answer back.
-    pub async fn forward(
-        &self,
-        req: Request<Incoming>,
-        url: &str,
-        extra: &[(String, String)],
-        wake: Option<&WakeHandle>,
-        max_body: usize,
-    ) -> Resp {
+    /// Forward `req` to `server` and stream the answer back.
+    pub async fn forward(&self, req: Request<Incoming>, server: &HttpTarget, max_body: usize) -> Resp {
+        let HttpTarget { url, headers: extra, wake, .. } = server;
+        let wake = wake.as_ref();
         let bad_gateway = |m: String| p::error(StatusCode::BAD_GATEWAY, -32603, &format!("Bad Gateway: {m}"));
         let uri: Uri = match url.parse() {
             Ok(u) => u,
@@ -195,7 +215,7 @@ impl Proxy {
             );
         }
         // In flight before asking whether the backend is awake (see `wake.rs`), until the body ends.
-        let in_flight = wake.map(|w| w.0.activity().begin());
+        let in_flight = Some(server.activity().begin());
         if let Some(w) = wake
             && !w.0.is_awake()
             && let Err(e) = w.0.wake().await
@@ -268,5 +288,40 @@ impl Proxy {
             r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
         }
         r
+    }
+}
+
+/// Which of a route's servers takes a request of no session (see the module docs): of those not known
+/// to sleep, the one with the fewest requests in flight, ties taken in turn from `turn`; when all of
+/// them are busy, a sleeping one is started in the background for what follows. With all asleep, the
+/// first (the request waits for its start in [`Proxy::forward`]).
+fn place(targets: &[HttpTarget], turn: usize) -> usize {
+    if targets.len() <= 1 {
+        return 0;
+    }
+    let n = targets.len();
+    let mut best: Option<(usize, usize)> = None;
+    for i in (0..n).map(|k| (turn + k) % n) {
+        let t = &targets[i];
+        if t.is_asleep() {
+            continue;
+        }
+        let load = t.activity().in_flight();
+        if best.is_none_or(|(_, b)| load < b) {
+            best = Some((i, load));
+        }
+    }
+    let asleep = targets.iter().find(|t| t.is_asleep());
+    match best {
+        Some((i, load)) => {
+            if load > 0
+                && let Some(sleeping) = asleep
+            {
+                // Busy everywhere awake: bring one more up for the requests that follow.
+                sleeping.start_in_background();
+            }
+            i
+        }
+        None => 0,
     }
 }

@@ -24,6 +24,11 @@ pub trait Wake: Send + Sync {
     fn wake(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
     /// The backend's request counter, read by its idle timer.
     fn activity(&self) -> &Arc<Activity>;
+    /// `true` when the backend is known to be stopped (scaled to zero), as opposed to merely not yet
+    /// checked: a request placed on it would wait for a start. (`upstream::place` prefers the others.)
+    fn is_asleep(&self) -> bool {
+        !self.is_awake()
+    }
     /// `true` once the backend was replaced and has stopped: sessions pinned to it are over.
     fn is_retired(&self) -> bool {
         false

@@ -127,6 +127,8 @@ struct DeploySection {
     auth: Option<String>,
     /// Warm spares (0 to 8) instead of the daemon's default.
     warm: Option<u32>,
+    /// Machines on Fly (1 to 10).
+    machines: Option<u32>,
 }
 
 fn default_transport() -> String {
@@ -234,11 +236,22 @@ fn from_catwalk_toml(text: &str, tree: &dyn Tree) -> Result<Plan, String> {
             }
             other => other,
         },
+        machines: match manifest.deploy.machines {
+            Some(n) if n == 0 || n > MAX_MACHINES => {
+                return Err(format!(
+                    "catwalk.toml: deploy.machines = {n}: use 1 to {MAX_MACHINES} (machines scale to zero on their own when idle)"
+                ));
+            }
+            other => other,
+        },
     })
 }
 
 /// Most warm spares an app may ask for: each is a running process that counts against its limits.
 const MAX_WARM: u32 = 8;
+
+/// Most Fly machines an app may ask for (each is billed while it runs).
+const MAX_MACHINES: u32 = 10;
 
 /// Parses `npm:NAME[@VERSION]` / `pypi:NAME[==VERSION]` (a bare scoped name `@x/y` means npm).
 pub fn parse_package_spec(spec: &str) -> Result<(Registry, String, Option<String>), String> {
@@ -409,6 +422,7 @@ fn from_server_json(text: &str) -> Result<Plan, String> {
         no_network: false,
         auth: Default::default(),
         warm: None,
+        machines: None,
     })
 }
 
@@ -473,6 +487,7 @@ fn repository_plan(manifest: &str, language: Language, entry: Entry) -> Plan {
         no_network: false,
         auth: Default::default(),
         warm: None,
+        machines: None,
     }
 }
 

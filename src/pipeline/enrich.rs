@@ -332,6 +332,7 @@ mod tests {
             no_network: false,
             auth: Default::default(),
             warm: None,
+            machines: None,
         }
     }
 

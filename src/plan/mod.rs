@@ -236,6 +236,10 @@ pub struct Plan {
     /// `[deploy] warm`: warm spares for this app (`None`: the daemon's `[deploy] warm`).
     #[serde(default)]
     pub warm: Option<u32>,
+    /// `[deploy] machines`: how many machines run the release on Fly (`None`: one). Requests of no
+    /// session are spread across them; each 2025 session stays on the machine that holds it.
+    #[serde(default)]
+    pub machines: Option<u32>,
 }
 
 impl Plan {

@@ -211,7 +211,7 @@ impl Platform {
                 self.store.create_app(&crate::store::AppRecord::new(name, "config", Vec::new()))?;
             }
             let backend = match &app.url {
-                Some(url) => Backend::Http { url: url.clone(), headers: Vec::new(), wake: None },
+                Some(url) => Backend::http(url.clone(), Vec::new(), None),
                 None => {
                     let cwd = app.cwd.clone().unwrap_or_else(|| self.dir.app(&app_name).join("home"));
                     std::fs::create_dir_all(&cwd).with_context(|| format!("creating {}", cwd.display()))?;

@@ -208,11 +208,7 @@ impl LocalRuntime {
                     fixed_port,
                 };
                 let server = HttpServer::new(spec, self.settings.lifecycle, logs.clone());
-                let backend = Backend::Http {
-                    url: server.url(path),
-                    headers: Vec::new(),
-                    wake: Some(WakeHandle(server.clone())),
-                };
+                let backend = Backend::http(server.url(path), Vec::new(), Some(WakeHandle(server.clone())));
                 (backend, Some(server))
             }
             _ => (Backend::Stdio { argv, env, cwd }, None),

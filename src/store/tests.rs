@@ -197,6 +197,7 @@ fn release(app: &str, version: u32, status: ReleaseStatus) -> ReleaseRecord {
         no_network: false,
         auth: Default::default(),
         warm: None,
+        machines: None,
     };
     ReleaseRecord {
         app: app.into(),

@@ -331,6 +331,10 @@ pub(crate) fn launch(inner: &Arc<Inner>, st: &mut State, app: &str, id: &str) {
         if program.contains('/') { PathBuf::from(program) } else { inner.image.bin_dir.join(program) };
     let mut c = tokio::process::Command::new(&program);
     c.args(&argv[1..]).env_clear().envs(&inner.image.env);
+    // Each machine has a root file system of its own (kept across its restarts): the runner's directory.
+    if let Some(dir) = inner.image.env.get("CATWALK_RUNNER_DIR") {
+        c.env("CATWALK_RUNNER_DIR", PathBuf::from(dir).join(id));
+    }
     if let Some(env) = m.config.get("env").and_then(Value::as_object) {
         for (k, v) in env {
             c.env(k, v.as_str().unwrap_or_default());

@@ -319,7 +319,14 @@ impl Deployer {
         };
         match (release.runtime, &self.fly) {
             (RuntimeKind::Fly, Some(fly)) => self.finish_on(fly, app, release, &secrets, progress).await,
-            _ => self.finish_on(&self.local, app, release, &secrets, progress).await,
+            _ => {
+                if let Some(n) = release.plan.machines.filter(|n| *n > 1) {
+                    progress.step(format!(
+                        "note: deploy.machines = {n} applies on Fly; this release runs on this host (a process per client, warm spares)"
+                    ));
+                }
+                self.finish_on(&self.local, app, release, &secrets, progress).await
+            }
         }
     }
 

@@ -5,17 +5,19 @@
 //! 2. clean up machines an interrupted deploy left behind (found by metadata: not the live release);
 //! 3. set the app's secrets (the release's plus the bridge credential, and for a repository release its
 //!    one-time source token; removed ones unset) → version N;
-//! 4. create the new machine with `min_secrets_version = N` and `skip_service_registration` (fly-proxy
-//!    does not route to it yet), idempotently (launch ULID + unique name);
-//! 5. wait for `started` (the `/wait` 408 loop), wait for the bridge to answer, check it is not
-//!    restart-looping (exit events), and run the MCP health gate through the URL and credential the
-//!    proxy will use.
+//! 4. create the new machines (`[deploy] machines`, default one) with `min_secrets_version = N` and
+//!    `skip_service_registration` (fly-proxy does not route to them yet), idempotently (launch ULID +
+//!    a unique name per machine, `…-vN-LAUNCH`, `…-vN-LAUNCH-1`, …);
+//! 5. for each machine, at the same time: wait for `started` (the `/wait` 408 loop), wait for the
+//!    bridge to answer, check it is not restart-looping (exit events), and run the MCP health gate
+//!    through the URL and credential the proxy will use;
+//! 6. over Flycast, uncordon the new machines so fly-proxy routes to them (flyctl's blue/green does the
+//!    same).
 //!
-//! 6. over Flycast, uncordon the new machine so fly-proxy routes to it (flyctl's blue/green does the same).
-//!
-//! Any failure destroys the new machine and leaves the old one serving. On success the caller switches
-//! its route to [`Staged::route`], then calls [`FlyRuntime::commit`] (cordon, stop and destroy the old
-//! machines) — or [`FlyRuntime::abort`] if it could not switch.
+//! Any failure destroys every new machine and leaves the old ones serving: a release runs on all its
+//! machines or on none. On success the caller switches its route to [`Staged::route`], then calls
+//! [`FlyRuntime::commit`] (cordon, stop and destroy the old machines) — or [`FlyRuntime::abort`] if it
+//! could not switch.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +27,7 @@ use super::source::SOURCE_PATH;
 use super::types::{Machine, MachineRequest, SecretsUpdate};
 use super::wake::Awake;
 use super::{
-    BRIDGE_TOKEN_SECRET, FlyRuntime, LiveMachine, META_APP, META_LAUNCH, META_RELEASE, Network,
+    BRIDGE_TOKEN_SECRET, FlyRuntime, LiveMachines, META_APP, META_LAUNCH, META_RELEASE, Network,
     SOURCE_TOKEN_SECRET,
 };
 use crate::gateway::AppRoute;
@@ -44,14 +46,15 @@ pub struct ReleaseSource {
     pub daemon_url: String,
 }
 
-/// A release running on a new machine that passed its health gate, not yet serving.
+/// A release running on new machines that passed their health gates, not yet serving.
 #[derive(Debug, Clone)]
 pub struct Staged {
     pub app: String,
     pub fly_app: String,
     pub release: u32,
     pub launch: String,
-    pub machine: Machine,
+    /// The release's machines, in the order of the route's targets (never empty).
+    pub machines: Vec<Machine>,
     /// The route the gateway should switch to.
     pub route: AppRoute,
     pub introspection: Introspection,
@@ -62,6 +65,11 @@ pub struct Staged {
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
+}
+
+/// `" (2 of 3)"` for the machine at `index` of `count`, or empty for a release of one machine.
+fn of_count(index: usize, count: usize) -> String {
+    if count > 1 { format!(" ({} of {count})", index + 1) } else { String::new() }
 }
 
 fn secs(d: Duration) -> String {
@@ -94,7 +102,8 @@ impl FlyRuntime {
     ) -> Result<Staged, String> {
         let grant = source.map(|s| {
             let base = self.cfg.daemon_url.as_deref().unwrap_or(&s.daemon_url).trim_end_matches('/');
-            let token = self.sources.grant(&release.app, release.version, &s.dir);
+            let machines = release.plan.machines.unwrap_or(1);
+            let token = self.sources.grant(&release.app, release.version, &s.dir, machines);
             (format!("{base}{SOURCE_PATH}"), token)
         });
         let result = self.stage_machine(release, secrets, live_release, grant.as_ref(), progress).await;
@@ -152,64 +161,108 @@ impl FlyRuntime {
         let launch = new_launch_id();
         let config =
             machine_config(&self.cfg, release, secrets, &launch, source.map(|(url, _)| url.as_str()))?;
-        let req = MachineRequest {
-            config,
-            name: Some(format!("{fly_app}-v{}-{}", release.version, launch.to_ascii_lowercase())),
-            region: Some(self.cfg.region.clone()),
-            min_secrets_version: Some(secrets_version),
-            skip_service_registration: true,
-            ..Default::default()
-        };
+        let count = release.plan.machines.unwrap_or(1).max(1) as usize;
         let started = Instant::now();
-        let machine = self.client.create_machine_idempotent(&fly_app, &req, META_LAUNCH).await.map_err(|e| {
-            let mut msg = e.to_string();
-            if matches!(e.status(), Some(412 | 500)) && e.message.contains("capacity") {
-                msg.push_str(&format!(
-                    "; region {} has no capacity for this guest size right now: retry, or change [runtime.fly] region/guest",
-                    self.cfg.region
-                ));
+        let mut created: Vec<Machine> = Vec::new();
+        let mut failure = None;
+        for index in 0..count {
+            let base = format!("{fly_app}-v{}-{}", release.version, launch.to_ascii_lowercase());
+            let req = MachineRequest {
+                config: config.clone(),
+                name: Some(if index == 0 { base } else { format!("{base}-{index}") }),
+                region: Some(self.cfg.region.clone()),
+                min_secrets_version: Some(secrets_version),
+                skip_service_registration: true,
+                ..Default::default()
+            };
+            match self.client.create_machine_idempotent(&fly_app, &req, META_LAUNCH).await {
+                Ok(machine) => {
+                    progress.step(format!(
+                        "fly: app {fly_app}, secrets version {secrets_version}, machine {} ({}) created{}",
+                        machine.id,
+                        machine.region,
+                        of_count(index, count)
+                    ));
+                    created.push(machine);
+                }
+                Err(e) => {
+                    let mut msg = e.to_string();
+                    if matches!(e.status(), Some(412 | 500)) && e.message.contains("capacity") {
+                        msg.push_str(&format!(
+                            "; region {} has no capacity for this guest size right now: retry, or change [runtime.fly] region/guest",
+                            self.cfg.region
+                        ));
+                    }
+                    failure = Some(msg);
+                    break;
+                }
             }
-            msg
-        })?;
-        progress.step(format!(
-            "fly: app {fly_app}, secrets version {secrets_version}, machine {} ({}) created",
-            machine.id, machine.region
-        ));
-        let gated = match self.gate(app, &fly_app, &machine, progress, started).await {
-            // Over Flycast the machine joins fly-proxy only now, healthy and before the route switches
-            // (requests are pinned with fly-force-instance-id, so nothing reaches it before the switch).
-            Ok(g) if self.cfg.network == Network::Flycast => {
-                self.client.uncordon(&fly_app, &machine.id).await.map(|()| g).map_err(String::from)
-            }
-            other => other,
+        }
+        let gated = match failure {
+            Some(e) => Err(e),
+            None => self.gate_all(app, &fly_app, &created, progress, started).await,
         };
         match gated {
-            Ok((machine, route, introspection)) => Ok(Staged {
+            Ok((machines, introspection)) => Ok(Staged {
                 app: app.to_string(),
                 fly_app,
                 release: release.version,
                 launch,
-                machine,
-                route,
+                route: self.route(app, &machines),
+                machines,
                 introspection,
                 old_machines: old.into_iter().map(|m| m.id).collect(),
                 secrets_version,
             }),
             Err(e) => {
-                match self.retire(&fly_app, &machine.id).await {
-                    Ok(()) => progress
-                        .step(format!("fly: machine {} destroyed (release failed)", short(&machine.id))),
-                    Err(c) => progress.step(format!(
-                        "fly: could not destroy machine {} ({c}); the next deploy removes it",
-                        short(&machine.id)
-                    )),
+                for machine in &created {
+                    match self.retire(&fly_app, &machine.id).await {
+                        Ok(()) => progress
+                            .step(format!("fly: machine {} destroyed (release failed)", short(&machine.id))),
+                        Err(c) => progress.step(format!(
+                            "fly: could not destroy machine {} ({c}); the next deploy removes it",
+                            short(&machine.id)
+                        )),
+                    }
                 }
                 Err(e)
             }
         }
     }
 
-    /// Started → answering → not looping → MCP healthy.
+    /// Gates every new machine at once (see [`FlyRuntime::gate`]); over Flycast each joins fly-proxy once
+    /// healthy, before the route switches (requests are pinned with fly-force-instance-id, so nothing
+    /// reaches it before the switch). The first failure fails the release.
+    async fn gate_all(
+        &self,
+        app: &str,
+        fly_app: &str,
+        machines: &[Machine],
+        progress: &Progress,
+        started: Instant,
+    ) -> Result<(Vec<Machine>, Introspection), String> {
+        let count = machines.len();
+        let gates = machines.iter().enumerate().map(|(index, machine)| async move {
+            let (machine, intro) =
+                self.gate(app, fly_app, machine, progress, started, of_count(index, count)).await?;
+            if self.cfg.network == Network::Flycast {
+                self.client.uncordon(fly_app, &machine.id).await?;
+            }
+            Ok::<_, String>((machine, intro))
+        });
+        let mut gated = Vec::new();
+        let mut introspection = None;
+        for result in futures_util::future::join_all(gates).await {
+            let (machine, intro) = result?;
+            introspection.get_or_insert(intro);
+            gated.push(machine);
+        }
+        let introspection = introspection.ok_or("a release needs at least one machine")?;
+        Ok((gated, introspection))
+    }
+
+    /// Started → answering → not looping → MCP healthy. `which` names the machine among several in
+    /// the progress line (`" (2 of 3)"`), or is empty.
     async fn gate(
         &self,
         app: &str,
@@ -217,11 +270,10 @@ impl FlyRuntime {
         machine: &Machine,
         progress: &Progress,
         started: Instant,
-    ) -> Result<(Machine, AppRoute, Introspection), String> {
-        let deadline = Instant::now() + self.cfg.start_timeout;
-        self.client.wait_state(fly_app, &machine.id, Some(&machine.instance_id), "started", deadline).await?;
+        which: String,
+    ) -> Result<(Machine, Introspection), String> {
+        self.wait_started(fly_app, machine).await?;
         let machine = self.client.get_machine(fly_app, &machine.id).await?;
-        let route = self.route(app, &machine);
         // Until commit the machine is not registered with fly-proxy (skip_service_registration), so
         // the gate always goes over 6PN, straight to the machine's bridge, with the proxy's credential.
         let direct = self.direct_route(app, &machine);
@@ -236,13 +288,39 @@ impl FlyRuntime {
         // A server that answered once and then crashed is restart-looping: check again.
         self.smoke(fly_app, &machine.id).await?;
         progress.step(format!(
-            "fly: machine started in {}, MCP healthy in {}: {} tool{}",
+            "fly: machine{which} started in {}, MCP healthy in {}: {} tool{}",
             secs(boot),
             secs(t.elapsed()),
             intro.tools.len(),
             if intro.tools.len() == 1 { "" } else { "s" }
         ));
-        Ok((machine, route, intro))
+        Ok((machine, intro))
+    }
+
+    /// Waits until a new machine is `started`, in turns of a few seconds: a machine whose process
+    /// crashed until its restart policy gave up is `stopped` and would never get there (it can be, by the
+    /// time its turn comes, when several machines are created one after the other).
+    async fn wait_started(&self, fly_app: &str, machine: &Machine) -> Result<(), String> {
+        let deadline = Instant::now() + self.cfg.start_timeout;
+        loop {
+            let turn = (Instant::now() + Duration::from_secs(5)).min(deadline);
+            let id = &machine.id;
+            match self.client.wait_state(fly_app, id, Some(&machine.instance_id), "started", turn).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.status() == Some(408) && Instant::now() < deadline => {
+                    let m = self.client.get_machine(fly_app, id).await?;
+                    if matches!(m.state.as_str(), "stopped" | "failed" | "destroyed") {
+                        return Err(format!(
+                            "machine {} is {} instead of starting{}",
+                            short(id),
+                            m.state,
+                            self.exit_summary(fly_app, id).await
+                        ));
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 
     /// Fails when the machine is not `started` or its events show its process exiting.
@@ -312,16 +390,17 @@ struct Backend {
 /// URL and bridge token of a route built by [`FlyRuntime::route`].
 fn backend_of(route: &AppRoute) -> Backend {
     match &route.backend {
-        crate::gateway::Backend::Http { url, headers, .. } => Backend {
-            url: url.clone(),
-            token: headers
+        crate::gateway::Backend::Http { targets } if !targets.is_empty() => Backend {
+            url: targets[0].url.clone(),
+            token: targets[0]
+                .headers
                 .iter()
                 .find(|(k, _)| k == "authorization")
                 .and_then(|(_, v)| v.strip_prefix("Bearer "))
                 .unwrap_or_default()
                 .to_string(),
         },
-        crate::gateway::Backend::Stdio { .. } => Backend { url: String::new(), token: String::new() },
+        _ => Backend { url: String::new(), token: String::new() },
     }
 }
 
@@ -347,8 +426,8 @@ impl Runtime for FlyRuntime {
             }
         };
         let staged = self.deploy_with_source(release, secrets, live, source.as_ref(), progress).await?;
-        let route =
-            self.live_route(app.as_str(), staged.route.clone(), &staged.machine.id, Awake::Started, logs);
+        let machines: Vec<_> = staged.machines.iter().map(|m| (m.id.clone(), Awake::Started)).collect();
+        let route = self.live_route(app.as_str(), staged.route.clone(), &machines, logs);
         release.timings.push(("fly".into(), started.elapsed().as_millis() as u64));
         release.introspection = Some(staged.introspection.clone());
         Ok((route, staged))
@@ -359,9 +438,9 @@ impl Runtime for FlyRuntime {
     async fn commit(&self, _app: &AppName, staged: &Staged, progress: &Progress) -> Result<(), String> {
         self.live.lock().expect("live map").insert(
             staged.app.clone(),
-            LiveMachine {
+            LiveMachines {
                 fly_app: staged.fly_app.clone(),
-                machine_id: staged.machine.id.clone(),
+                machine_ids: staged.machines.iter().map(|m| m.id.clone()).collect(),
                 release: staged.release,
             },
         );
@@ -376,10 +455,10 @@ impl Runtime for FlyRuntime {
                 Err(e) => problems.push(format!("machine {}: {e}", short(id))),
             }
         }
-        // Machines of this launch other than the staged one (a create retried after a lost answer).
+        // Machines of this launch other than the staged ones (a create retried after a lost answer).
         let strays =
             self.client.list_by_metadata(&staged.fly_app, &[(META_LAUNCH, staged.launch.as_str())]).await?;
-        for m in strays.into_iter().filter(|m| m.id != staged.machine.id) {
+        for m in strays.into_iter().filter(|m| staged.machines.iter().all(|s| s.id != m.id)) {
             if let Err(e) = self.retire(&staged.fly_app, &m.id).await {
                 problems.push(format!("machine {}: {e}", short(&m.id)));
             }
@@ -394,19 +473,28 @@ impl Runtime for FlyRuntime {
         }
     }
 
-    /// Gives up a staged release (the caller could not switch to it): destroys its machine.
+    /// Gives up a staged release (the caller could not switch to it): destroys its machines.
     async fn abort(&self, _app: &AppName, staged: &Staged, progress: &Progress) -> Result<(), String> {
-        self.retire(&staged.fly_app, &staged.machine.id).await?;
-        progress.step(format!("fly: machine {} destroyed (release not switched)", short(&staged.machine.id)));
-        Ok(())
+        let mut problems = Vec::new();
+        for machine in &staged.machines {
+            match self.retire(&staged.fly_app, &machine.id).await {
+                Ok(()) => progress
+                    .step(format!("fly: machine {} destroyed (release not switched)", short(&machine.id))),
+                Err(e) => problems.push(format!("machine {}: {e}", short(&machine.id))),
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
     }
 
-    /// The machine is stopped and started again (its bridge and server start fresh).
+    /// The machines are stopped and started again (their bridges and servers start fresh).
     async fn restart(&self, app: &AppName, live: Option<&ReleaseRecord>) -> Result<String, String> {
         self.scale_to_zero(app.as_str()).await?;
         self.ensure_started(app.as_str()).await?;
         let release = live.map(|l| format!("release v{}'s ", l.version)).unwrap_or_default();
-        Ok(format!("restarted: {release}Fly machine was stopped and started again"))
+        let count = self.live_machines(app.as_str()).await?.map_or(1, |l| l.machine_ids.len());
+        let what =
+            if count == 1 { "Fly machine was".to_string() } else { format!("{count} Fly machines were") };
+        Ok(format!("restarted: {release}{what} stopped and started again"))
     }
 
     /// `apps destroy`: deletes the Fly app (its machines, secrets and network go with it).

@@ -1,16 +1,18 @@
 //! The Fly.io Machines runtime: each catwalk app becomes one Fly app (`app_prefix` + name) whose
-//! machine runs the runner image (`catwalk runner`: install the pinned package at boot, then the
-//! bridge), and the daemon's gateway proxies `/mcp/APP` to it over 6PN or Flycast.
+//! machines (one, or `[deploy] machines` of them) run the runner image (`catwalk runner`: install the
+//! pinned package at boot, then the bridge), and the daemon's gateway proxies `/mcp/APP` to them over
+//! 6PN or Flycast: a request of no session to the least busy machine, a 2025 session to the one that
+//! holds it.
 //!
 //! - [`client`]: the Machines API client (auth, rate limits, retries, idempotent creates, `/wait` loop, leases);
 //! - [`types`]: the API's serde types, checked against the OpenAPI spec;
 //! - [`machine`]: the machine config built from a release (never holding a secret value);
-//! - [`deploy`]: blue/green: stage the new machine, gate it, then retire the old one ([`FlyRuntime::deploy`],
+//! - [`deploy`]: blue/green: stage the new machines, gate them, then retire the old ones ([`FlyRuntime::deploy`],
 //!   [`FlyRuntime::commit`], [`FlyRuntime::abort`]);
 //! - [`runner`]: `catwalk runner`, the image's entry point;
 //! - [`source`]: one-time source downloads for releases built from their repository;
-//! - [`wake`]: scale to zero over 6PN: the live route's [`wake::FlyWake`] starts a stopped machine before
-//!   the gateway forwards a request, and stops it after `idle_timeout` with nothing in flight.
+//! - [`wake`]: scale to zero over 6PN: each live machine's [`wake::FlyWake`] starts it when stopped before
+//!   the gateway forwards a request to it, and stops it after `idle_timeout` with nothing in flight.
 //!
 //! Isolation: every Fly app gets its own 6PN network (named like the app), and every machine's bridge
 //! requires a per-app credential that only the daemon holds (a Fly secret derived from the daemon's key),
@@ -37,7 +39,7 @@ use sha2::Sha256;
 pub use client::{FlyClient, FlyError, RetryPolicy};
 pub use deploy::{ReleaseSource, Staged};
 
-use crate::gateway::{AppRoute, Backend};
+use crate::gateway::{AppRoute, Backend, HttpTarget};
 
 /// Name of the Fly secret holding the bridge credential (and of the machine's env var).
 pub const BRIDGE_TOKEN_SECRET: &str = "CATWALK_BRIDGE_TOKEN";
@@ -238,9 +240,10 @@ fn duration_or_off<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Erro
 
 /// Where one catwalk app's release runs on Fly.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveMachine {
+pub struct LiveMachines {
     pub fly_app: String,
-    pub machine_id: String,
+    /// The release's machines, in the order of the route's targets (never empty).
+    pub machine_ids: Vec<String>,
     pub release: u32,
 }
 
@@ -269,11 +272,12 @@ pub struct FlyRuntime {
     pub cfg: FlyConfig,
     pub client: FlyClient,
     bridge_key: [u8; 32],
-    live: Mutex<HashMap<String, LiveMachine>>,
-    /// One start at a time per app (many requests may arrive for a stopped machine at once).
+    live: Mutex<HashMap<String, LiveMachines>>,
+    /// One start at a time per machine (many requests may arrive for a stopped machine at once).
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The wake of each app's live 6PN route (held strongly by the route only; see [`wake`]).
-    wakes: Mutex<HashMap<String, std::sync::Weak<wake::FlyWake>>>,
+    /// The wakes of each app's live 6PN route, one per machine (held strongly by the route only; see
+    /// [`wake`]).
+    wakes: Mutex<HashMap<String, Vec<std::sync::Weak<wake::FlyWake>>>>,
     /// Outstanding source tokens; the daemon serves them at `/_catwalk/source/` (see [`source`]).
     pub sources: Arc<source::SourceArchives>,
 }
@@ -337,20 +341,24 @@ impl FlyRuntime {
             .replace("{path}", "/mcp")
     }
 
-    /// The gateway route to a machine: its URL plus the bridge credential (and, over Flycast, the
-    /// `fly-force-instance-id` header that pins every request, hence every MCP session, to it).
-    pub fn route(&self, app: &str, machine: &types::Machine) -> AppRoute {
+    /// The gateway route to a release's machines: each one's URL plus the bridge credential (and, over
+    /// Flycast, the `fly-force-instance-id` header that sends each request to the machine the gateway
+    /// chose for it, so a session stays on the machine that holds it).
+    pub fn route(&self, app: &str, machines: &[types::Machine]) -> AppRoute {
         let fly_app = self.fly_app(app);
-        let mut headers = vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))];
-        if self.cfg.network == Network::Flycast {
-            headers.push(("fly-force-instance-id".to_string(), machine.id.clone()));
-        }
+        let targets = machines
+            .iter()
+            .map(|machine| {
+                let mut headers =
+                    vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))];
+                if self.cfg.network == Network::Flycast {
+                    headers.push(("fly-force-instance-id".to_string(), machine.id.clone()));
+                }
+                HttpTarget::new(self.machine_url(&fly_app, &machine.id, &machine.private_ip), headers, None)
+            })
+            .collect();
         AppRoute {
-            backend: Backend::Http {
-                url: self.machine_url(&fly_app, &machine.id, &machine.private_ip),
-                headers,
-                wake: None,
-            },
+            backend: Backend::Http { targets },
             allowed_origins: Vec::new(),
             shared: false,
             rate_limit: None,
@@ -364,11 +372,11 @@ impl FlyRuntime {
         let url =
             self.fill(&self.cfg.machine_url_template, &self.fly_app(app), &machine.id, &machine.private_ip);
         AppRoute {
-            backend: Backend::Http {
+            backend: Backend::http(
                 url,
-                headers: vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))],
-                wake: None,
-            },
+                vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))],
+                None,
+            ),
             allowed_origins: Vec::new(),
             shared: false,
             rate_limit: None,
@@ -377,51 +385,67 @@ impl FlyRuntime {
         }
     }
 
-    /// The live machine of `app`, from memory or (after a daemon restart) from Fly: the started
-    /// or stopped machine of the newest release.
-    pub async fn live_machine(&self, app: &str) -> Result<Option<LiveMachine>, String> {
+    /// The live machines of `app`, from memory or (after a daemon restart) from Fly: the started or
+    /// stopped machines of the newest release, in the order they were created.
+    pub async fn live_machines(&self, app: &str) -> Result<Option<LiveMachines>, String> {
         if let Some(l) = self.live.lock().expect("live map").get(app).cloned() {
             return Ok(Some(l));
         }
         let fly_app = self.fly_app(app);
-        let machines = self.client.list_by_metadata(&fly_app, &[(META_APP, app)]).await?;
-        let best = machines
-            .iter()
+        let mut machines: Vec<_> = self
+            .client
+            .list_by_metadata(&fly_app, &[(META_APP, app)])
+            .await?
+            .into_iter()
             .filter(|m| !matches!(m.state.as_str(), "destroyed" | "destroying" | "failed"))
             .filter_map(|m| Some((m.meta(META_RELEASE)?.parse::<u32>().ok()?, m)))
-            .max_by_key(|(v, _)| *v);
-        Ok(best.map(|(release, m)| {
-            let l = LiveMachine { fly_app: fly_app.clone(), machine_id: m.id.clone(), release };
-            self.live.lock().expect("live map").insert(app.to_string(), l.clone());
-            l
-        }))
+            .collect();
+        let Some(release) = machines.iter().map(|(v, _)| *v).max() else { return Ok(None) };
+        machines.retain(|(v, _)| *v == release);
+        // Names end in the machine's index (`…-v3-LAUNCH`, `…-v3-LAUNCH-1`, …): the route's order.
+        machines.sort_by(|(_, a), (_, b)| (a.name.len(), &a.name).cmp(&(b.name.len(), &b.name)));
+        let l =
+            LiveMachines { fly_app, machine_ids: machines.into_iter().map(|(_, m)| m.id).collect(), release };
+        self.live.lock().expect("live map").insert(app.to_string(), l.clone());
+        Ok(Some(l))
     }
 
-    /// The route of `app`'s live machine after a daemon restart (`None`: nothing deployed on Fly),
-    /// with its wake over 6PN (the machine may have been stopped meanwhile: the first request checks).
+    /// The route of `app`'s live machines after a daemon restart (`None`: nothing deployed on Fly),
+    /// with their wakes over 6PN (a machine may have been stopped meanwhile: its first request checks).
     pub async fn restore_route(
         self: &Arc<Self>,
         app: &str,
         logs: &Arc<crate::gateway::AppLogs>,
     ) -> Result<Option<AppRoute>, String> {
-        let Some(live) = self.live_machine(app).await? else { return Ok(None) };
-        let m = self.client.get_machine(&live.fly_app, &live.machine_id).await?;
-        let running = matches!(m.state.as_str(), "started" | "starting");
-        Ok(Some(self.live_route(app, self.route(app, &m), &m.id, wake::Awake::Unchecked { running }, logs)))
+        let Some(live) = self.live_machines(app).await? else { return Ok(None) };
+        let mut machines = Vec::new();
+        let mut awake = Vec::new();
+        for id in &live.machine_ids {
+            let m = self.client.get_machine(&live.fly_app, id).await?;
+            let running = matches!(m.state.as_str(), "started" | "starting");
+            awake.push((m.id.clone(), wake::Awake::Unchecked { running }));
+            machines.push(m);
+        }
+        Ok(Some(self.live_route(app, self.route(app, &machines), &awake, logs)))
     }
 
-    /// Makes sure `app`'s live machine runs: a stopped (scaled to zero) or suspended machine is
+    /// Makes sure `app`'s live machines run: a stopped (scaled to zero) or suspended machine is
     /// started and awaited. Concurrent callers share one start. Over Flycast fly-proxy does this itself.
     pub async fn ensure_started(&self, app: &str) -> Result<(), String> {
-        let live = self.live_machine(app).await?.ok_or(format!("app {app} has no machine on Fly"))?;
-        self.ensure_machine_started(app, &live.machine_id).await.map(|_| ())
+        let live = self.live_machines(app).await?.ok_or(format!("app {app} has no machine on Fly"))?;
+        let starts = live.machine_ids.iter().map(|id| self.ensure_machine_started(app, id));
+        for result in futures_util::future::join_all(starts).await {
+            result?;
+        }
+        Ok(())
     }
 
     /// [`FlyRuntime::ensure_started`] for one machine of `app`. `Ok(true)` when it had to be started,
     /// `Ok(false)` when it was running already (one GET and a health probe).
     pub async fn ensure_machine_started(&self, app: &str, machine_id: &str) -> Result<bool, String> {
         let fly_app = self.fly_app(app);
-        let gate = self.starting.lock().expect("start gates").entry(app.to_string()).or_default().clone();
+        let gate =
+            self.starting.lock().expect("start gates").entry(machine_id.to_string()).or_default().clone();
         let _one = gate.lock().await;
         let m = self.client.get_machine(&fly_app, machine_id).await?;
         let deadline = Instant::now() + self.cfg.start_timeout;
@@ -460,11 +484,15 @@ impl FlyRuntime {
         Ok(started)
     }
 
-    /// Scale to zero over 6PN: stops `app`'s live machine; the next request starts it again
-    /// through [`FlyRuntime::ensure_started`].
+    /// Scale to zero over 6PN: stops `app`'s live machines; the next request starts one again
+    /// through its wake (or [`FlyRuntime::ensure_started`] starts them all).
     pub async fn scale_to_zero(&self, app: &str) -> Result<(), String> {
-        let live = self.live_machine(app).await?.ok_or(format!("app {app} has no machine on Fly"))?;
-        self.stop_machine(app, &live.machine_id).await
+        let live = self.live_machines(app).await?.ok_or(format!("app {app} has no machine on Fly"))?;
+        let stops = live.machine_ids.iter().map(|id| self.stop_machine(app, id));
+        for result in futures_util::future::join_all(stops).await {
+            result?;
+        }
+        Ok(())
     }
 
     /// Stops one machine of `app` (gracefully: SIGTERM, 10 s) and waits until it is `stopped`.
@@ -515,7 +543,12 @@ impl FlyRuntime {
         machine_id: &str,
         deadline: Instant,
     ) -> Result<(), String> {
-        let Backend::Http { url, headers, .. } = &route.backend else { return Ok(()) };
+        let Some(HttpTarget { url, headers, .. }) = (match &route.backend {
+            Backend::Http { targets } => targets.first(),
+            Backend::Stdio { .. } => None,
+        }) else {
+            return Ok(());
+        };
         let health = match url.rfind("/mcp") {
             Some(i) => format!("{}/healthz", &url[..i]),
             None => url.clone(),

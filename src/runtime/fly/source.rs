@@ -3,9 +3,11 @@
 //! A release built from its repository has no package to install at boot: the machine's runner
 //! downloads the release's exported source (`releases/vN/src` of the app, as a tar.gz) from the daemon
 //! and builds it there. The download needs a one-time token:
-//! - random 256 bits, created for one release of one app when its machine is staged;
-//! - handed to the machine as the Fly secret `CATWALK_SOURCE_TOKEN` (never in the machine config);
-//! - single use: the first request takes it (a second answers 404, like an unknown or forged one);
+//! - random 256 bits, created for one release of one app when its machines are staged;
+//! - handed to the machines as the Fly secret `CATWALK_SOURCE_TOKEN` (never in the machine config; Fly
+//!   secrets are per app, so the release's machines share it);
+//! - one use per machine of the release: each download takes one, and once all are taken the token is
+//!   gone (a further request answers 404, like an unknown or forged one);
 //! - expires after [`TOKEN_TTL`], and is revoked when the deploy ends, used or not;
 //! - only its digest is kept, so the daemon's memory does not hold usable tokens either.
 //!
@@ -30,12 +32,13 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// The URL path prefix (after the daemon's URL) the runner appends the token to.
 pub const SOURCE_PATH: &str = "/_catwalk/source/";
 
-/// What a token grants: one release's source directory.
+/// What a token grants: one release's source directory, `uses` more times.
 struct Grant {
     app: String,
     release: u32,
     dir: PathBuf,
     expires: Instant,
+    uses: u32,
 }
 
 /// The outstanding source tokens (see the module docs).
@@ -49,15 +52,22 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl SourceArchives {
-    /// A new one-time token for `dir`, the exported source of `app`'s release `release`.
-    pub fn grant(&self, app: &str, release: u32, dir: &Path) -> String {
+    /// A new token for `dir`, the exported source of `app`'s release `release`, good for `uses` downloads
+    /// (one per machine of the release).
+    pub fn grant(&self, app: &str, release: u32, dir: &Path, uses: u32) -> String {
         let token = hex::encode(rand::random::<[u8; 32]>());
         let mut grants = self.grants.lock().expect("source grants");
         let now = Instant::now();
         grants.retain(|_, g| g.expires > now);
         grants.insert(
             digest(&token),
-            Grant { app: app.to_string(), release, dir: dir.to_path_buf(), expires: now + TOKEN_TTL },
+            Grant {
+                app: app.to_string(),
+                release,
+                dir: dir.to_path_buf(),
+                expires: now + TOKEN_TTL,
+                uses: uses.max(1),
+            },
         );
         token
     }
@@ -67,10 +77,22 @@ impl SourceArchives {
         self.grants.lock().expect("source grants").retain(|_, g| !(g.app == app && g.release == release));
     }
 
-    /// Takes the grant of `token`: it is gone afterwards. `None` when unknown, used or expired.
+    /// Takes one use of `token`'s grant (the grant is gone with its last use): what it grants (`uses` is
+    /// how many are left). `None` when unknown, used up or expired.
     fn take(&self, token: &str) -> Option<Grant> {
-        let grant = self.grants.lock().expect("source grants").remove(&digest(token))?;
-        (grant.expires > Instant::now()).then_some(grant)
+        let mut grants = self.grants.lock().expect("source grants");
+        let key = digest(token);
+        let grant = grants.get_mut(&key)?;
+        if grant.expires <= Instant::now() {
+            grants.remove(&key);
+            return None;
+        }
+        grant.uses -= 1;
+        if grant.uses == 0 {
+            return grants.remove(&key);
+        }
+        let Grant { app, release, dir, expires, uses } = grant;
+        Some(Grant { app: app.clone(), release: *release, dir: dir.clone(), expires: *expires, uses: *uses })
     }
 
     async fn answer(&self, rest: &str, req: Request<Incoming>) -> Response<GatewayBody> {
@@ -234,8 +256,8 @@ mod tests {
     #[test]
     fn tokens_are_single_use_and_bound_to_their_grant() {
         let s = SourceArchives::default();
-        let t1 = s.grant("a", 1, Path::new("/x"));
-        let t2 = s.grant("a", 2, Path::new("/y"));
+        let t1 = s.grant("a", 1, Path::new("/x"), 1);
+        let t2 = s.grant("a", 2, Path::new("/y"), 1);
         assert_eq!(t1.len(), 64);
         assert_ne!(t1, t2);
         assert!(s.take("0".repeat(64).as_str()).is_none());
@@ -244,6 +266,16 @@ mod tests {
         assert!(s.take(&t1).is_none(), "second use");
         s.revoke("a", 2);
         assert!(s.take(&t2).is_none(), "revoked");
+    }
+
+    #[test]
+    fn a_token_of_several_machines_serves_each_once() {
+        let s = SourceArchives::default();
+        let t = s.grant("a", 1, Path::new("/x"), 3);
+        for left in [2, 1, 0] {
+            assert_eq!(s.take(&t).expect("a use left").uses, left);
+        }
+        assert!(s.take(&t).is_none(), "a fourth download");
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //!   Stopping and starting hold the same mutex, so a request that arrives during a stop waits for it
 //!   and then starts the machine again.
 //!
-//! One wake per live route. It ends when the route is replaced (the next deploy calls
-//! [`FlyRuntime::live_route`], which retires the previous wake), when the app is destroyed, or when
+//! One wake per machine of the live route (an app of several machines scales each one on its own: the
+//! gateway sends requests of no session to machines that are awake, so under little load the others
+//! fall idle and stop). They end when the route is replaced (the next deploy calls
+//! [`FlyRuntime::live_route`], which retires the previous wakes), when the app is destroyed, or when
 //! nothing holds the route any more (the idle task only keeps a `Weak`).
 
 use std::future::Future;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{FlyRuntime, Network};
-use crate::gateway::{Activity, AppLogs, AppRoute, Backend, LogKind, Wake, WakeHandle};
+use crate::gateway::{Activity, AppLogs, AppRoute, Backend, HttpTarget, LogKind, Wake, WakeHandle};
 
 /// What the daemon knows about a machine when it makes its route live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,12 @@ impl Wake for FlyWake {
 
     fn wake(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(self.start())
+    }
+
+    /// Stopped by its idle timer (or by Fly's last word before a daemon restart); a machine not yet
+    /// checked since a restart but reported running is not asleep.
+    fn is_asleep(&self) -> bool {
+        !self.awake.load(SeqCst) && !self.running.load(SeqCst)
     }
 
     fn activity(&self) -> &Arc<Activity> {
@@ -175,52 +183,61 @@ async fn idle_task(wake: Weak<FlyWake>, stop: CancellationToken, timeout: Durati
 }
 
 impl FlyRuntime {
-    /// Makes `route` (of `app`'s machine `machine_id`) the one the daemon serves: over 6PN it gets a
-    /// [`FlyWake`], and an idle task when `idle_timeout` is set. The previous live route's wake is
-    /// retired (its idle task ends; sessions pinned to it move on). Must run inside the tokio runtime.
+    /// Makes `route` (of `app`'s machines `machines`, in the order of its targets, with what is known
+    /// about each) the one the daemon serves: over 6PN each machine gets a [`FlyWake`], and an idle task
+    /// when `idle_timeout` is set. The previous live route's wakes are retired (their idle tasks end;
+    /// sessions pinned to them move on). Must run inside the tokio runtime.
     pub fn live_route(
         self: &Arc<Self>,
         app: &str,
         route: AppRoute,
-        machine_id: &str,
-        awake: Awake,
+        machines: &[(String, Awake)],
         logs: &Arc<AppLogs>,
     ) -> AppRoute {
         self.retire_wake(app);
         if self.cfg.network != Network::SixPn {
             return route;
         }
-        let (url, headers) = match &route.backend {
-            Backend::Http { url, headers, .. } => (url.clone(), headers.clone()),
+        let targets = match &route.backend {
+            Backend::Http { targets } => targets,
             Backend::Stdio { .. } => return route,
         };
-        let (is_awake, running) = match awake {
-            Awake::Started => (true, true),
-            Awake::Unchecked { running } => (false, running),
-        };
-        let wake = Arc::new(FlyWake {
-            runtime: Arc::downgrade(self),
-            app: app.to_string(),
-            machine_id: machine_id.to_string(),
-            awake: AtomicBool::new(is_awake),
-            running: AtomicBool::new(running),
-            retired: AtomicBool::new(false),
-            activity: Arc::new(Activity::default()),
-            gate: tokio::sync::Mutex::new(()),
-            stop: CancellationToken::new(),
-            logs: logs.clone(),
-        });
-        self.wakes.lock().expect("wakes").insert(app.to_string(), Arc::downgrade(&wake));
-        if !self.cfg.idle_timeout.is_zero() {
-            tokio::spawn(idle_task(Arc::downgrade(&wake), wake.stop.clone(), self.cfg.idle_timeout));
-        }
-        AppRoute { backend: Backend::Http { url, headers, wake: Some(WakeHandle(wake)) }, ..route }
+        let mut wakes = Vec::new();
+        let targets = targets
+            .iter()
+            .zip(machines)
+            .map(|(target, (machine_id, awake))| {
+                let (is_awake, running) = match *awake {
+                    Awake::Started => (true, true),
+                    Awake::Unchecked { running } => (false, running),
+                };
+                let wake = Arc::new(FlyWake {
+                    runtime: Arc::downgrade(self),
+                    app: app.to_string(),
+                    machine_id: machine_id.clone(),
+                    awake: AtomicBool::new(is_awake),
+                    running: AtomicBool::new(running),
+                    retired: AtomicBool::new(false),
+                    activity: Arc::new(Activity::default()),
+                    gate: tokio::sync::Mutex::new(()),
+                    stop: CancellationToken::new(),
+                    logs: logs.clone(),
+                });
+                wakes.push(Arc::downgrade(&wake));
+                if !self.cfg.idle_timeout.is_zero() {
+                    tokio::spawn(idle_task(Arc::downgrade(&wake), wake.stop.clone(), self.cfg.idle_timeout));
+                }
+                HttpTarget::new(target.url.clone(), target.headers.clone(), Some(WakeHandle(wake)))
+            })
+            .collect();
+        self.wakes.lock().expect("wakes").insert(app.to_string(), wakes);
+        AppRoute { backend: Backend::Http { targets }, ..route }
     }
 
-    /// Ends the wake of `app`'s live route (replaced or destroyed).
+    /// Ends the wakes of `app`'s live route (replaced or destroyed).
     pub(super) fn retire_wake(&self, app: &str) {
-        let old = self.wakes.lock().expect("wakes").remove(app);
-        if let Some(w) = old.and_then(|w| w.upgrade()) {
+        let old = self.wakes.lock().expect("wakes").remove(app).unwrap_or_default();
+        for w in old.iter().filter_map(|w| w.upgrade()) {
             w.retire();
         }
     }
