@@ -562,6 +562,72 @@ fn eventually_in_info(d: &Daemon, app: &str, needle: &str) -> bool {
     false
 }
 
+/// Processes (other than this test) whose command line names `dir`: a sandbox's bwrap binds the app's
+/// directories under the daemon's data dir, so a sandbox left running shows here.
+fn processes_naming(dir: &std::path::Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!("{pid}: {}", cmdline.chars().take(200).collect::<String>()));
+        }
+    }
+    found
+}
+
+/// A daemon killed with SIGKILL (a crash, an OOM kill) takes its servers along, including one that
+/// ignores the end of its input and would live on: each sandbox's supervisor dies with the daemon, and
+/// bwrap (hence the server) with its supervisor. Run as root (a uid per app) and as an ordinary user
+/// (user namespaces).
+async fn a_killed_daemon_leaves_no_server_behind(unprivileged: bool) {
+    let mut d = if unprivileged { Daemon::start_unprivileged("") } else { Daemon::start() };
+    let wt = WorkTree::new(d.tmp.path(), "holder");
+    // The fixture, but a process that outlives its session: once stdin ends it holds on.
+    write(
+        &wt,
+        "holds.py",
+        "import runpy, time\ntry:\n    runpy.run_path('server.py', run_name='__main__')\nfinally:\n    time.sleep(600)\n",
+    );
+    write(&wt, "catwalk.toml", "[server]\nlanguage = \"python\"\ncommand = [\"python\", \"holds.py\"]\n");
+    commit_all(&wt, "holds on");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("holder")]);
+    assert!(push(&wt, &d, &["catwalk", "main"]).0);
+    // A session's process and a warm spare run in their sandboxes.
+    let mut session = Mcp::new(&d.endpoint("holder"), Some(&d.token("holder")));
+    assert_eq!(session.initialize().await.status, 200);
+    assert_eq!(session.call_text("echo", json!({"text": "here"})).await, "here");
+    let daemon = format!("{}: ", d.pid());
+    let sandboxes: Vec<String> =
+        processes_naming(d.tmp.path()).into_iter().filter(|p| !p.starts_with(&daemon)).collect();
+    assert!(sandboxes.iter().any(|p| p.contains("bwrap")), "no sandbox found to begin with: {sandboxes:?}");
+    d.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = processes_naming(d.tmp.path());
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sandboxes outlived the killed daemon:\n{}", left.join("\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_root_daemon_leaves_no_server_behind() {
+    a_killed_daemon_leaves_no_server_behind(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_unprivileged_daemon_leaves_no_server_behind() {
+    a_killed_daemon_leaves_no_server_behind(true).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_mid_deploy_then_restart() {
     let mut d = Daemon::start();

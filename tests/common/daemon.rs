@@ -160,6 +160,14 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Kills the daemon with SIGKILL (no cleanup at all) and leaves it dead.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn wait_log(&self, needle: &str) -> String {
         self.wait_log_count(needle, 1)
     }

@@ -142,6 +142,13 @@ fn exit_code(status: ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+/// A pipe whose ends do not leak into bwrap: the ends the sandbox needs are placed with dup2 in bwrap's
+/// pre_exec. (An end held inside the sandbox too would keep `sandbox-exec` waiting forever for a
+/// network that its dead supervisor will never set up.)
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+}
+
 async fn run(args: NetArgs) -> Result<ExitStatus, String> {
     let dir = args.relays.relay_dir.clone();
     if (!args.relays.expose.is_empty() || !args.relays.reach.is_empty()) && dir.is_none() {
@@ -162,12 +169,12 @@ async fn run(args: NetArgs) -> Result<ExitStatus, String> {
             tokio::spawn(unix_to_tcp(listener, port));
         }
     }
-    let (info_read, info_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (info_read, info_write) = pipe()?;
     // The sandbox's `sandbox-exec` says on READY_FD that bwrap finished setting the namespace up (bwrap
     // configures its loopback itself: slirp4netns must not race it), then waits on GO_FD until the
     // uplink is configured, so the server never starts without its network.
-    let (ready_read, ready_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (go_read, go_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (ready_read, ready_write) = pipe()?;
+    let (go_read, go_write) = pipe()?;
     let (program, rest) = args.command.split_first().ok_or("no command after --")?;
     let mut bwrap = Command::new(program);
     if args.slirp.is_some() {
@@ -184,6 +191,12 @@ async fn run(args: NetArgs) -> Result<ExitStatus, String> {
             // out the grace period for a SIGKILL.
             libc::signal(libc::SIGTERM, libc::SIG_DFL);
             libc::signal(libc::SIGINT, libc::SIG_DFL);
+            // bwrap dies with this supervisor (which dies with the daemon), and the server with bwrap
+            // (`--die-with-parent`): a killed daemon leaves no sandbox behind, even around a server
+            // that ignores the end of its input.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::fcntl(info_fd, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -263,7 +276,7 @@ async fn read_child_pid(fd: OwnedFd) -> Result<i32, String> {
 
 /// Starts slirp4netns for the namespace of `pid` and waits until it configured the interface.
 async fn start_slirp(bin: &Path, pid: i32) -> Result<std::process::Child, String> {
-    let (ready_read, ready_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (ready_read, ready_write) = pipe()?;
     let mut cmd = Command::new(bin);
     cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback"])
         .arg(format!("--ready-fd={}", ready_write.as_raw_fd()));
