@@ -523,6 +523,26 @@ async fn a_push_replaces_the_warm_spares() {
     assert!(!pushed && output.contains("deploy.warm = 9: at most 8 warm spares"), "{output}");
 }
 
+/// `[deploy] machines` is a Fly matter: refused out of range, and noted (then ignored) by a push that runs
+/// on this host.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_machines_is_checked_and_noted_on_this_host() {
+    let d = Daemon::start();
+    let wt = WorkTree::new(d.tmp.path(), "many");
+    wt.git(&["remote", "add", "catwalk", &d.remote_url("many")]);
+    write(&wt, "catwalk.toml", &format!("{FIXTURE_TOML}[deploy]\nmachines = 0\n"));
+    commit_all(&wt, "no machines");
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(!pushed && output.contains("deploy.machines = 0: use 1 to 10"), "{output}");
+    write(&wt, "catwalk.toml", &format!("{FIXTURE_TOML}[deploy]\nmachines = 3\n"));
+    commit_all(&wt, "three machines");
+    let (pushed, output) = push(&wt, &d, &["catwalk", "main"]);
+    assert!(pushed && output.contains("note: deploy.machines = 3 applies on Fly"), "{output}");
+    let mut c = Mcp::new(&d.endpoint("many"), Some(&d.token("many")));
+    assert_eq!(c.initialize().await.status, 200);
+    assert_eq!(c.call_text("echo", json!({"text": "one host"})).await, "one host");
+}
+
 /// A push proves its release on a private gateway beside the daemon's (the health gate); ending that
 /// gateway stops its own probe process and nothing else: another app's open session keeps its process
 /// (it used to be SIGKILLed with every other child of the daemon once the private gateway's grace ran out).

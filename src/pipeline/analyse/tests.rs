@@ -157,3 +157,19 @@ fn http_transport_paths_and_ports_are_checked_in_every_manifest() {
     )]);
     assert!(analyse(&t).unwrap_err().contains("is not an origin"));
 }
+
+#[test]
+fn machines_is_a_deploy_option_from_one_to_ten() {
+    let with = |n: &str| {
+        tree(&[("catwalk.toml", &*format!("[server]\npackage = \"npm:x\"\n[deploy]\nmachines = {n}\n"))])
+    };
+    assert_eq!(analyse(&with("3")).unwrap().machines, Some(3));
+    assert_eq!(
+        analyse(&tree(&[("catwalk.toml", "[server]\npackage = \"npm:x\"\n")])).unwrap().machines,
+        None
+    );
+    for bad in ["0", "11"] {
+        let err = analyse(&with(bad)).unwrap_err();
+        assert!(err.contains(&format!("deploy.machines = {bad}: use 1 to 10")), "{err}");
+    }
+}
