@@ -105,12 +105,23 @@ pub fn supervise(args: NetArgs) -> i32 {
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
-    // Servers die with the daemon: this supervisor with its parent (and bwrap and slirp4netns with it).
-    // SAFETY: prctl and getppid with integer arguments only.
+    // Servers die with the daemon. This supervisor leads the process group of its sandbox (the daemon
+    // starts it in a session of its own): when the daemon dies it ends the whole group — bwrap, a bwrap
+    // child still setting up (blocked before `--die-with-parent` applies, it would wait forever), the
+    // server, slirp4netns — and itself. Run outside such a group, it just dies (and bwrap with it).
+    // SAFETY: prctl, getpgrp, getpid, getppid and signal with integer arguments; the handler only calls
+    // kill, which is async-signal-safe.
     unsafe {
+        let leads_its_group = libc::getpgrp() == libc::getpid();
+        let on_parent_death = if leads_its_group {
+            libc::signal(libc::SIGHUP, end_the_group as *const () as libc::sighandler_t);
+            libc::SIGHUP
+        } else {
+            libc::SIGKILL
+        };
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
+            on_parent_death as libc::c_ulong,
             0 as libc::c_ulong,
             0 as libc::c_ulong,
             0 as libc::c_ulong,
@@ -129,6 +140,14 @@ pub fn supervise(args: NetArgs) -> i32 {
     match runtime.block_on(run(args)) {
         Ok(status) => exit_code(status),
         Err(e) => fail(&e),
+    }
+}
+
+/// The supervisor's parent-death signal handler (see `supervise`): SIGKILL to its own process group.
+extern "C" fn end_the_group(_signal: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; 0 addresses the caller's process group, which it leads.
+    unsafe {
+        libc::kill(0, libc::SIGKILL);
     }
 }
 
