@@ -35,7 +35,8 @@ pub async fn serve(dir: DataDir, options: ServeOptions, on_ready: Option<OnReady
     if let Some(addr) = options.http_listen {
         config.http.listen = addr;
     }
-    let store = Store::open(&dir.store()).with_context(|| format!("opening {}", dir.store().display()))?;
+    let store = Store::open_waiting(&dir.store(), std::time::Duration::from_secs(10))
+        .with_context(|| format!("opening {}", dir.store().display()))?;
 
     let ssh_listener = TcpListener::bind(config.ssh.listen).await.with_context(|| {
         format!("binding the SSH listener on {} (ssh.listen / --ssh-listen)", config.ssh.listen)

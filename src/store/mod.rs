@@ -94,6 +94,35 @@ impl Store {
         Ok(store)
     }
 
+    /// [`Store::open`] for the daemon, which may start right after a previous one died: the file lock is
+    /// free only once every process holding its descriptor has gone (a child caught between fork and exec
+    /// holds a copy for a moment), so a locked store is retried for up to `wait` before the daemon gives up
+    /// saying another catwalk uses it.
+    pub fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Store> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Database::create(path) {
+                Ok(db) => {
+                    let store = Store { db: Arc::new(db) };
+                    store.init_tables()?;
+                    return Ok(store);
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::Db(format!(
+                        "{} is locked by another catwalk on this data directory (still running, or still \
+                         exiting after {} s); stop it first",
+                        path.display(),
+                        wait.as_secs()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn init_tables(&self) -> Result<()> {
         let txn = self.db.begin_write()?;
         {

@@ -269,3 +269,21 @@ fn schema_1_apps_get_incarnations_on_open() {
     assert_eq!(s.app("old").unwrap().unwrap().incarnation, given);
     assert_ne!(AppRecord::new("a", "x", vec![]).incarnation, AppRecord::new("a", "x", vec![]).incarnation);
 }
+
+#[test]
+fn a_locked_store_is_waited_for_then_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let first = Store::open(&path).unwrap();
+    let err = Store::open_waiting(&path, std::time::Duration::from_millis(200)).err().expect("locked");
+    assert!(err.to_string().contains("locked by another catwalk"), "{err}");
+    // The holder goes away (a previous daemon's last process exiting): the wait ends with the store open.
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let store =
+        Store::open_waiting(&path, std::time::Duration::from_secs(10)).expect("opened after the wait");
+    holder.join().unwrap();
+    assert!(store.apps().is_ok());
+}
