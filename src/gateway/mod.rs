@@ -67,6 +67,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The HTTP server at `index` of this backend (`None` for a stdio server or past the end).
+    pub fn http_target(&self, index: usize) -> Option<&HttpTarget> {
+        match self {
+            Backend::Http { targets } => targets.get(index),
+            Backend::Stdio { .. } => None,
+        }
+    }
+
     /// An HTTP backend of one server.
     pub fn http(url: impl Into<String>, headers: Vec<(String, String)>, wake: Option<WakeHandle>) -> Backend {
         Backend::Http { targets: vec![HttpTarget::new(url, headers, wake)] }

@@ -107,17 +107,16 @@ impl Proxy {
                 (current, target)
             }
         };
-        let Some(server) = (match &route.backend {
-            Backend::Http { targets } => targets.get(target),
-            Backend::Stdio { .. } => None,
-        }) else {
+        let Some(server) = route.backend.http_target(target) else {
             return p::error(
                 StatusCode::BAD_GATEWAY,
                 -32603,
                 "Bad Gateway: the app's session moved to a stdio server",
             );
         };
-        let resp = self.forward(req, server, max_body).await;
+        // Requests in flight are counted where something reads them: a wake's idle timer, or `place`.
+        let placed = matches!(&route.backend, Backend::Http { targets } if targets.len() > 1);
+        let resp = self.forward(req, server, placed, max_body).await;
         let status = resp.status();
         match &sid {
             Some(sid) if pinned.is_some() => {
@@ -145,12 +144,12 @@ impl Proxy {
         let mut pins = self.pins.lock().ok()?;
         let key = (Arc::<str>::from(app), sid.to_string());
         let pin = pins.get_mut(&key)?;
-        let retired = match &pin.route.backend {
-            Backend::Http { targets } => {
-                targets.get(pin.target).and_then(|t| t.wake.as_ref()).is_some_and(|w| w.0.is_retired())
-            }
-            _ => false,
-        };
+        let retired = pin
+            .route
+            .backend
+            .http_target(pin.target)
+            .and_then(|t| t.wake.as_ref())
+            .is_some_and(|w| w.0.is_retired());
         if retired || pin.last.elapsed() > idle_timeout {
             pins.remove(&key);
             return None;
@@ -186,8 +185,15 @@ impl Proxy {
         }
     }
 
-    /// Forward `req` to `server` and stream the answer back.
-    pub async fn forward(&self, req: Request<Incoming>, server: &HttpTarget, max_body: usize) -> Resp {
+    /// Forward `req` to `server` and stream the answer back. `placed`: the server is one of several the
+    /// gateway places requests on, so its requests in flight are counted even without a wake.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        server: &HttpTarget,
+        placed: bool,
+        max_body: usize,
+    ) -> Resp {
         let HttpTarget { url, headers: extra, wake, .. } = server;
         let wake = wake.as_ref();
         let bad_gateway = |m: String| p::error(StatusCode::BAD_GATEWAY, -32603, &format!("Bad Gateway: {m}"));
@@ -215,7 +221,7 @@ impl Proxy {
             );
         }
         // In flight before asking whether the backend is awake (see `wake.rs`), until the body ends.
-        let in_flight = Some(server.activity().begin());
+        let in_flight = (wake.is_some() || placed).then(|| server.activity().begin());
         if let Some(w) = wake
             && !w.0.is_awake()
             && let Err(e) = w.0.wake().await
@@ -311,11 +317,10 @@ fn place(targets: &[HttpTarget], turn: usize) -> usize {
             best = Some((i, load));
         }
     }
-    let asleep = targets.iter().find(|t| t.is_asleep());
     match best {
         Some((i, load)) => {
             if load > 0
-                && let Some(sleeping) = asleep
+                && let Some(sleeping) = targets.iter().find(|t| t.is_asleep())
             {
                 // Busy everywhere awake: bring one more up for the requests that follow.
                 sleeping.start_in_background();

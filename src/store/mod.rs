@@ -88,7 +88,10 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store at `path` and makes sure every table exists.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path)?;
+        Store::with_tables(Database::create(path)?)
+    }
+
+    fn with_tables(db: Database) -> Result<Store> {
         let store = Store { db: Arc::new(db) };
         store.init_tables()?;
         Ok(store)
@@ -102,11 +105,7 @@ impl Store {
         let deadline = std::time::Instant::now() + wait;
         loop {
             match Database::create(path) {
-                Ok(db) => {
-                    let store = Store { db: Arc::new(db) };
-                    store.init_tables()?;
-                    return Ok(store);
-                }
+                Ok(db) => return Store::with_tables(db),
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }

@@ -165,11 +165,11 @@ impl FlyRuntime {
         let started = Instant::now();
         let mut created: Vec<Machine> = Vec::new();
         let mut failure = None;
+        let base = format!("{fly_app}-v{}-{}", release.version, launch.to_ascii_lowercase());
         for index in 0..count {
-            let base = format!("{fly_app}-v{}-{}", release.version, launch.to_ascii_lowercase());
             let req = MachineRequest {
                 config: config.clone(),
-                name: Some(if index == 0 { base } else { format!("{base}-{index}") }),
+                name: Some(if index == 0 { base.clone() } else { format!("{base}-{index}") }),
                 region: Some(self.cfg.region.clone()),
                 min_secrets_version: Some(secrets_version),
                 skip_service_registration: true,
@@ -389,10 +389,10 @@ struct Backend {
 
 /// URL and bridge token of a route built by [`FlyRuntime::route`].
 fn backend_of(route: &AppRoute) -> Backend {
-    match &route.backend {
-        crate::gateway::Backend::Http { targets } if !targets.is_empty() => Backend {
-            url: targets[0].url.clone(),
-            token: targets[0]
+    match route.backend.http_target(0) {
+        Some(target) => Backend {
+            url: target.url.clone(),
+            token: target
                 .headers
                 .iter()
                 .find(|(k, _)| k == "authorization")
@@ -400,7 +400,7 @@ fn backend_of(route: &AppRoute) -> Backend {
                 .unwrap_or_default()
                 .to_string(),
         },
-        _ => Backend { url: String::new(), token: String::new() },
+        None => Backend { url: String::new(), token: String::new() },
     }
 }
 

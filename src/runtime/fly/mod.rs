@@ -322,6 +322,11 @@ impl FlyRuntime {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// The headers that carry the bridge credential of `app`'s machines.
+    fn bridge_headers(&self, app: &str) -> Vec<(String, String)> {
+        vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))]
+    }
+
     /// The URL the gateway uses for a machine (6PN or Flycast, as configured).
     pub fn machine_url(&self, fly_app: &str, machine_id: &str, private_ip: &str) -> String {
         let template = match self.cfg.network {
@@ -346,11 +351,11 @@ impl FlyRuntime {
     /// chose for it, so a session stays on the machine that holds it).
     pub fn route(&self, app: &str, machines: &[types::Machine]) -> AppRoute {
         let fly_app = self.fly_app(app);
+        let credential = self.bridge_headers(app);
         let targets = machines
             .iter()
             .map(|machine| {
-                let mut headers =
-                    vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))];
+                let mut headers = credential.clone();
                 if self.cfg.network == Network::Flycast {
                     headers.push(("fly-force-instance-id".to_string(), machine.id.clone()));
                 }
@@ -372,11 +377,7 @@ impl FlyRuntime {
         let url =
             self.fill(&self.cfg.machine_url_template, &self.fly_app(app), &machine.id, &machine.private_ip);
         AppRoute {
-            backend: Backend::http(
-                url,
-                vec![("authorization".to_string(), format!("Bearer {}", self.bridge_token(app)))],
-                None,
-            ),
+            backend: Backend::http(url, self.bridge_headers(app), None),
             allowed_origins: Vec::new(),
             shared: false,
             rate_limit: None,
@@ -543,12 +544,7 @@ impl FlyRuntime {
         machine_id: &str,
         deadline: Instant,
     ) -> Result<(), String> {
-        let Some(HttpTarget { url, headers, .. }) = (match &route.backend {
-            Backend::Http { targets } => targets.first(),
-            Backend::Stdio { .. } => None,
-        }) else {
-            return Ok(());
-        };
+        let Some(HttpTarget { url, headers, .. }) = route.backend.http_target(0) else { return Ok(()) };
         let health = match url.rfind("/mcp") {
             Some(i) => format!("{}/healthz", &url[..i]),
             None => url.clone(),

@@ -33,6 +33,7 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 pub const SOURCE_PATH: &str = "/_catwalk/source/";
 
 /// What a token grants: one release's source directory, `uses` more times.
+#[derive(Clone)]
 struct Grant {
     app: String,
     release: u32,
@@ -91,8 +92,7 @@ impl SourceArchives {
         if grant.uses == 0 {
             return grants.remove(&key);
         }
-        let Grant { app, release, dir, expires, uses } = grant;
-        Some(Grant { app: app.clone(), release: *release, dir: dir.clone(), expires: *expires, uses: *uses })
+        Some(grant.clone())
     }
 
     async fn answer(&self, rest: &str, req: Request<Incoming>) -> Response<GatewayBody> {
